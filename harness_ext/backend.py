@@ -1,0 +1,536 @@
+"""The lm-eval model backend ``hf-quant``: an ``HFLM`` that builds the quantized model itself.
+
+lm-eval 0.4.13's own bitsandbytes path is broken on transformers 5 (``load_in_4bit`` reaches the
+model constructor), so this backend loads the model with a ``BitsAndBytesConfig`` from a
+:class:`~harness_ext.quant.Scheme` and hands the built model to ``HFLM``. It overrides
+``generate_until`` only, to
+
+- sample every row by its own settings and random stream (:mod:`harness_ext.sampling`), so outputs
+  do not depend on batching, and temperature 0 always means greedy;
+- batch rows of different sampling settings together (grid batching) and serve several
+  ``max_gen_toks`` values from one generation, truncated;
+- instrument every ``generate`` call (:class:`~harness_ext.measure.GenerateStats`).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import transformers
+from lm_eval.api.instance import Instance
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import handle_stop_sequences, postprocess_generated_text
+from pydantic import ValidationError
+from tqdm import tqdm
+from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+from harness_ext import models as sources
+from harness_ext.errors import ModelLoadError, SpecError
+from harness_ext.measure import Clock, GenerateStats, StepTimer, summarize_marks, track_peak_memory
+from harness_ext.quant import BUILTIN_SCHEMES, Scheme, check_supported, from_pretrained_kwargs
+from harness_ext.sampling import RowParams, RowSampler, row_key
+
+log = logging.getLogger(__name__)
+
+#: gen_kwargs that only change how a row samples: rows differing in these can share a batch.
+SAMPLING_KEYS = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "max_gen_toks", "seed")
+QUANT_LAYER_TYPES = ("Linear4bit", "Linear8bitLt")
+
+
+class _OncePerMessage(logging.Filter):
+    """Let a repeated log message through once (bitsandbytes warns on every int8 forward pass)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = str(record.msg)
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+logging.getLogger("bitsandbytes.autograd._functions").addFilter(_OncePerMessage())
+
+
+class Generation(str):
+    """A generated text that also knows how it ended: ``new_tokens``, ``hit_cap``, ``finish``."""
+
+    new_tokens: int
+    hit_cap: bool
+    finish: str
+
+    def __new__(cls, text: str, new_tokens: int, hit_cap: bool, finish: str) -> Generation:
+        obj = super().__new__(cls, text)
+        obj.new_tokens, obj.hit_cap, obj.finish = new_tokens, hit_cap, finish
+        return obj
+
+
+@dataclass
+class LoadInfo:
+    """How a (model, scheme) was loaded: time, memory, and proof of what the layers became."""
+
+    load_s: float
+    weight_bytes: int
+    load_peak_bytes: int | None
+    load_peak_kind: str
+    num_parameters: int
+    layer_types: dict[str, int]
+    dtypes: dict[str, int]
+    device: str
+    source: dict[str, Any]
+    note: str | None
+    scheme: dict[str, Any]
+    original_generation_config: dict[str, Any] = field(default_factory=dict)
+
+
+def scheme_from_args(quant: str | Scheme, **fields: Any) -> Scheme:
+    """A scheme from ``quant=<built-in name>`` plus any scheme fields given as model args."""
+    if isinstance(quant, Scheme):
+        return quant
+    base = BUILTIN_SCHEMES.get(quant)
+    if base is None:
+        raise SpecError(f"unknown quant={quant!r}: built-ins are {', '.join(BUILTIN_SCHEMES)}")
+    given = {k: v for k, v in fields.items() if v is not None}
+    if not given:
+        return base
+    data = base.model_dump(exclude_none=True) | given
+    try:
+        return Scheme.model_validate(data)
+    except ValidationError as e:
+        msg = e.errors()[0]["msg"].removeprefix("Value error, ")
+        raise SpecError(f"quant={quant!r} with {given}: {msg}") from None
+
+
+def _count(model: torch.nn.Module) -> tuple[dict[str, int], dict[str, int]]:
+    layers: dict[str, int] = defaultdict(int)
+    for m in model.modules():
+        name = type(m).__name__
+        if name in QUANT_LAYER_TYPES or name == "Linear":
+            layers[name] += 1
+    dtypes: dict[str, int] = defaultdict(int)
+    for p in model.parameters():
+        dtypes[str(p.dtype).removeprefix("torch.")] += p.numel()
+    return dict(layers), dict(dtypes)
+
+
+def load_model(
+    pretrained: str,
+    scheme: Scheme,
+    device: str,
+    *,
+    model_dtype: str = "float32",
+    revision: str | None = None,
+    gguf_file: str | None = None,
+    tokenizer: str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[transformers.PreTrainedModel, Any, LoadInfo]:
+    """Load ``pretrained`` quantized by ``scheme`` on ``device``; measure load time and memory."""
+    scheme = scheme.resolve(model_dtype)
+    check_supported(scheme, device)  # before any weights load
+    source = sources.resolve(pretrained, gguf_file=gguf_file, revision=revision, tokenizer=tokenizer)
+    try:
+        config = transformers.AutoConfig.from_pretrained(
+            source.path, revision=source.revision, trust_remote_code=trust_remote_code
+        )
+    except Exception as e:
+        raise ModelLoadError(f"cannot load the config of {pretrained!r}: {_one_line(e)}") from e
+    if getattr(config, "quantization_config", None):
+        raise ModelLoadError(
+            f"{pretrained!r} is already quantized ({config.quantization_config.get('quant_method', '?')}); "
+            "harness_ext quantizes on load: point it at the unquantized checkpoint"
+        )
+    kwargs = from_pretrained_kwargs(scheme)
+    if scheme.quantized:
+        kwargs["device_map"] = {"": device}  # bitsandbytes quantizes as the weights land on the device
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(
+            source.tokenizer or source.path, revision=source.revision, trust_remote_code=trust_remote_code
+        )
+    except Exception as e:
+        raise ModelLoadError(f"cannot load the tokenizer of {pretrained!r}: {_one_line(e)}") from e
+    with track_peak_memory(device) as peak:
+        t0 = time.perf_counter()
+        try:
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                source.path, revision=source.revision, trust_remote_code=trust_remote_code, **kwargs
+            )
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"cannot load {pretrained!r} as {scheme.name}: {_one_line(e)}") from e
+        if not scheme.quantized:
+            model.to(device)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        load_s = time.perf_counter() - t0
+    model.eval()
+    original_gc = model.generation_config.to_diff_dict() if model.generation_config else {}
+    # a model's own sampling defaults (temperature, repetition_penalty, ...) must not leak into cells
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
+    )
+    layers, dtypes = _count(model)
+    info = LoadInfo(
+        load_s=load_s,
+        weight_bytes=int(model.get_memory_footprint()),
+        load_peak_bytes=peak.bytes,
+        load_peak_kind=peak.kind,
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        layer_types=layers,
+        dtypes=dtypes,
+        device=str(device),
+        source=source.origin,
+        note=source.note,
+        scheme=scheme.model_dump(mode="json"),
+        original_generation_config={k: v for k, v in original_gc.items() if isinstance(v, (int, float, str, bool))},
+    )
+    return model, tok, info
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+class RowStops(StoppingCriteria):
+    """Per-row end of generation: EOS, a stop string, or the row's own cap; records when and why."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        stops: Sequence[str],
+        eos_ids: Sequence[int],
+        caps: Sequence[int],
+        prompt_len: int,
+        device: torch.device,
+    ):
+        self.tokenizer = tokenizer
+        self.stops = [s for s in stops if s]
+        self.lookback = max((len(tokenizer.encode(s, add_special_tokens=False)) for s in self.stops), default=0) + 2
+        self.eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
+        self.caps = torch.tensor(caps, dtype=torch.long, device=device)
+        self.prompt_len = prompt_len
+        self.done_at = [0] * len(caps)  # generated tokens when the row ended (0 = not yet)
+        self.reason = [""] * len(caps)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        step = input_ids.shape[1] - self.prompt_len
+        open_rows = [i for i, d in enumerate(self.done_at) if d == 0]
+        if open_rows:
+            last = input_ids[:, -1]
+            eos_hit = torch.isin(last, self.eos).tolist() if self.eos.numel() else [False] * len(self.done_at)
+            cap_hit = (self.caps <= step).tolist()
+            need_text = [i for i in open_rows if not eos_hit[i]] if self.stops else []
+            stop_hit: dict[int, bool] = {}
+            if need_text:
+                tails = input_ids[need_text, self.prompt_len :][:, -self.lookback :]
+                for i, text in zip(need_text, self.tokenizer.batch_decode(tails), strict=True):
+                    stop_hit[i] = any(s in text for s in self.stops)
+            for i in open_rows:
+                reason = "eos" if eos_hit[i] else "stop" if stop_hit.get(i) else "cap" if cap_hit[i] else ""
+                if reason:
+                    self.done_at[i], self.reason[i] = step, reason
+        return torch.tensor([d > 0 for d in self.done_at], dtype=torch.bool, device=input_ids.device)
+
+
+@dataclass
+class RowResult:
+    """One row's generated token ids (real ones only) and how the row ended."""
+
+    tokens: list[int]
+    finish: str  # eos | stop | cap
+
+
+@dataclass
+class _Job:
+    """A unique generation: requests that differ only in ``max_gen_toks`` share one."""
+
+    context: str
+    params: RowParams
+    cap: int
+    members: list[tuple[int, int]] = field(default_factory=list)  # (request index, its own cap)
+
+
+@register_model("hf-quant")
+class HFQuantLM(HFLM):
+    """``hf`` with the model built by harness_ext: ``--model_args pretrained=...,quant=nf4[,fields]``.
+
+    Model args: ``quant`` (a built-in scheme name; default fp32) with optional scheme fields
+    ``dtype``, ``compute_dtype``, ``double_quant``, ``int8_threshold``; ``model_dtype`` (dtype of
+    the unquantized layers when the scheme leaves it open; default float32); ``gguf_file``;
+    ``grid_batching`` (default true); ``seed`` (default stream seed when a request has none).
+    """
+
+    def __init__(
+        self,
+        pretrained: str | transformers.PreTrainedModel,
+        quant: str | Scheme = "fp32",
+        dtype: str | None = None,
+        compute_dtype: str | None = None,
+        double_quant: bool | None = None,
+        int8_threshold: float | None = None,
+        model_dtype: str = "float32",
+        gguf_file: str | None = None,
+        revision: str | None = None,
+        tokenizer: Any = None,
+        trust_remote_code: bool = False,
+        device: str | None = "auto",
+        batch_size: int | str = 8,
+        grid_batching: bool = True,
+        seed: int = 0,
+        load_info: LoadInfo | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if device in (None, "auto"):
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if isinstance(pretrained, str):
+            scheme = scheme_from_args(
+                quant,
+                dtype=dtype,
+                compute_dtype=compute_dtype,
+                double_quant=double_quant or None,
+                int8_threshold=int8_threshold,
+            )
+            model, tok, load_info = load_model(
+                pretrained,
+                scheme,
+                device,
+                model_dtype=model_dtype,
+                revision=revision,
+                gguf_file=gguf_file,
+                tokenizer=tokenizer if isinstance(tokenizer, str) else None,
+                trust_remote_code=trust_remote_code,
+            )
+            tokenizer = tok if not tokenizer or isinstance(tokenizer, str) else tokenizer
+            self.model_name = pretrained
+        else:
+            model = pretrained
+            self.model_name = getattr(model.config, "_name_or_path", type(model).__name__)
+        if str(batch_size).startswith("auto"):
+            raise SpecError(
+                "hf-quant takes a fixed batch_size (rows per generate call); it backs off by itself on CUDA OOM"
+            )
+        super().__init__(
+            pretrained=model,
+            tokenizer=tokenizer,
+            batch_size=int(batch_size),
+            device=device,
+            trust_remote_code=trust_remote_code,
+            **kwargs,
+        )
+        self.load_info = load_info
+        self.grid_batching = bool(grid_batching)
+        self.default_seed = int(seed)
+        self.calls: list[GenerateStats] = []
+        self.show_progress = True
+
+    # -- lm-eval metadata: no hub look-ups ------------------------------------------------------
+    def get_model_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "model_num_parameters": sum(p.numel() for p in self._model.parameters()),
+            "model_dtype": str(self._model.dtype),
+            "model_name": self.model_name,
+        }
+        if self.load_info is not None:
+            info["hf_quant"] = {"scheme": self.load_info.scheme, "weight_bytes": self.load_info.weight_bytes}
+        return info
+
+    def pop_calls(self) -> list[GenerateStats]:
+        """Return and forget the stats of the generate calls made since the last pop."""
+        calls, self.calls = self.calls, []
+        return calls
+
+    # -- generation ----------------------------------------------------------------------------
+    def generate_rows(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        params: Sequence[RowParams],
+        caps: Sequence[int],
+        stops: Sequence[str] = (),
+        min_new_tokens: int = 0,
+    ) -> list[RowResult]:
+        """One instrumented ``generate`` over a left-padded batch; each row samples by its own params.
+
+        On CUDA out-of-memory the batch is split in half and retried (outputs do not depend on the
+        batch, so nothing changes but the time).
+        """
+        try:
+            return self._generate_rows(input_ids, attention_mask, params, caps, stops, min_new_tokens)
+        except torch.OutOfMemoryError:
+            if input_ids.shape[0] == 1:
+                raise
+            gc.collect()
+            torch.cuda.empty_cache()
+            half = input_ids.shape[0] // 2
+            log.warning(
+                "CUDA out of memory at %d rows; retrying as %d + %d",
+                input_ids.shape[0],
+                half,
+                input_ids.shape[0] - half,
+            )
+            first = self.generate_rows(
+                input_ids[:half], attention_mask[:half], params[:half], caps[:half], stops, min_new_tokens
+            )
+            return first + self.generate_rows(
+                input_ids[half:], attention_mask[half:], params[half:], caps[half:], stops, min_new_tokens
+            )
+
+    def _generate_rows(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        params: Sequence[RowParams],
+        caps: Sequence[int],
+        stops: Sequence[str],
+        min_new_tokens: int,
+    ) -> list[RowResult]:
+        device = self.device
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        prompt_len = input_ids.shape[1]
+        starts = prompt_len - attention_mask.sum(dim=1)
+        eos_ids = self._eos_ids()
+        stopper = RowStops(self.tokenizer, stops, eos_ids, caps, prompt_len, device)
+        clock = Clock(device)
+        config = GenerationConfig(
+            do_sample=False,
+            num_beams=1,
+            max_new_tokens=max(caps),
+            min_new_tokens=min_new_tokens or None,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=eos_ids or None,
+            use_cache=True,
+        )
+        processors = LogitsProcessorList([StepTimer(clock), RowSampler(params, prompt_len, starts, device)])
+        with track_peak_memory(device) as peak, torch.no_grad():
+            clock.mark()
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=config,
+                logits_processor=processors,
+                stopping_criteria=StoppingCriteriaList([stopper]),
+            )
+            clock.mark()
+        marks = clock.elapsed_ms()
+        ttft, steps = summarize_marks(marks[:-1])
+        gen = out[:, prompt_len:].tolist()
+        results = []
+        for i, row in enumerate(gen):
+            n = stopper.done_at[i] or len(row)
+            results.append(RowResult(row[:n], stopper.reason[i] or "cap"))
+        self.calls.append(
+            GenerateStats(
+                rows=len(params),
+                prompt_tokens=int(attention_mask.sum()),
+                padded_prompt_len=prompt_len,
+                new_tokens=sum(len(r.tokens) for r in results),
+                steps=len(steps),
+                wall_ms=marks[-1] - marks[0],
+                ttft_ms=ttft,
+                decode_ms_per_step=_median(steps),
+                decode_ms_per_step_mean=sum(steps) / len(steps) if steps else None,
+                peak_memory_bytes=peak.bytes,
+                peak_memory_kind=peak.kind,
+                device=str(device),
+                step_ms=steps,
+            )
+        )
+        return results
+
+    def _eos_ids(self) -> list[int]:
+        ids = self.model.generation_config.eos_token_id
+        ids = [ids] if isinstance(ids, int) else list(ids or [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.append(self.tokenizer.eos_token_id)
+        return sorted(set(ids))
+
+    def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
+        """lm-eval's entry point: group, deduplicate, batch, generate, truncate, post-process."""
+        eos_text = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        occurrences: dict[int, int] = defaultdict(int)
+        groups: dict[str, dict[tuple, _Job]] = defaultdict(dict)
+        group_until: dict[str, list[str]] = {}
+        for idx, inst in enumerate(requests):
+            context, gen_kwargs = inst.args
+            sample_index = occurrences[id(inst)]  # lm-eval repeats a request as the same object
+            occurrences[id(inst)] += 1
+            kw = dict(gen_kwargs)
+            until = handle_stop_sequences(kw.pop("until", None), eos=eos_text)
+            params, cap = self._row_params(kw, context, sample_index)
+            rest = {k: v for k, v in kw.items() if k not in SAMPLING_KEYS and k not in ("max_new_tokens", "max_length")}
+            if rest:
+                raise SpecError(f"hf-quant does not support generation kwargs {sorted(rest)}")
+            group = repr(until) if self.grid_batching else repr((until, sorted(gen_kwargs.items(), key=str)))
+            group_until[group] = until
+            dedup = (context, params)
+            job = groups[group].setdefault(dedup, _Job(context, params, cap))
+            job.cap = max(job.cap, cap)
+            job.members.append((idx, cap))
+        out: list[str | None] = [None] * len(requests)
+        pbar = tqdm(
+            total=len(requests),
+            disable=disable_tqdm or not self.show_progress or self.rank != 0,
+            desc="hf-quant generate",
+        )
+        for group, jobs in groups.items():
+            until = group_until[group]
+            ordered = sorted(jobs.values(), key=lambda j: -len(self.tok_encode(j.context)))
+            for start in range(0, len(ordered), self.batch_size):
+                chunk = ordered[start : start + self.batch_size]
+                cap = max(j.cap for j in chunk)
+                max_ctx = self.max_length - cap
+                if max_ctx <= 0:
+                    raise SpecError(
+                        f"max_new_tokens={cap} leaves no room for a prompt (model max length {self.max_length})"
+                    )
+                ids, mask = self.tok_batch_encode(
+                    [j.context for j in chunk], left_truncate_len=max_ctx, truncation=self.truncation
+                )
+                rows = self.generate_rows(ids, mask, [j.params for j in chunk], [j.cap for j in chunk], until)
+                for job, row in zip(chunk, rows, strict=True):
+                    for idx, own_cap in job.members:
+                        out[idx] = self._finish(row, own_cap, until, requests[idx])
+                        pbar.update(1)
+        pbar.close()
+        return [o if o is not None else "" for o in out]
+
+    def _row_params(self, kw: dict[str, Any], context: str, sample_index: int) -> tuple[RowParams, int]:
+        cap = int(kw.get("max_gen_toks", kw.get("max_new_tokens", self.max_gen_toks)))
+        temperature = float(kw.get("temperature", 0.0) or 0.0)
+        if kw.get("do_sample") is False:
+            temperature = 0.0  # do_sample=False is greedy whatever the temperature
+        top_k = kw.get("top_k")
+        top_k = int(top_k) if top_k not in (None, 0) else None
+        top_p = float(kw.get("top_p", 1.0) or 1.0)
+        penalty = float(kw.get("repetition_penalty", 1.0) or 1.0)
+        if temperature < 0 or not 0 < top_p <= 1 or penalty <= 0 or (top_k is not None and top_k < 0):
+            raise SpecError(f"invalid sampling settings {kw}")
+        if temperature == 0.0:  # greedy: the stream and the other warpers cannot matter
+            return RowParams(0.0, None, 1.0, penalty, 0), cap
+        seed = int(kw.get("seed", self.default_seed))
+        return RowParams(temperature, top_k, top_p, penalty, row_key(seed, context, sample_index)), cap
+
+    def _finish(self, row: RowResult, cap: int, until: list[str], inst: Instance) -> Generation:
+        tokens = row.tokens[:cap]
+        finish = row.finish if len(row.tokens) <= cap else "cap"
+        text = postprocess_generated_text(self.tok_decode(tokens), stop=until, think_end_token=None)
+        self.cache_hook.add_partial("generate_until", inst.args, text)
+        return Generation(text, len(tokens), finish == "cap", finish)
+
+
+def _median(values: Sequence[float]) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2

@@ -1,0 +1,206 @@
+"""``harness-ext``: validate | run | report | schema | demo | tasks-dir | lm-eval.
+
+Errors a user can cause are printed as one line (``harness-ext: error: ...``) with exit code 2 for
+usage errors and 1 for runtime errors; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+from harness_ext.errors import HarnessExtError
+
+EPILOG = """\
+examples:
+  harness-ext validate specs/demo.yaml
+  harness-ext run specs/demo.yaml --report
+  harness-ext report runs/demo
+  harness-ext lm-eval run --model hf-quant --model_args pretrained=DIR,quant=nf4 \\
+      --tasks quant_nextword --include_path "$(harness-ext tasks-dir)"
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="harness-ext",
+        description="Declarative studies of how quantized LLMs respond to sampling settings, on lm-evaluation-harness.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log lm-eval and harness_ext details")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    v = sub.add_parser("validate", help="check a spec; print its cells (models x schemes x points x tasks x seeds)")
+    v.add_argument("spec", help="study spec (YAML)")
+
+    r = sub.add_parser("run", help="run a spec into its run directory (resumes: finished cells are skipped)")
+    r.add_argument("spec", help="study spec (YAML)")
+    r.add_argument("--output-dir", help="run directory (default: the spec's output_dir, else runs/<name>)")
+    r.add_argument("--report", action="store_true", help="render the report when the run ends")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    d = sub.add_parser("demo", help="run the packaged demo spec (SmolLM2-135M on the CPU) and render its report")
+    d.add_argument("--output-dir", help="run directory (default runs/demo)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    rp = sub.add_parser("report", help="render the HTML report of a run directory (no model, no GPU needed)")
+    rp.add_argument("run_dir", help="run directory, or a folder holding its tables/ (e.g. reports/demo/data)")
+    rp.add_argument("--output-dir", help="where index.html goes (default: the spec's report.output_dir)")
+
+    s = sub.add_parser("schema", help="write the JSON Schema of study specs (for editor completion)")
+    s.add_argument("-o", "--output", help="file to write (default: stdout)")
+
+    sub.add_parser("tasks-dir", help="print the folder of harness_ext's lm-eval tasks (for --include_path)")
+
+    lm = sub.add_parser(
+        "lm-eval",
+        help="lm-eval's own CLI with the hf-quant backend registered; arguments pass unchanged",
+        add_help=False,
+    )
+    lm.add_argument("args", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    if argv[:1] == ["lm-eval"]:  # hand everything after it to lm-eval untouched
+        return _lm_eval(argv[1:])
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not args.verbose:
+        for noisy in ("lm_eval", "transformers", "accelerate", "datasets"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        return COMMANDS[args.command](args, argv)
+    except HarnessExtError as e:
+        print(f"harness-ext: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("harness-ext: interrupted", file=sys.stderr)
+        return 130
+
+
+def _validate(args: argparse.Namespace, argv: list[str]) -> int:
+    from harness_ext.runner import plan
+    from harness_ext.spec import load_spec, summarize
+
+    spec = load_spec(args.spec)
+    print(summarize(spec, plan(spec)))
+    return 0
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    from harness_ext.spec import load_spec
+
+    spec = load_spec(args.spec)
+    return _run_spec(
+        spec,
+        Path(args.spec).read_text(encoding="utf-8"),
+        args.output_dir,
+        args.report,
+        not args.no_progress,
+        ["harness-ext", *argv],
+    )
+
+
+def _demo(args: argparse.Namespace, argv: list[str]) -> int:
+    from harness_ext.spec import parse_spec
+
+    text = resources.files("harness_ext.specs").joinpath("demo.yaml").read_text(encoding="utf-8")
+    spec = parse_spec(text, "demo.yaml")
+    return _run_spec(spec, text, args.output_dir, True, not args.no_progress, ["harness-ext", *argv])
+
+
+def _run_spec(spec, text: str, output_dir: str | None, report: bool, progress: bool, argv: list[str]) -> int:
+    from harness_ext.runner import Runner
+
+    runner = Runner(spec, text, argv=argv, progress=progress, output_dir=output_dir)
+    result = runner.run()
+    print(f"run directory: {result.run_dir}")
+    print(
+        f"cells: {result.cells} ({result.skipped} already done, {result.ok} ok, {result.failed} failed); "
+        f"model loads: {len(result.loads)} (+{len(result.scoring_loads)} reference scoring)"
+    )
+    for p in result.problems:
+        print(f"warning: {p}", file=sys.stderr)
+    if result.interrupted:
+        print("interrupted: finished cells are stored; run the same command again to resume", file=sys.stderr)
+        return 130
+    if report:
+        from harness_ext.report import render
+
+        t0 = time.perf_counter()
+        out = render(result.run_dir, spec.report_dir if output_dir is None else None)
+        print(f"report: {out} (rendered in {time.perf_counter() - t0:.1f} s)")
+    print(f"wall time: {result.wall_s / 60:.1f} min")
+    return 1 if result.failed else 0
+
+
+def _report(args: argparse.Namespace, argv: list[str]) -> int:
+    from harness_ext.report import render
+
+    out = render(Path(args.run_dir), Path(args.output_dir) if args.output_dir else None)
+    print(f"report: {out}")
+    return 0
+
+
+def _schema(args: argparse.Namespace, argv: list[str]) -> int:
+    from harness_ext.spec import StudySpec
+
+    text = json.dumps(StudySpec.model_json_schema(), indent=2) + "\n"
+    if args.output:
+        from harness_ext.store import atomic_write
+
+        atomic_write(Path(args.output), text)
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _tasks_dir(args: argparse.Namespace, argv: list[str]) -> int:
+    from harness_ext.tasks import TASKS_DIR
+
+    print(TASKS_DIR)
+    return 0
+
+
+def _lm_eval(rest: list[str]) -> int:
+    """Register ``hf-quant`` with lm-eval's registry, then run lm-eval's CLI on ``rest`` unchanged."""
+    from lm_eval.__main__ import cli_evaluate
+
+    import harness_ext.backend  # noqa: F401  (registers hf-quant)
+
+    sys.argv = ["lm-eval", *rest]
+    try:
+        cli_evaluate()
+    except HarnessExtError as e:
+        print(f"harness-ext: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
+
+
+COMMANDS = {
+    "validate": _validate,
+    "run": _run,
+    "demo": _demo,
+    "report": _report,
+    "schema": _schema,
+    "tasks-dir": _tasks_dir,
+}
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+__all__ = ["main"]

@@ -1,0 +1,244 @@
+"""Measuring speed and memory: trackers as context managers and plain result dataclasses.
+
+- On CUDA, times come from CUDA events read after one synchronize; on the CPU from ``perf_counter``.
+- Per-token decode time comes from a logits processor that stamps each generation step (the first
+  stamp ends the prefill); its stamps are reset for every call.
+- Peak memory: CUDA ``max_memory_allocated`` after a reset; on the CPU the process's peak RSS
+  (``VmHWM``) after resetting it through ``/proc/self/clear_refs`` — where that reset is not
+  possible the figure is the process-lifetime peak and is labelled so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import resource
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor
+
+
+# -- summaries ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Summary:
+    """Median and spread of repeated measurements (the unit is the caller's)."""
+
+    n: int
+    median: float
+    p10: float
+    p90: float
+    min: float
+    max: float
+    mean: float
+    stdev: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Summary:
+        vals = sorted(float(v) for v in values)
+        if not vals:
+            nan = float("nan")
+            return cls(0, nan, nan, nan, nan, nan, nan, nan)
+        return cls(
+            n=len(vals),
+            median=statistics.median(vals),
+            p10=_quantile(vals, 0.10),
+            p90=_quantile(vals, 0.90),
+            min=vals[0],
+            max=vals[-1],
+            mean=statistics.fmean(vals),
+            stdev=statistics.stdev(vals) if len(vals) > 1 else 0.0,
+        )
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _quantile(sorted_vals: Sequence[float], q: float) -> float:
+    """Linear-interpolation quantile of already sorted values."""
+    pos = q * (len(sorted_vals) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_vals) - 1)
+    return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
+
+
+# -- clocks -------------------------------------------------------------------------------------
+def is_cuda(device: torch.device | str) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+class Clock:
+    """Marks on one timeline: CUDA events on a GPU, ``perf_counter`` otherwise.
+
+    ``mark()`` is cheap on both (no synchronize); ``elapsed_ms()`` synchronizes once.
+    """
+
+    def __init__(self, device: torch.device | str):
+        self.cuda = is_cuda(device)
+        self.marks: list[Any] = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self.marks.append(ev)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def elapsed_ms(self) -> list[float]:
+        """Milliseconds of every mark since the first one."""
+        if not self.marks:
+            return []
+        if self.cuda:
+            torch.cuda.synchronize()
+            first = self.marks[0]
+            return [first.elapsed_time(m) for m in self.marks]
+        return [(m - self.marks[0]) * 1e3 for m in self.marks]
+
+
+class StepTimer(LogitsProcessor):
+    """Logits processor that marks the end of every forward pass of ``generate``.
+
+    Put it first in the processor list. With a start mark taken just before ``generate``: the first
+    step mark ends the prefill (time to first token) and consecutive marks are decode steps.
+    """
+
+    def __init__(self, clock: Clock):
+        self.clock = clock
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.clock.mark()
+        return scores
+
+
+# -- memory -------------------------------------------------------------------------------------
+def _read_status_kb(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_rss_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@dataclass
+class MemoryPeak:
+    """Peak memory over a ``with`` block. ``kind``: cuda_allocated, cpu_rss or cpu_rss_lifetime."""
+
+    kind: str = ""
+    bytes: int | None = None
+
+
+@contextlib.contextmanager
+def track_peak_memory(device: torch.device | str) -> Iterator[MemoryPeak]:
+    """Record the peak memory of the block into the yielded :class:`MemoryPeak`."""
+    peak = MemoryPeak()
+    if is_cuda(device):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        yield peak
+        torch.cuda.synchronize()
+        peak.kind, peak.bytes = "cuda_allocated", int(torch.cuda.max_memory_allocated())
+        return
+    reset = _reset_rss_peak()
+    yield peak
+    hwm = _read_status_kb("VmHWM") if reset else None
+    if hwm is not None:
+        peak.kind, peak.bytes = "cpu_rss", hwm * 1024
+    else:
+        peak.kind, peak.bytes = "cpu_rss_lifetime", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# -- one generate call ---------------------------------------------------------------------------
+@dataclass
+class GenerateStats:
+    """What one ``generate`` call did and cost. Token counts exclude padding and post-stop tokens."""
+
+    rows: int
+    prompt_tokens: int  # real prompt tokens over all rows
+    padded_prompt_len: int
+    new_tokens: int  # real generated tokens over all rows
+    steps: int  # forward passes after the prefill's
+    wall_ms: float
+    ttft_ms: float | None  # start of generate -> end of the first forward (prefill)
+    decode_ms_per_step: float | None  # median of the step intervals
+    decode_ms_per_step_mean: float | None
+    peak_memory_bytes: int | None
+    peak_memory_kind: str
+    device: str
+    step_ms: list[float] = field(default_factory=list, repr=False)
+
+    def to_dict(self, with_steps: bool = False) -> dict[str, Any]:
+        d = asdict(self)
+        if not with_steps:
+            d.pop("step_ms")
+        return d
+
+
+def summarize_marks(marks_ms: Sequence[float]) -> tuple[float | None, list[float]]:
+    """From [start, step1, step2, ...] marks: (time to first token, decode step intervals)."""
+    if len(marks_ms) < 2:
+        return None, []
+    ttft = marks_ms[1] - marks_ms[0]
+    steps = [b - a for a, b in itertools.pairwise(marks_ms[1:])]
+    return ttft, steps
+
+
+# -- bandwidth floor ----------------------------------------------------------------------------
+def measure_copy_bandwidth(device: torch.device | str, nbytes: int = 1 << 30, repeats: int = 10) -> float:
+    """Device-to-device copy bandwidth in bytes/s (read + write counted), median of ``repeats``
+    after a warm-up. CUDA only: this is the denominator of the weight-streaming floor."""
+    if not is_cuda(device):
+        raise ValueError("copy bandwidth is measured on CUDA devices only")
+    src = torch.empty(nbytes // 2, dtype=torch.float16, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * nbytes / statistics.median(times)
+
+
+def cpu_threads() -> int:
+    return torch.get_num_threads()
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

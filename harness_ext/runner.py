@@ -1,0 +1,656 @@
+"""Run a study spec: cells -> lm-eval (through ``hf-quant``) -> one stored record per cell.
+
+Each (model, scheme) pair is loaded once; its eval cells go through ``lm_eval.simple_evaluate``
+(one call per task, every grid point and seed a task variant of its own, so that grid batching can
+put them in one batch), then its probe and speed cells run in the same load. The unquantized
+reference of each model runs first. Cells already stored as ``ok`` are skipped, so a re-run
+resumes; a failing cell is recorded with its reason and the study goes on.
+
+After all pairs, metrics against the reference (agreement with its outputs; negative
+log-likelihood of every scheme's text under the reference model) are added to the records; that
+needs one more load of each model's reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import math
+import statistics
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from harness_ext import environment
+from harness_ext.errors import DataError, HarnessExtError, SpecError
+from harness_ext.measure import measure_copy_bandwidth
+from harness_ext.models import file_sha256
+from harness_ext.spec import Cell, ModelSpec, StudySpec, expand, resolve_device
+from harness_ext.store import Record, RunStore, now
+from harness_ext.tasks import loaders
+
+log = logging.getLogger("harness_ext")
+REFERENCE_METRICS = {"quant_nextword": ("agree_ref",), "quant_continuation": ("rouge_l_ref", "nll_ref")}
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    cells: int
+    skipped: int
+    ok: int
+    failed: int
+    wall_s: float
+    loads: list[tuple[str, str]] = field(default_factory=list)
+    scoring_loads: list[tuple[str, str]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+
+# -- tasks ---------------------------------------------------------------------------------------
+def prepare_tasks(spec: StudySpec) -> dict[str, dict[str, Any]]:
+    """Check every task before anything loads; return per-task identity for the cells (data hash,
+    generative or not). Unknown tasks and bad data files raise one-line errors."""
+    out: dict[str, dict[str, Any]] = {}
+    for t in spec.task_list:
+        if t.kind is not None:
+            kind = "nextword" if t.kind == "quant_nextword" else "continuation"
+            path = Path(t.data) if t.data else loaders.DATA_DIR / f"{kind}.jsonl"
+            try:
+                loaders.read_jsonl(path, loaders.REQUIRED_FIELDS[kind])
+            except loaders.TaskDataError as e:
+                raise DataError(f"task {t.name!r}: {e}") from None
+            out[t.name] = {
+                "generative": True,
+                "base": t.kind,
+                "data_sha256": file_sha256(path)[:16],
+                "data_file": str(path) if t.data else None,
+            }
+            continue
+        from harness_ext.tasks import output_type
+
+        try:
+            otype = output_type(t.name)
+        except KeyError:
+            raise SpecError(
+                f"unknown task {t.name!r}: not one of ours (quant_nextword, quant_continuation) "
+                "nor an lm-eval task; `lm_eval ls tasks` lists them"
+            ) from None
+        except ValueError as e:
+            raise SpecError(f"task {t.name!r}: {e}") from None
+        out[t.name] = {"generative": otype == "generate_until", "base": t.name, "output_type": otype}
+    return out
+
+
+def plan(spec: StudySpec, device: str | None = None) -> list[Cell]:
+    """All cells of a spec on a device (``auto`` resolved here)."""
+    device = resolve_device(device or spec.device)
+    return expand(spec, torch.device(device).type, prepare_tasks(spec))
+
+
+# -- the runner ----------------------------------------------------------------------------------
+class Runner:
+    """Runs the cells of one spec into one run directory."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        spec_text: str,
+        *,
+        argv: list[str] | None = None,
+        progress: bool = True,
+        output_dir: str | Path | None = None,
+    ):
+        self.spec = spec
+        self.spec_text = spec_text
+        self.device = resolve_device(spec.device)
+        self.store = RunStore(output_dir or spec.run_dir)
+        self.argv = argv
+        self.progress = progress
+        self.loads: list[tuple[str, str]] = []
+        self.scoring_loads: list[tuple[str, str]] = []
+        self._bandwidth: float | None = None
+        self._pbar: Any = None
+
+    # extension point for tests and executors: how a pair is loaded
+    def load_lm(self, model: ModelSpec, scheme: Any, *, scoring: bool = False) -> Any:
+        """Load (model, scheme) as an ``hf-quant`` LM; counted in :attr:`loads` or :attr:`scoring_loads`."""
+        from harness_ext.backend import HFQuantLM
+
+        (self.scoring_loads if scoring else self.loads).append((model.label, scheme.name))
+        lm = HFQuantLM(
+            pretrained=model.pretrained,
+            quant=scheme,
+            model_dtype=model.dtype,
+            gguf_file=model.gguf_file,
+            revision=model.revision,
+            tokenizer=model.tokenizer,
+            trust_remote_code=model.trust_remote_code,
+            device=self.device,
+            batch_size=self.spec.batch_size,
+            grid_batching=self.spec.grid_batching,
+        )
+        lm.show_progress = False  # the runner shows its own bar over cells
+        return lm
+
+    def run(self) -> RunResult:
+        start = time.perf_counter()
+        if self.spec.threads:
+            torch.set_num_threads(self.spec.threads)
+        task_params = prepare_tasks(self.spec)
+        cells = expand(self.spec, torch.device(self.device).type, task_params)
+        invocation = self.store.begin(self.spec_text, environment.capture(self.argv))
+        self.invocation = invocation
+        records = self.store.load_records()
+        for p in self.store.problems:
+            log.warning("%s", p)
+        todo = [c for c in cells if not (c.id in records and records[c.id].status == "ok")]
+        skipped = len(cells) - len(todo)
+        pairs: dict[tuple[str, str], list[Cell]] = defaultdict(list)
+        for c in todo:
+            pairs[c.pair].append(c)
+        interrupted = False
+        self._pbar = tqdm(total=len(todo), desc="cells", unit="cell", disable=not self.progress, dynamic_ncols=True)
+        try:
+            with _quiet_lm_eval():
+                for pair_cells in pairs.values():
+                    self._run_pair(pair_cells, records, task_params)
+                self._reference_metrics(cells, records)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            self._pbar.close()
+            current = {c.id for c in cells}
+            final = self.store.load_records()
+            self.store.export_tables([r for r in final.values() if r.cell_id in current], self.spec_text)
+        final_current = [final[c.id] for c in cells if c.id in final]
+        return RunResult(
+            run_dir=self.store.root,
+            cells=len(cells),
+            skipped=skipped,
+            ok=sum(r.status == "ok" for r in final_current),
+            failed=sum(r.status == "failed" for r in final_current),
+            wall_s=time.perf_counter() - start,
+            loads=self.loads,
+            scoring_loads=self.scoring_loads,
+            problems=self.store.problems,
+            interrupted=interrupted,
+        )
+
+    # -- one (model, scheme) -------------------------------------------------------------------
+    def _run_pair(self, cells: list[Cell], records: dict[str, Record], task_params: dict[str, dict[str, Any]]) -> None:
+        model, scheme = cells[0].model, cells[0].scheme
+        started = now()
+        try:
+            lm = self.load_lm(model, scheme)
+        except Exception as e:  # the whole pair fails: record every cell with the reason
+            reason = _reason(e)
+            self._note(f"load failed: {model.label} / {scheme.name}: {reason}")
+            for c in cells:
+                self._save(Record(**self._base(c, started), status="failed", error=f"load failed: {reason}"), records)
+            return
+        load = asdict(lm.load_info) if lm.load_info else None
+        try:
+            by_task: dict[str, list[Cell]] = defaultdict(list)
+            for c in cells:
+                if c.kind == "eval":
+                    by_task[c.task.name].append(c)
+            for task_cells in by_task.values():
+                chunks = [task_cells] if self.spec.grid_batching else [[c] for c in task_cells]
+                for chunk in chunks:
+                    self._eval_chunk(lm, chunk, task_params, load, records)
+            for c in cells:
+                if c.kind == "probe":
+                    self._guard(c, load, records, lambda c=c, lm=lm: self._probe(lm, c, records))
+                elif c.kind == "speed":
+                    self._guard(c, load, records, lambda c=c, lm=lm: self._speed(lm, c))
+        finally:
+            del lm
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def _guard(
+        self, cell: Cell, load: dict[str, Any] | None, records: dict[str, Record], work: Callable[[], dict[str, Any]]
+    ) -> None:
+        """Run one cell's work; store its record as ok or failed."""
+        started = now()
+        try:
+            fields = work()
+            rec = Record(**self._base(cell, started), status="ok", load=load, **fields)
+        except Exception as e:
+            rec = Record(**self._base(cell, started), status="failed", error=_reason(e), load=load)
+            log.debug("cell failed\n%s", traceback.format_exc())
+        self._save(rec, records)
+
+    def _base(self, cell: Cell, started: str) -> dict[str, Any]:
+        return {
+            "cell_id": cell.id,
+            "kind": cell.kind,
+            "label": cell.label(),
+            "definition": cell.definition(),
+            "started_at": started,
+            "finished_at": now(),
+            "invocation": self.invocation,
+        }
+
+    def _save(self, rec: Record, records: dict[str, Record]) -> None:
+        rec.finished_at = now()
+        self.store.write(rec)
+        records[rec.cell_id] = rec
+        self._pbar.update(1)
+        self._note(_summary_line(rec))
+
+    def _note(self, line: str) -> None:
+        if self.progress:
+            tqdm.write(line)
+        else:
+            log.info("%s", line)
+
+    # -- eval cells ----------------------------------------------------------------------------
+    def _eval_chunk(
+        self,
+        lm: Any,
+        cells: list[Cell],
+        task_params: dict[str, dict[str, Any]],
+        load: dict[str, Any] | None,
+        records: dict[str, Record],
+    ) -> None:
+        import lm_eval
+
+        from harness_ext.tasks import make_variant, task_manager
+
+        started = now()
+        task = cells[0].task
+        tp = task_params[task.name]
+        variants: dict[str, Cell] = {}
+        objs = []
+        try:
+            for c in cells:
+                name = f"{task.name}@{c.id}"
+                gen = {**c.point.gen_kwargs(), "seed": c.seed} if c.point is not None else None
+                objs.append(
+                    make_variant(
+                        tp["base"],
+                        name,
+                        data_file=tp.get("data_file"),
+                        gen_kwargs=gen,
+                        repeats=c.params["repeats"] if c.point is not None else None,
+                    )
+                )
+                variants[name] = c
+            seed = cells[0].seed or 0
+            lm.pop_calls()
+            t0 = time.perf_counter()
+            results = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=objs,
+                limit=cells[0].params.get("limit"),
+                task_manager=task_manager(),
+                bootstrap_iters=0,
+                log_samples=True,
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                fewshot_random_seed=seed,
+            )
+            wall = time.perf_counter() - t0
+        except Exception as e:
+            reason = _reason(e)
+            log.debug("eval failed\n%s", traceback.format_exc())
+            for c in cells:
+                self._save(Record(**self._base(c, started), status="failed", error=reason, load=load), records)
+            return
+        calls = lm.pop_calls()
+        shared = {
+            "grid_batched": bool(getattr(lm, "grid_batching", False)),
+            "evaluation": {
+                "cells": len(cells),
+                "wall_s": wall,
+                "generate_calls": len(calls),
+                "rows": sum(c.rows for c in calls),
+                "new_tokens": sum(c.new_tokens for c in calls),
+                "generate_wall_s": sum(c.wall_ms for c in calls) / 1e3,
+                "peak_memory_bytes": max((c.peak_memory_bytes or 0 for c in calls), default=None) or None,
+                "peak_memory_kind": calls[0].peak_memory_kind if calls else None,
+            },
+        }
+        for name, c in variants.items():
+            try:
+                fields = split_results(results, name)
+            except Exception as e:
+                self._save(Record(**self._base(c, started), status="failed", error=_reason(e), load=load), records)
+                continue
+            fields["measurements"] = {
+                **shared,
+                "new_tokens": sum(g.get("new_tokens") or 0 for g in fields["generations"]),
+            }
+            self._save(Record(**self._base(c, started), status="ok", load=load, **fields), records)
+
+    # -- probe cells ---------------------------------------------------------------------------
+    def _probe(self, lm: Any, cell: Cell, records: dict[str, Record]) -> dict[str, Any]:
+        from harness_ext import probes
+
+        t0 = time.perf_counter()
+        path = Path(cell.params["data_file"]) if cell.params.get("data_file") else loaders.DATA_DIR / "nextword.jsonl"
+        docs = loaders.read_jsonl(path, loaders.REQUIRED_FIELDS["nextword"])[: cell.params.get("limit") or None]
+        ids, gold = [], []
+        for d in docs:
+            ctx = lm.tok_encode(d["context"])
+            whole = lm.tok_encode(d["context"] + " " + d["target"])
+            cont = (
+                whole[len(ctx) :]
+                if whole[: len(ctx)] == ctx
+                else lm.tok_encode(" " + d["target"], add_special_tokens=False)
+            )
+            ids.append(ctx)
+            gold.append(cont[0])
+        pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+        logits = probes.next_token_logits(lm.model, ids, pad, lm.device, batch_size=self.spec.batch_size)
+        ref_scheme = self.spec.reference_scheme(cell.model)
+        artifact = f"probe/{cell.model.label}/{_probe_key(cell)}.pt"
+        reference = None
+        if ref_scheme is not None and ref_scheme.name == cell.scheme.name:
+            torch.save(logits, self.store.artifact(artifact))
+            reference = logits
+        elif ref_scheme is not None:
+            ref_path = self.store.artifact(f"probe/{cell.model.label}/{_probe_key(cell, ref_scheme.name)}.pt")
+            if not ref_path.is_file():
+                raise RuntimeError(
+                    f"the reference ({ref_scheme.name}) probe has no stored logits; it must run first "
+                    "(it failed or was removed): this cell is retried on the next run"
+                )
+            reference = torch.load(ref_path)
+            if reference.shape != logits.shape:
+                raise RuntimeError(f"reference logits {tuple(reference.shape)} do not match {tuple(logits.shape)}")
+        points = probes.grid_points(cell.params["grid"])
+        gold_t = torch.tensor(gold)
+        per = probes.probe_metrics(
+            logits, gold_t, points, reference=reference, seen=probes.seen_tokens(ids, logits.shape[-1])
+        )
+        out_points, samples = [], []
+        for p, metrics in per.items():
+            pd = asdict(p)
+            out_points.append({"point": pd, "metrics": {m: _mean_sem(v) for m, v in metrics.items()}})
+            for i in range(len(docs)):
+                samples.append({"doc_id": i, "point": pd, **{m: _finite(v[i]) for m, v in metrics.items()}})
+        return {
+            "points": out_points,
+            "sample_metrics": samples,
+            "measurements": {
+                "prompts": len(docs),
+                "wall_s": time.perf_counter() - t0,
+                "reference": ref_scheme.name if ref_scheme else None,
+                "single_token_targets": sum(
+                    len(lm.tok_encode(" " + d["target"], add_special_tokens=False)) == 1 for d in docs
+                ),
+            },
+        }
+
+    # -- speed cells ---------------------------------------------------------------------------
+    def _speed(self, lm: Any, cell: Cell) -> dict[str, Any]:
+        from harness_ext import speed
+
+        if torch.device(self.device).type == "cuda" and self._bandwidth is None:
+            self._bandwidth = measure_copy_bandwidth(self.device)
+        p = cell.params
+        result = speed.benchmark(
+            lm,
+            p["batch_size"],
+            p["prompt_tokens"],
+            p["new_tokens"],
+            p["warmup"],
+            p["repeats"],
+            bandwidth=self._bandwidth,
+        )
+        return {"metrics": speed.metrics_of(result), "measurements": result}
+
+    # -- metrics against the reference ---------------------------------------------------------
+    def _reference_metrics(self, cells: list[Cell], records: dict[str, Record]) -> None:
+        """Add agreement with the reference's outputs and NLL under the reference model."""
+        by_model: dict[str, list[Cell]] = defaultdict(list)
+        for c in cells:
+            if c.kind == "eval" and c.task.kind in REFERENCE_METRICS:
+                rec = records.get(c.id)
+                if rec is not None and rec.status == "ok" and not rec.measurements.get("reference_metrics"):
+                    by_model[c.model.label].append(c)
+        for model in self.spec.models:
+            todo = by_model.get(model.label)
+            ref = self.spec.reference_scheme(model)
+            if not todo or ref is None:
+                continue
+            ref_resolved = ref.resolve(model.dtype)
+            needs_nll = [c for c in todo if c.task.kind == "quant_continuation"]
+            scorer = None
+            if needs_nll:
+                try:
+                    scorer = self.load_lm(model, ref, scoring=True)
+                except Exception as e:
+                    self._note(f"reference scoring load failed for {model.label}: {_reason(e)}; NLL left out")
+            try:
+                for c in todo:
+                    ref_cell = Cell(c.kind, c.model, ref_resolved, c.device, c.task, c.point, c.seed, c.params)
+                    ref_rec = records.get(ref_cell.id)
+                    rec = records[c.id]
+                    if ref_rec is None or ref_rec.status != "ok":
+                        continue  # no reference output for this cell: nothing to compare with
+                    add_reference_metrics(
+                        rec,
+                        ref_rec,
+                        c.task.kind,
+                        scorer if c.task.kind == "quant_continuation" else None,
+                        is_reference=c.id == ref_cell.id,
+                    )
+                    self.store.write(rec)
+            finally:
+                if scorer is not None:
+                    del scorer
+                    gc.collect()
+
+
+def _probe_key(cell: Cell, scheme: str | None = None) -> str:
+    """File name of a probe's logits: scheme plus a hash of what the logits depend on."""
+    from harness_ext.spec import content_hash
+
+    key = {k: v for k, v in cell.params.items() if k != "grid"} | {
+        "model": cell.model.identity(),
+        "device": cell.device,
+    }
+    return f"{scheme or cell.scheme.name}-{content_hash(key)}"
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def split_results(results: dict[str, Any], name: str) -> dict[str, Any]:
+    """One cell's share of a ``simple_evaluate`` result: lm-eval's dict restricted to the variant,
+    aggregate metrics, per-prompt metrics and the generated texts."""
+    res = results["results"][name]
+    samples = results.get("samples", {}).get(name, [])
+    metrics: dict[str, dict[str, float | None]] = {}
+    n = results.get("n-samples", {}).get(name, {}).get("effective")
+    for key, value in res.items():
+        if "," not in key or "_stderr" in key:
+            continue
+        metric, filt = key.split(",", 1)
+        stderr = res.get(f"{metric}_stderr,{filt}")
+        metrics[metric] = {
+            "value": _finite(value),
+            "stderr": _finite(stderr) if isinstance(stderr, (int, float)) else None,
+            "n": n,
+            "lo": None,
+            "hi": None,
+        }
+    sample_metrics, generations = [], []
+    for s in samples:
+        names = s.get("metrics") or []
+        sample_metrics.append({"doc_id": s["doc_id"], **{m: _finite(s.get(m)) for m in names}})
+        context = _context_of(s)
+        resps = s.get("resps") or []
+        flat = (
+            resps[0]
+            if resps and isinstance(resps[0], list) and len(resps) == 1
+            else [r[0] if isinstance(r, list) else r for r in resps]
+        )
+        for k, text in enumerate(flat):
+            if not isinstance(text, str):
+                continue
+            generations.append(
+                {
+                    "doc_id": s["doc_id"],
+                    "sample": k,
+                    "prompt": context,
+                    "text": str(text),
+                    "new_tokens": getattr(text, "new_tokens", None),
+                    "finish": getattr(text, "finish", None),
+                }
+            )
+    keep = {k: {name: v[name]} for k, v in results.items() if isinstance(v, dict) and name in v}
+    keep["config"] = results.get("config")
+    return {"metrics": metrics, "sample_metrics": sample_metrics, "generations": generations, "lm_eval": keep}
+
+
+def _context_of(sample: dict[str, Any]) -> str | None:
+    args = sample.get("arguments")
+    if isinstance(args, dict) and args:
+        first = next(iter(args.values()))
+        if isinstance(first, dict):
+            return first.get("arg_0")
+    if isinstance(args, (list, tuple)) and args:
+        first = args[0]
+        return first[0] if isinstance(first, (list, tuple)) else first
+    return None
+
+
+def add_reference_metrics(rec: Record, ref: Record, kind: str, scorer: Any, *, is_reference: bool) -> None:
+    """Per prompt: agreement with the reference's output for the same prompt, sample and seed
+    (nextword: same first word; continuation: ROUGE-L F1), and the continuation's mean token NLL
+    under the reference model (``scorer``). Updates ``rec`` in place."""
+    from harness_ext.tasks.metrics import first_word, rouge_l
+
+    ref_text = {(g["doc_id"], g["sample"]): g["text"] for g in ref.generations}
+    per_doc: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    if not is_reference:
+        for g in rec.generations:
+            other = ref_text.get((g["doc_id"], g["sample"]))
+            if other is None:
+                continue
+            if kind == "quant_nextword":
+                per_doc[g["doc_id"]]["agree_ref"].append(float(first_word(g["text"]) == first_word(other)))
+            else:
+                per_doc[g["doc_id"]]["rouge_l_ref"].append(rouge_l(g["text"], other))
+    if scorer is not None:
+        nll = score_nll(scorer, [(g["prompt"] or "", g["text"]) for g in rec.generations])
+        for g, v in zip(rec.generations, nll, strict=True):
+            if not math.isnan(v):
+                per_doc[g["doc_id"]]["nll_ref"].append(v)
+    names = sorted({m for d in per_doc.values() for m in d})
+    by_doc = {s["doc_id"]: s for s in rec.sample_metrics}
+    for doc_id, metrics in per_doc.items():
+        row = by_doc.setdefault(doc_id, {"doc_id": doc_id})
+        for m, vals in metrics.items():
+            row[m] = sum(vals) / len(vals)
+    rec.sample_metrics = list(by_doc.values())
+    for m in names:
+        rec.metrics[m] = _mean_sem([s.get(m) for s in rec.sample_metrics])
+    rec.measurements["reference_metrics"] = {"reference_cell": ref.cell_id, "metrics": names, "at": now()}
+
+
+@torch.no_grad()
+def score_nll(lm: Any, pairs: list[tuple[str, str]], batch_size: int = 16) -> list[float]:
+    """Mean negative log-likelihood (nats/token) of each continuation given its prompt, under ``lm``'s
+    model; NaN for an empty continuation."""
+    encoded = []
+    for prompt, text in pairs:
+        ctx = lm.tok_encode(prompt)
+        whole = lm.tok_encode(prompt + text)
+        cont = whole[len(ctx) :] if whole[: len(ctx)] == ctx else lm.tok_encode(text, add_special_tokens=False)
+        encoded.append((ctx, cont))
+    out = [math.nan] * len(pairs)
+    order = [
+        i for i in sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]) - len(encoded[i][1])) if encoded[i][1]
+    ]
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    max_len = lm.max_length
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        seqs = [(encoded[i][0] + encoded[i][1])[-max_len:] for i in idx]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            ids[r, : len(s)] = torch.tensor(s)
+            mask[r, : len(s)] = 1
+        logp = torch.log_softmax(
+            lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits.float(), -1
+        ).cpu()
+        for r, i in enumerate(idx):
+            n_cont = min(len(encoded[i][1]), len(seqs[r]) - 1)
+            end = len(seqs[r])
+            targets = torch.tensor(seqs[r][end - n_cont :])
+            lp = logp[r, end - n_cont - 1 : end - 1].gather(1, targets[:, None]).squeeze(1)
+            out[i] = float(-lp.mean())
+    return out
+
+
+def _finite(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _mean_sem(values: list[Any]) -> dict[str, float | None]:
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return {"value": None, "stderr": None, "n": 0, "lo": None, "hi": None}
+    sem = statistics.stdev(vals) / math.sqrt(len(vals)) if len(vals) > 1 else None
+    return {"value": statistics.fmean(vals), "stderr": sem, "n": len(vals), "lo": None, "hi": None}
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, torch.OutOfMemoryError):
+        return "CUDA out of memory: " + str(e).splitlines()[0][:200]
+    if isinstance(e, HarnessExtError):
+        return str(e)
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300] if text else ''}"
+
+
+def _summary_line(rec: Record) -> str:
+    if rec.status != "ok":
+        return f"FAILED {rec.label}: {rec.error}"
+    if rec.kind == "probe":
+        return f"ok     {rec.label}: {len(rec.points)} grid points"
+    show = [(k, v["value"]) for k, v in rec.metrics.items() if v.get("value") is not None][:3]
+    return f"ok     {rec.label}: " + ", ".join(f"{k}={v:.4g}" for k, v in show)
+
+
+@contextlib.contextmanager
+def _quiet_lm_eval() -> Iterator[None]:
+    """lm-eval logs a warning and draws a progress bar per task variant: keep its errors only, and
+    the runner's own bar over cells."""
+    import functools
+
+    import lm_eval.api.task as lm_eval_task
+    import transformers
+
+    logger = logging.getLogger("lm_eval")
+    level, task_tqdm = logger.level, lm_eval_task.tqdm
+    if not log.isEnabledFor(logging.DEBUG):
+        logger.setLevel(logging.ERROR)
+        lm_eval_task.tqdm = functools.partial(task_tqdm, disable=True)
+        transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        lm_eval_task.tqdm = task_tqdm
+        transformers.utils.logging.enable_progress_bar()

@@ -1,0 +1,704 @@
+"""The study spec: pydantic models, YAML loading with line numbers, grid expansion, cells.
+
+A spec names models x quantization schemes x a sampling grid x tasks x seeds. ``expand`` turns it
+into cells, each with a content hash that changes whenever anything that could change its result
+changes, so a resumed run never mixes results of different definitions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PositiveInt,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from harness_ext.errors import SpecError
+from harness_ext.quant import BUILTIN_SCHEMES, DType, Scheme
+
+#: Bump when the meaning of a cell's definition changes: every cell gets a new hash.
+CELL_HASH_VERSION = 1
+
+SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+OUR_TASKS = ("quant_nextword", "quant_continuation")
+MAX_TEMPERATURE = 10.0
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# The limits of each sampling axis, in one place: used by a point and by the grid's lists.
+Temperature = Annotated[float, Field(ge=0.0, le=MAX_TEMPERATURE, description="0 = greedy")]
+TopK = Annotated[PositiveInt | None, Field(description="keep the k most likely tokens; null = off")]
+TopP = Annotated[float, Field(gt=0.0, le=1.0, description="nucleus mass; 1.0 = off")]
+MaxNewTokens = Annotated[int, Field(ge=1, le=8192)]
+RepetitionPenalty = Annotated[float, Field(gt=0.0, le=10.0, description="1.0 = off")]
+
+
+class SamplingPoint(_Strict):
+    """One point of the sampling grid. ``temperature: 0`` means greedy decoding."""
+
+    temperature: Temperature = 0.0
+    top_k: TopK = None
+    top_p: TopP = 1.0
+    max_new_tokens: MaxNewTokens = 32
+    repetition_penalty: RepetitionPenalty = 1.0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def label(self) -> str:
+        """Short human label, e.g. ``T=0.7 k=50 p=1 n=64``."""
+        k = "-" if self.top_k is None else str(self.top_k)
+        s = f"T={self.temperature:g} k={k} p={self.top_p:g} n={self.max_new_tokens}"
+        return s + (f" rp={self.repetition_penalty:g}" if self.repetition_penalty != 1.0 else "")
+
+    def gen_kwargs(self) -> dict[str, Any]:
+        """lm-eval ``gen_kwargs`` for this point (the only place a point becomes a loose dict)."""
+        kw: dict[str, Any] = {
+            "do_sample": not self.greedy,
+            "temperature": self.temperature,
+            "max_gen_toks": self.max_new_tokens,
+        }
+        if self.top_k is not None:
+            kw["top_k"] = self.top_k
+        if self.top_p < 1.0:
+            kw["top_p"] = self.top_p
+        if self.repetition_penalty != 1.0:
+            kw["repetition_penalty"] = self.repetition_penalty
+        return kw
+
+
+def _nonempty_unique(values: list[Any], what: str) -> list[Any]:
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} lists a value twice: {values}")
+    return values
+
+
+class SamplingGrid(_Strict):
+    """Either a full factorial over the axis lists, or explicit ``points`` (not both)."""
+
+    temperature: list[Temperature] | None = Field(None, min_length=1)
+    top_k: list[TopK] | None = Field(None, min_length=1)
+    top_p: list[TopP] | None = Field(None, min_length=1)
+    max_new_tokens: list[MaxNewTokens] | None = Field(None, min_length=1)
+    repetition_penalty: list[RepetitionPenalty] | None = Field(None, min_length=1)
+    points: list[SamplingPoint] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> SamplingGrid:
+        axes = {a: getattr(self, a) for a in AXES}
+        given = [a for a, v in axes.items() if v is not None]
+        if self.points is not None and given:
+            raise ValueError(f"give either explicit 'points' or the axis lists, not both (axes given: {given})")
+        if self.points is None and not given:
+            raise ValueError(
+                "the sampling grid is empty: give at least one axis list "
+                "(temperature, top_k, top_p, max_new_tokens, repetition_penalty) or 'points'"
+            )
+        for a in given:
+            _nonempty_unique(axes[a], a)
+        return self
+
+    def expand(self) -> list[SamplingPoint]:
+        """All grid points, in a stable order, without duplicates."""
+        if self.points is not None:
+            pts = list(self.points)
+        else:
+            default = SamplingPoint()
+            lists = [getattr(self, a) or [getattr(default, a)] for a in AXES]
+            pts = [SamplingPoint(**dict(zip(AXES, combo, strict=True))) for combo in itertools.product(*lists)]
+        seen: dict[SamplingPoint, None] = {}
+        for p in pts:
+            seen.setdefault(p, None)
+        return list(seen)
+
+
+AXES = ("temperature", "top_k", "top_p", "max_new_tokens", "repetition_penalty")
+
+
+class ModelSpec(_Strict):
+    """A model: a Hugging Face id, a local folder, a GGUF file, or a built-in name."""
+
+    name: str | None = Field(None, pattern=SAFE_NAME, max_length=64, description="label; default from pretrained")
+    pretrained: str = Field(min_length=1, description="HF hub id, local path, or built-in name (smollm2-135m)")
+    revision: str | None = None
+    gguf_file: str | None = Field(None, description="GGUF file inside `pretrained` (or a path)")
+    tokenizer: str | None = Field(None, description="tokenizer id/path if not the model's own")
+    dtype: DType = Field("float32", description="dtype of unquantized layers for quantized schemes")
+    trust_remote_code: bool = False
+    reference: str | None = Field(
+        None, description="scheme used as the unquantized reference; default: first unquantized scheme"
+    )
+    family: str | None = Field(None, description="model family for per-family findings; default: config.model_type")
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        base = self.pretrained.rstrip("/").split("/")[-1]
+        return "".join(c if c.isalnum() or c in "._-" else "-" for c in base) or "model"
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two model entries load the same weights (hashed into cells)."""
+        return self.model_dump(
+            include={"pretrained", "revision", "gguf_file", "tokenizer", "dtype", "trust_remote_code"}
+        )
+
+
+class TaskSpec(_Strict):
+    """A task: one of ours (``quant_nextword``, ``quant_continuation``), optionally on your own JSONL,
+    or any lm-eval task name."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=SAFE_NAME)
+    base: Literal["quant_nextword", "quant_continuation"] | None = Field(
+        None, description="with `data`: which of our tasks to run on it"
+    )
+    data: str | None = Field(None, description="JSONL file for `base` (relative to the spec file)")
+    limit: PositiveInt | None = Field(None, description="prompts; overrides the study's limit")
+    repeats: PositiveInt | None = Field(None, le=64, description="samples per prompt; overrides the study's")
+    max_new_tokens: PositiveInt | None = Field(None, description="pin this axis for this task")
+
+    @model_validator(mode="after")
+    def _data_needs_base(self) -> TaskSpec:
+        if self.data is not None and self.base is None and self.name not in OUR_TASKS:
+            raise ValueError(
+                "a task with `data` must say which of our tasks it feeds: base: quant_nextword or quant_continuation"
+            )
+        if self.base is not None and self.data is None:
+            raise ValueError("`base` goes with `data` (a JSONL file); drop `base` or add `data`")
+        return self
+
+    @property
+    def kind(self) -> str | None:
+        """Which of our tasks this is (``quant_nextword``/``quant_continuation``), or None for stock lm-eval."""
+        if self.base:
+            return self.base
+        return self.name if self.name in OUR_TASKS else None
+
+
+class ProbeSpec(_Strict):
+    """The exact next-token probe: one forward pass per prompt, all temperatures/top-k exactly."""
+
+    enabled: bool = True
+    task: str = Field("quant_nextword", description="name of a nextword-kind task in `tasks`, or quant_nextword")
+    limit: PositiveInt | None = None
+
+
+class SpeedSpec(_Strict):
+    """Fixed-length generation benchmark per (model, scheme)."""
+
+    enabled: bool = True
+    batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1], min_length=1)
+    prompt_tokens: PositiveInt = Field(64, le=8192)
+    new_tokens: PositiveInt = Field(64, ge=2, le=8192)
+    warmup: int = Field(1, ge=0, le=20)
+    repeats: int = Field(3, ge=3, le=100, description="timed repeats (>= 3)")
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _unique(cls, v: list[int]) -> list[int]:
+        return _nonempty_unique(v, "batch_sizes")
+
+
+class ReportSpec(_Strict):
+    """Options of the rendered report."""
+
+    title: str | None = Field(None, max_length=200)
+    output_dir: str | None = Field(None, description="default: reports/<study name>")
+    examples: int = Field(3, ge=0, le=20, description="example generations shown per scheme")
+    equivalence_margin: float = Field(
+        0.05, gt=0, le=1, description="claim (a): quality difference counted as 'alike' (absolute)"
+    )
+    speed_margin: float = Field(
+        0.10, gt=0, le=1, description="claim (a): relative speed/memory difference counted as 'alike'"
+    )
+
+
+def _known_scheme(name: str) -> str:
+    if name not in BUILTIN_SCHEMES:
+        raise ValueError(
+            f"unknown scheme {name!r}: built-ins are {', '.join(BUILTIN_SCHEMES)}; "
+            "or define one inline as {name: ..., quant: none|int8|nf4|fp4, ...}"
+        )
+    return name
+
+
+def _by_name_or_inline(value: Any) -> str:
+    return "by-name" if isinstance(value, str) else "inline"
+
+
+#: A scheme: a built-in name, or an inline definition. The discriminator keeps errors to one member.
+SchemeEntry = Annotated[
+    Annotated[str, AfterValidator(_known_scheme), Tag("by-name")] | Annotated[Scheme, Tag("inline")],
+    Discriminator(_by_name_or_inline),
+]
+TaskEntry = Annotated[
+    Annotated[str, Field(pattern=SAFE_NAME, max_length=64), Tag("by-name")] | Annotated[TaskSpec, Tag("inline")],
+    Discriminator(_by_name_or_inline),
+]
+_UNION_TAGS = ("by-name", "inline")
+
+
+class StudySpec(_Strict):
+    """A whole study."""
+
+    name: str = Field(pattern=SAFE_NAME, max_length=64)
+    description: str = ""
+    models: list[ModelSpec] = Field(min_length=1)
+    schemes: list[SchemeEntry] = Field(min_length=1, description="built-in names or full definitions")
+    sampling: SamplingGrid
+    tasks: list[TaskEntry] = Field(min_length=1)
+    limit: PositiveInt | None = Field(None, description="prompts per task (default: all)")
+    repeats: PositiveInt = Field(1, le=64, description="samples per prompt per cell (sampled points)")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    probe: ProbeSpec = Field(default_factory=ProbeSpec)
+    speed: SpeedSpec = Field(default_factory=SpeedSpec)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
+    batch_size: PositiveInt = Field(8, le=4096, description="rows per generate call")
+    grid_batching: bool = Field(True, description="batch rows of different grid points together")
+    threads: PositiveInt | None = Field(None, le=1024, description="torch CPU threads (default: torch's)")
+    output_dir: str | None = Field(None, description="run directory; default runs/<name>")
+    report: ReportSpec = Field(default_factory=ReportSpec)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_unique(cls, v: list[int]) -> list[int]:
+        for s in v:
+            if not 0 <= s < 2**31:
+                raise ValueError(f"seed {s} out of range: seeds are integers in [0, 2**31)")
+        return _nonempty_unique(v, "seeds")
+
+    @model_validator(mode="after")
+    def _cross_checks(self, info: ValidationInfo) -> StudySpec:
+        if info.context and info.context.get("skip_cross"):
+            return self
+        problems = self.problems()
+        if problems:
+            loc, msg = problems[0]
+            raise ValueError(f"{_loc_path(loc)}: {msg}")
+        return self
+
+    def problems(self) -> list[tuple[tuple[Any, ...], str]]:
+        """Checks across fields, as (location, message) so that errors can name their line."""
+        out: list[tuple[tuple[Any, ...], str]] = []
+        seen_models: dict[str, int] = {}
+        for i, m in enumerate(self.models):
+            if m.label in seen_models:
+                out.append((("models", i), f"model name {m.label!r} is used twice: give each model a distinct `name`"))
+            seen_models[m.label] = i
+        names = [s if isinstance(s, str) else s.name for s in self.schemes]
+        for i, n in enumerate(names):
+            if n in names[:i]:
+                out.append((("schemes", i), f"scheme {n!r} is listed twice"))
+        for i, m in enumerate(self.models):
+            if m.reference is None:
+                continue
+            if m.reference not in names:
+                out.append((("models", i, "reference"), f"{m.reference!r} is not among the schemes {names}"))
+            elif self.scheme(m.reference).quantized:
+                out.append(
+                    (("models", i, "reference"), f"{m.reference!r} is quantized; the reference must be unquantized")
+                )
+        tnames = [t if isinstance(t, str) else t.name for t in self.tasks]
+        for i, n in enumerate(tnames):
+            if n in tnames[:i]:
+                out.append((("tasks", i), f"task {n!r} is listed twice"))
+        if self.probe.enabled and self.probe.task != "quant_nextword":
+            t = next((t for t in self.task_list if t.name == self.probe.task), None)
+            if t is None or t.kind != "quant_nextword":
+                out.append(
+                    (
+                        ("probe", "task"),
+                        f"{self.probe.task!r} must be quant_nextword or a task in `tasks` with base: quant_nextword",
+                    )
+                )
+        return out
+
+    # -- accessors -------------------------------------------------------------------------------
+    def scheme(self, name: str) -> Scheme:
+        for s in self.schemes:
+            if isinstance(s, Scheme) and s.name == name:
+                return s
+        return BUILTIN_SCHEMES[name]
+
+    @property
+    def scheme_list(self) -> list[Scheme]:
+        return [self.scheme(s) if isinstance(s, str) else s for s in self.schemes]
+
+    def task(self, name: str) -> TaskSpec:
+        for t in self.task_list:
+            if t.name == name:
+                return t
+        if name in OUR_TASKS:
+            return TaskSpec(name=name)
+        raise KeyError(name)
+
+    @property
+    def task_list(self) -> list[TaskSpec]:
+        return [TaskSpec(name=t) if isinstance(t, str) else t for t in self.tasks]
+
+    def reference_scheme(self, model: ModelSpec) -> Scheme | None:
+        """The unquantized scheme a model's quantized schemes are compared against (None if none)."""
+        if model.reference:
+            return self.scheme(model.reference)
+        return next((s for s in self.scheme_list if not s.quantized), None)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or f"runs/{self.name}")
+
+    @property
+    def report_dir(self) -> Path:
+        return Path(self.report.output_dir or f"reports/{self.name}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Cells
+
+
+def content_hash(obj: Any) -> str:
+    """16-hex-digit SHA-256 of the canonical JSON of ``obj``."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A unit of work with one stored record. ``kind``: eval (a task at a grid point and seed),
+    probe (the exact next-token probe), speed (the generation benchmark at one batch size)."""
+
+    kind: Literal["eval", "probe", "speed"]
+    model: ModelSpec
+    scheme: Scheme  # resolved
+    device: str  # resolved device type: cpu or cuda
+    task: TaskSpec | None = None
+    point: SamplingPoint | None = None
+    seed: int | None = None
+    params: dict[str, Any] = field(default_factory=dict)  # limit, repeats, batch size, data hash, ...
+
+    def definition(self) -> dict[str, Any]:
+        """Everything that defines the cell's result; hashed into :attr:`id` and stored in its record."""
+        return {
+            "hash_version": CELL_HASH_VERSION,
+            "kind": self.kind,
+            "model": {"name": self.model.label, **self.model.identity()},
+            "scheme": self.scheme.model_dump(mode="json"),
+            "device": self.device,
+            "task": self.task.name if self.task else None,
+            "point": self.point.model_dump(mode="json") if self.point else None,
+            "seed": self.seed,
+            "params": self.params,
+        }
+
+    @property
+    def id(self) -> str:
+        return content_hash(self.definition())
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        return (self.model.label, self.scheme.name)
+
+    def label(self) -> str:
+        parts = [self.kind, self.model.label, self.scheme.name]
+        if self.task:
+            parts.append(self.task.name)
+        if self.point:
+            parts.append(self.point.label())
+        if self.seed is not None:
+            parts.append(f"seed={self.seed}")
+        if "batch_size" in self.params and self.kind == "speed":
+            parts.append(f"batch={self.params['batch_size']}")
+        return " | ".join(parts)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` if a GPU is visible, else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def expand(spec: StudySpec, device: str, task_params: dict[str, dict[str, Any]] | None = None) -> list[Cell]:
+    """All cells of a study, reference pairs first per model.
+
+    ``task_params`` maps task name to extra identity (e.g. the data file's hash, whether the task is
+    a loglikelihood task, which collapses the sampling axes); the runner supplies it.
+    """
+    task_params = task_params or {}
+    cells: list[Cell] = []
+    points = spec.sampling.expand()
+    for model in spec.models:
+        for scheme in ordered_schemes(spec, model):
+            rs = scheme.resolve(model.dtype)
+            for task in spec.task_list:
+                extra = dict(task_params.get(task.name, {}))
+                generative = extra.pop("generative", True)
+                params = {
+                    "limit": task.limit or spec.limit,
+                    "repeats": (task.repeats or spec.repeats) if generative else 1,
+                    **extra,
+                }
+                task_points: list[SamplingPoint | None]
+                if generative:
+                    seen: dict[SamplingPoint, None] = {}
+                    for p in points:
+                        if task.max_new_tokens is not None:
+                            p = p.model_copy(update={"max_new_tokens": task.max_new_tokens})
+                        seen.setdefault(p, None)
+                    task_points = list(seen)
+                else:
+                    task_points = [None]
+                for point in task_points:
+                    for seed in spec.seeds if generative else spec.seeds[:1]:
+                        cells.append(Cell("eval", model, rs, device, task, point, seed, params))
+            if spec.probe.enabled:
+                ptask = spec.task(spec.probe.task)
+                probe_params = {
+                    "limit": spec.probe.limit or ptask.limit or spec.limit,
+                    "task": ptask.name,
+                    **{k: v for k, v in task_params.get(ptask.name, {}).items() if k != "generative"},
+                    "grid": probe_grid(spec),
+                }
+                cells.append(Cell("probe", model, rs, device, ptask, None, None, probe_params))
+            if spec.speed.enabled:
+                for bs in spec.speed.batch_sizes:
+                    sp = spec.speed.model_dump(exclude={"enabled", "batch_sizes"})
+                    cells.append(Cell("speed", model, rs, device, None, None, None, {"batch_size": bs, **sp}))
+    return cells
+
+
+def probe_grid(spec: StudySpec) -> dict[str, list[Any]]:
+    """The probe's axes: every temperature, top-k, top-p and repetition penalty of the grid."""
+    pts = spec.sampling.expand()
+    return {
+        "temperature": sorted({p.temperature for p in pts}),
+        "top_k": sorted({p.top_k for p in pts}, key=lambda k: math.inf if k is None else k),
+        "top_p": sorted({p.top_p for p in pts}),
+        "repetition_penalty": sorted({p.repetition_penalty for p in pts}),
+    }
+
+
+def ordered_schemes(spec: StudySpec, model: ModelSpec) -> list[Scheme]:
+    """The model's schemes with its unquantized reference first (metrics against it need it)."""
+    ref = spec.reference_scheme(model)
+    schemes = spec.scheme_list
+    if ref is None:
+        return schemes
+    return [ref] + [s for s in schemes if s.name != ref.name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading YAML with line numbers
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe loader that refuses duplicate mapping keys (PyYAML silently keeps the last)."""
+
+
+def _compose(text: str, source: str) -> yaml.Node | None:
+    try:
+        node = yaml.compose(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        problem_mark, context_mark = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        mark = context_mark or problem_mark
+        where = f"{source}:{mark.line + 1}" if mark else source
+        detail = f"{e.context} here; {problem}" if context_mark is not None and getattr(e, "context", None) else problem
+        if context_mark is not None and problem_mark is not None and problem_mark.line != context_mark.line:
+            detail += f" (line {problem_mark.line + 1})"
+        raise SpecError(f"{where}: malformed YAML: {detail}") from None
+    _check_duplicate_keys(node, source)
+    return node
+
+
+def _check_duplicate_keys(node: yaml.Node | None, source: str) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for k, v in node.value:
+            key = getattr(k, "value", None)
+            if key in seen:
+                raise SpecError(f"{source}:{k.start_mark.line + 1}: key {key!r} appears twice in one mapping")
+            seen.add(key)
+            _check_duplicate_keys(v, source)
+    elif isinstance(node, yaml.SequenceNode):
+        for v in node.value:
+            _check_duplicate_keys(v, source)
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML node at a pydantic error location (best effort)."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+            match = next((kv for kv in node.value if getattr(kv[0], "value", None) == part), None)
+            if match is None:
+                continue  # pydantic union tags ("str", "Scheme") and missing keys: stay on the parent
+            line = match[0].start_mark.line + 1
+            node = match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                break
+            node = node.value[part]
+            line = node.start_mark.line + 1
+    return line
+
+
+def _loc_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in _UNION_TAGS or "[" in str(part):
+            continue  # union member tags and validator names
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+_HINTS = {
+    "extra_forbidden": "unknown key",
+    "missing": "required key missing",
+}
+
+
+def format_validation_error(err: ValidationError, node: yaml.Node | None, source: str, model: type[BaseModel]) -> str:
+    """One line per problem: ``file:line: field.path: message``; unions reported once, by best match."""
+    lines: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path = _loc_path(loc)
+        line = _line_of(node, loc)
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, loc[:-1])
+            msg = f"unknown key {loc[-1]!r}" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
+        elif e["type"] == "missing":
+            msg = "required key missing"
+        key = (path, msg)
+        if key in seen:
+            continue
+        seen.add(key)
+        where = f"{source}:{line}" if line else source
+        lines.append(f"{where}: {path}: {msg}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the sub-model at ``loc`` (for 'unknown key' messages)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if part in _UNION_TAGS:
+            continue
+        fields = getattr(current, "model_fields", {})
+        if part not in fields:
+            continue
+        current = _model_in(fields[part].annotation)
+        if current is None:
+            return []
+    return list(getattr(current, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def parse_spec(text: str, source: str = "<spec>") -> StudySpec:
+    """Parse and validate spec text; raise :class:`SpecError` with ``file:line: path: message`` lines."""
+    node = _compose(text, source)
+    data = yaml.safe_load(text) if node is not None else None
+    if not isinstance(data, dict):
+        raise SpecError(
+            f"{source}:1: a study spec is a YAML mapping (name:, models:, schemes:, ...), got {type(data).__name__}"
+        )
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as e:
+        cross = _cross_check_errors(data)
+        if cross is not None:  # fields are fine one by one; report the cross-field problems by line
+            raise SpecError(
+                "\n".join(f"{_where(source, _line_of(node, loc))}: {_loc_path(loc)}: {msg}" for loc, msg in cross)
+            ) from None
+        raise SpecError(format_validation_error(e, node, source, StudySpec)) from None
+
+
+def _where(source: str, line: int | None) -> str:
+    return f"{source}:{line}" if line else source
+
+
+def _cross_check_errors(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]] | None:
+    """If ``data`` fails only the cross-field checks, return those problems with their locations."""
+    try:
+        spec = StudySpec.model_construct(**StudySpec.model_validate(data, context={"skip_cross": True}).__dict__)
+    except ValidationError:
+        return None
+    return spec.problems() or None
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a spec file. Relative task ``data`` paths resolve against the spec's folder."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such spec file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{path}: cannot read the spec: {e}") from None
+    spec = parse_spec(text, str(path))
+    return _resolve_data_paths(spec, path.parent)
+
+
+def _resolve_data_paths(spec: StudySpec, base: Path) -> StudySpec:
+    tasks: list[str | TaskSpec] = []
+    for t in spec.tasks:
+        if isinstance(t, TaskSpec) and t.data and not Path(t.data).is_absolute():
+            t = t.model_copy(update={"data": str((base / t.data).resolve())})
+        tasks.append(t)
+    return spec.model_copy(update={"tasks": tasks})
+
+
+def summarize(spec: StudySpec, cells: list[Cell]) -> str:
+    """The ``validate`` summary: counts per dimension and per kind."""
+    pts = spec.sampling.expand()
+    kinds = {k: sum(c.kind == k for c in cells) for k in ("eval", "probe", "speed")}
+    lines = [
+        f"study {spec.name!r}: {len(cells)} cells "
+        f"({kinds['eval']} eval, {kinds['probe']} probe, {kinds['speed']} speed)",
+        f"  {len(spec.models)} model(s) x {len(spec.schemes)} scheme(s) x {len(pts)} sampling point(s) "
+        f"x {len(spec.tasks)} task(s) x {len(spec.seeds)} seed(s)",
+        f"  models:  {', '.join(m.label for m in spec.models)}",
+        f"  schemes: {', '.join(s.name + ' = ' + s.describe() for s in spec.scheme_list)}",
+        f"  tasks:   {', '.join(t.name for t in spec.task_list)}",
+        f"  run dir: {spec.run_dir}   report: {spec.report_dir}",
+    ]
+    return "\n".join(lines)

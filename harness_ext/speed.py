@@ -1,0 +1,115 @@
+"""Fixed-length generation benchmark of a loaded (model, scheme).
+
+Greedy decoding with ``min_new_tokens = max_new_tokens`` so every row generates exactly the same
+number of tokens, on random prompt tokens from a fixed seed (speed does not depend on the text);
+warm-up calls first, then at least three timed repeats; medians with spread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from harness_ext.measure import Summary, is_cuda
+from harness_ext.sampling import RowParams
+
+
+def synthetic_prompts(
+    vocab: int, batch_size: int, prompt_tokens: int, special_ids: set[int], seed: int = 0
+) -> torch.Tensor:
+    """``[batch, prompt_tokens]`` random token ids (no special tokens), reproducible from ``seed``."""
+    allowed = torch.tensor([i for i in range(vocab) if i not in special_ids])
+    g = torch.Generator().manual_seed(seed)
+    return allowed[torch.randint(0, len(allowed), (batch_size, prompt_tokens), generator=g)]
+
+
+def benchmark(
+    lm: Any,
+    batch_size: int,
+    prompt_tokens: int,
+    new_tokens: int,
+    warmup: int = 1,
+    repeats: int = 3,
+    bandwidth: float | None = None,
+) -> dict[str, Any]:
+    """Time ``repeats`` fixed-length generations after ``warmup`` ones; return medians and spread.
+
+    ``bandwidth`` (bytes/s, CUDA) adds the weight-streaming floor: weight bytes / bandwidth per
+    decode step, and the ratio of the measured decode step to it.
+    """
+    tok = lm.tokenizer
+    special = {i for i in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id) if i is not None}
+    vocab = lm.model.get_input_embeddings().weight.shape[0]
+    ids = synthetic_prompts(vocab, batch_size, prompt_tokens, special)
+    mask = torch.ones_like(ids)
+    params = [RowParams()] * batch_size
+    caps = [new_tokens] * batch_size
+    lm.pop_calls()
+    for _ in range(warmup):
+        lm.generate_rows(ids, mask, params, caps, (), min_new_tokens=new_tokens)
+    lm.pop_calls()
+    for _ in range(repeats):
+        lm.generate_rows(ids, mask, params, caps, (), min_new_tokens=new_tokens)
+    calls = lm.pop_calls()
+    for c in calls:
+        if c.new_tokens != batch_size * new_tokens:
+            raise RuntimeError(
+                f"fixed-length benchmark generated {c.new_tokens} tokens, expected {batch_size * new_tokens}"
+            )
+    decode = Summary.of([c.decode_ms_per_step for c in calls if c.decode_ms_per_step is not None])
+    out: dict[str, Any] = {
+        "batch_size": batch_size,
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": new_tokens,
+        "warmup": warmup,
+        "repeats": repeats,
+        "decoding": "greedy, fixed length",
+        "ttft_ms": Summary.of([c.ttft_ms for c in calls if c.ttft_ms is not None]).to_dict(),
+        "decode_ms_per_token": decode.to_dict(),
+        "tokens_per_s": Summary.of([c.new_tokens / (c.wall_ms / 1e3) for c in calls]).to_dict(),
+        "decode_tokens_per_s": Summary.of(
+            [batch_size * 1e3 / c.decode_ms_per_step for c in calls if c.decode_ms_per_step]
+        ).to_dict(),
+        "wall_ms": Summary.of([c.wall_ms for c in calls]).to_dict(),
+        "peak_memory_bytes": max((c.peak_memory_bytes or 0) for c in calls) or None,
+        "peak_memory_kind": calls[0].peak_memory_kind if calls else "",
+        "threads": torch.get_num_threads(),
+        "calls": [c.to_dict(with_steps=False) for c in calls],
+    }
+    info = lm.load_info
+    if info is not None:
+        out["weight_bytes"] = info.weight_bytes
+        out["load_s"] = info.load_s
+        out["load_peak_bytes"] = info.load_peak_bytes
+        out["load_peak_kind"] = info.load_peak_kind
+    if bandwidth and info is not None and is_cuda(lm.device):
+        floor_ms = info.weight_bytes / bandwidth * 1e3
+        out["bandwidth_bytes_per_s"] = bandwidth
+        out["floor_ms_per_token"] = floor_ms
+        out["decode_over_floor"] = decode.median / floor_ms
+    return out
+
+
+def metrics_of(result: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """The benchmark's figures as store metrics: value = median, lo/hi = p10/p90."""
+
+    def summary(name: str) -> dict[str, float | None]:
+        s = result[name]
+        return {"value": s["median"], "lo": s["p10"], "hi": s["p90"], "n": s["n"], "stderr": None}
+
+    out = {
+        name: summary(name)
+        for name in ("ttft_ms", "decode_ms_per_token", "tokens_per_s", "decode_tokens_per_s", "wall_ms")
+    }
+    for name in (
+        "peak_memory_bytes",
+        "weight_bytes",
+        "load_s",
+        "load_peak_bytes",
+        "floor_ms_per_token",
+        "decode_over_floor",
+    ):
+        if result.get(name) is not None:
+            out[name] = {"value": float(result[name]), "lo": None, "hi": None, "n": 1, "stderr": None}
+    return out

@@ -1,0 +1,71 @@
+"""Datasets of our tasks: the JSONL shipped in ``data/`` or a user's own file, validated.
+
+lm-eval calls these through ``custom_dataset`` (with the task's ``dataset_kwargs`` and metadata),
+which keeps data paths relative to the package instead of the working directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+DATA_DIR = Path(__file__).parent / "data"
+REQUIRED_FIELDS = {
+    "nextword": ("context", "target"),
+    "continuation": ("prompt",),
+}
+
+
+class TaskDataError(ValueError):
+    """A task data file is missing, empty, or malformed (the message names file and line)."""
+
+
+def read_jsonl(path: str | Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Read a JSONL file of objects with the ``required`` string fields; reject broken lines,
+    empty files and duplicate rows with a message that names the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise TaskDataError(f"{path}: data file not found")
+    rows: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TaskDataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise TaskDataError(f"{path}:{lineno}: each line must be a JSON object")
+            for key in required:
+                if not isinstance(row.get(key), str) or not row[key].strip():
+                    raise TaskDataError(f"{path}:{lineno}: field {key!r} must be a non-empty string")
+            key = json.dumps([row[k] for k in required])
+            if key in seen:
+                raise TaskDataError(f"{path}:{lineno}: duplicate of line {seen[key]} ({', '.join(required)} repeated)")
+            seen[key] = lineno
+            row.setdefault("id", f"{path.stem}-{lineno}")
+            rows.append(row)
+    if not rows:
+        raise TaskDataError(f"{path}: the data file has no rows")
+    return rows
+
+
+def _dataset(rows: list[dict[str, Any]]) -> Any:
+    import datasets
+
+    columns = sorted({k for r in rows for k in r})
+    table = {c: [r.get(c) if isinstance(r.get(c), str) else json.dumps(r.get(c)) for r in rows] for c in columns}
+    return datasets.DatasetDict({"test": datasets.Dataset.from_dict(table)})
+
+
+def load_nextword(data_file: str | None = None, **_: Any) -> Any:
+    """``custom_dataset`` of quant_nextword: ``{"context", "target"}`` rows."""
+    return _dataset(read_jsonl(data_file or DATA_DIR / "nextword.jsonl", REQUIRED_FIELDS["nextword"]))
+
+
+def load_continuation(data_file: str | None = None, **_: Any) -> Any:
+    """``custom_dataset`` of quant_continuation: ``{"prompt"}`` rows (``genre`` optional)."""
+    return _dataset(read_jsonl(data_file or DATA_DIR / "continuation.jsonl", REQUIRED_FIELDS["continuation"]))

@@ -1,0 +1,1 @@
+"""Example study specs (packaged as harness_ext.specs, for `harness-ext demo`)."""

@@ -1,0 +1,1 @@
+"""The report templates (packaged as harness_ext.templates)."""

@@ -1,0 +1,132 @@
+"""The hf-quant backend inside lm-eval: by name with model_args, both request types, timing records."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import lm_eval
+import pytest
+
+from harness_ext.tasks import TASKS_DIR, make_variant, task_manager
+from harness_ext.tasks.loaders import load_nextword
+
+
+def _loglikelihood_task():
+    from lm_eval.api.task import ConfigurableTask
+
+    return ConfigurableTask(
+        config={
+            "task": "nextword_loglikelihood",
+            "custom_dataset": load_nextword,
+            "test_split": "test",
+            "output_type": "loglikelihood",
+            "doc_to_text": "{{context}}",
+            "doc_to_target": " {{target}}",
+            "metric_list": [
+                {"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False},
+                {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+            ],
+        }
+    )
+
+
+def test_hf_quant_by_name_runs_generate_and_loglikelihood(tiny_model) -> None:
+    import harness_ext.backend  # noqa: F401  registers hf-quant
+
+    gen = make_variant(
+        "quant_nextword", "nw", gen_kwargs={"do_sample": True, "temperature": 0.7, "max_gen_toks": 4, "seed": 1}
+    )
+    res = lm_eval.simple_evaluate(
+        model="hf-quant",
+        model_args=f"pretrained={tiny_model},quant=nf4,double_quant=True,device=cpu,batch_size=4",
+        tasks=[gen, _loglikelihood_task()],
+        limit=5,
+        task_manager=task_manager(),
+        bootstrap_iters=0,
+    )
+    assert 0.0 <= res["results"]["nw"]["exact_match,all"] <= 1.0
+    ll = res["results"]["nextword_loglikelihood"]
+    assert ll["perplexity,none"] > 1.0 and 0.0 <= ll["acc,none"] <= 1.0
+    assert res["config"]["hf_quant"]["scheme"]["quant"] == "nf4"
+    assert res["config"]["hf_quant"]["scheme"]["double_quant"] is True
+    assert len(res["samples"]["nw"]) == 5
+
+
+def test_timing_record_fields_are_plausible(tiny_lm_factory) -> None:
+    lm = tiny_lm_factory("int8")
+    lm.pop_calls()
+    task = make_variant("quant_continuation", "ct", gen_kwargs={"do_sample": False, "max_gen_toks": 6})
+    lm_eval.simple_evaluate(model=lm, tasks=[task], limit=6, task_manager=task_manager(), bootstrap_iters=0)
+    calls = lm.pop_calls()
+    assert sum(c.rows for c in calls) == 6
+    for c in calls:
+        d = c.to_dict()
+        for key in (
+            "rows",
+            "prompt_tokens",
+            "new_tokens",
+            "wall_ms",
+            "ttft_ms",
+            "decode_ms_per_step",
+            "peak_memory_bytes",
+        ):
+            assert d[key] is not None and d[key] > 0, key
+        assert c.new_tokens <= c.rows * 6
+        assert c.ttft_ms < c.wall_ms
+        assert c.decode_ms_per_step * c.steps < c.wall_ms
+    info = lm.load_info
+    assert info.weight_bytes > 0 and info.load_s > 0 and info.layer_types.get("Linear8bitLt") == 14
+
+
+def test_tokenizer_without_pad_token_works(tiny_model_nopad) -> None:
+    from harness_ext.backend import HFQuantLM
+
+    lm = HFQuantLM(pretrained=str(tiny_model_nopad), quant="fp32", device="cpu", batch_size=4)
+    task = make_variant("quant_nextword", "nw_nopad", gen_kwargs={"do_sample": False, "max_gen_toks": 3})
+    res = lm_eval.simple_evaluate(model=lm, tasks=[task], limit=4, task_manager=task_manager(), bootstrap_iters=0)
+    assert "exact_match,all" in res["results"]["nw_nopad"]
+
+
+def test_greedy_run_is_deterministic(tiny_lm_factory) -> None:
+    lm = tiny_lm_factory("nf4")
+    outs = []
+    for _ in range(2):
+        task = make_variant("quant_continuation", "det", gen_kwargs={"do_sample": False, "max_gen_toks": 8})
+        r = lm_eval.simple_evaluate(model=lm, tasks=[task], limit=4, task_manager=task_manager(), bootstrap_iters=0)
+        outs.append([s["resps"] for s in r["samples"]["det"]])
+    assert outs[0] == outs[1]
+
+
+@pytest.mark.slow
+def test_cli_hands_over_to_lm_eval(tiny_model, tmp_path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness_ext.cli",
+            "lm-eval",
+            "run",
+            "--model",
+            "hf-quant",
+            "--model_args",
+            f"pretrained={tiny_model},quant=int8",
+            "--device",
+            "cpu",
+            "--tasks",
+            "quant_nextword",
+            "--include_path",
+            str(TASKS_DIR),
+            "--limit",
+            "3",
+            "--output_path",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "exact_match" in proc.stdout
+    assert list(out.rglob("results_*.json"))

@@ -1,0 +1,199 @@
+"""Runner and store: one load per pair, resume after SIGKILL, failure isolation, spec changes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness_ext.runner import Runner
+from harness_ext.spec import parse_spec
+from harness_ext.store import RunStore
+
+SPEC = """\
+name: runner-test
+models:
+  - {{name: a, pretrained: "{a}"}}
+  - {{name: b, pretrained: "{b}"}}
+schemes: [fp32, int8, nf4, fp4]
+sampling:
+  temperature: [0, 0.8, 1.2]
+  top_k: [null, 5]
+  max_new_tokens: [4]
+tasks: [quant_nextword, quant_continuation]
+limit: 3
+seeds: [0]
+speed: {{batch_sizes: [2], prompt_tokens: 8, new_tokens: 4, repeats: 3}}
+batch_size: 8
+threads: 1
+"""
+
+
+def one_model(path: Path, schemes: str = "[fp32, int8, nf4, fp4]", temperatures: str = "[0, 0.8, 1.2]") -> str:
+    """SPEC with model a only, and the given schemes and temperatures."""
+    text = SPEC.format(a=path, b=path).replace(f'  - {{name: b, pretrained: "{path}"}}\n', "")
+    return text.replace("[fp32, int8, nf4, fp4]", schemes).replace(
+        "temperature: [0, 0.8, 1.2]", f"temperature: {temperatures}"
+    )
+
+
+def _runner(text: str, out: Path) -> Runner:
+    return Runner(parse_spec(text), text, progress=False, output_dir=out)
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_model, tiny_model_nopad, tmp_path_factory):
+    text = SPEC.format(a=tiny_model, b=tiny_model_nopad)
+    out = tmp_path_factory.mktemp("run") / "r"
+    runner = _runner(text, out)
+    result = runner.run()
+    return text, out, runner, result
+
+
+def test_two_models_four_schemes_six_points_two_tasks(full_run) -> None:
+    _, out, runner, result = full_run
+    assert result.failed == 0 and result.ok == result.cells
+    assert result.cells == 2 * 4 * (6 * 2 + 1 + 1)  # eval + probe + speed per pair
+    assert len(runner.loads) == 2 * 4  # each (model, scheme) loaded once
+    assert sorted(runner.scoring_loads) == [("a", "fp32"), ("b", "fp32")]
+    assert [s for m, s in runner.loads[:4]] == ["fp32", "int8", "nf4", "fp4"]  # reference first
+    cells = pd.read_parquet(out / "tables" / "cells.parquet")
+    assert set(cells["model"]) == {"a", "b"} and set(cells["scheme"]) == {"fp32", "int8", "nf4", "fp4"}
+    ev = cells[(cells.kind == "eval") & (cells.metric == "exact_match")]
+    assert len(ev) == 2 * 4 * 6
+    quant = cells[(cells.metric == "rouge_l_ref") & (cells.scheme != "fp32")]
+    assert len(quant) == 2 * 3 * 6 and quant["value"].between(0, 1).all()
+    assert (cells[cells.metric == "nll_ref"]["value"] > 0).all()
+    samples = pd.read_parquet(out / "tables" / "samples.parquet")
+    assert set(samples["doc_id"]) == {0, 1, 2}
+    gens = pd.read_parquet(out / "tables" / "generations.parquet")
+    assert len(gens) == 2 * 4 * 12 * 3
+    run = json.loads((out / "tables" / "run.json").read_text())
+    assert {(x["model"], x["scheme"]) for x in run["loads"]} == {
+        (m, s) for m in "ab" for s in ("fp32", "int8", "nf4", "fp4")
+    }
+
+
+def test_records_are_complete_and_versioned(full_run) -> None:
+    _, out, _, _ = full_run
+    store = RunStore(out)
+    records = store.load_records()
+    assert not store.problems
+    rec = next(r for r in records.values() if r.kind == "eval" and r.definition["task"] == "quant_continuation")
+    assert rec.record_version == 1 and rec.lm_eval["results"] and rec.lm_eval["samples"]
+    assert rec.load["weight_bytes"] > 0 and rec.measurements["evaluation"]["generate_calls"] >= 1
+    speed = next(r for r in records.values() if r.kind == "speed")
+    assert speed.metrics["decode_ms_per_token"]["value"] > 0
+    assert speed.measurements["repeats"] == 3 and len(speed.measurements["calls"]) == 3
+    env = store.invocations()[0]
+    assert env["packages"]["lm-eval"] and env["packages"]["torch"] and env["argv"] is not None
+
+
+def test_rerun_skips_everything(full_run) -> None:
+    text, out, _, first = full_run
+    before = {p.name: p.read_bytes() for p in (out / "records").glob("*.json")}
+    runner = _runner(text, out)
+    result = runner.run()
+    assert result.skipped == first.cells and runner.loads == [] and runner.scoring_loads == []
+    after = {p.name: p.read_bytes() for p in (out / "records").glob("*.json")}
+    assert before == after
+
+
+def test_changed_spec_gets_new_cells_only(full_run, tmp_path) -> None:
+    text, out, _, _ = full_run
+    changed = text.replace("temperature: [0, 0.8, 1.2]", "temperature: [0, 0.8, 1.3]")
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    runner = _runner(changed, copy)
+    result = runner.run()
+    new = 2 * 4 * 2 * 2  # temperature 1.3 x two top_k x two tasks, per pair
+    assert result.cells - result.skipped == new + 2 * 4  # plus each pair's probe (its grid changed)
+    assert len(runner.loads) == 8
+
+
+def test_a_failing_pair_is_recorded_and_the_study_goes_on(tiny_model, tmp_path, monkeypatch) -> None:
+    text = one_model(tiny_model, "[fp32, int8, nf4]", "[0]")
+    runner = _runner(text, tmp_path / "r")
+    original = runner.load_lm
+
+    def load(model, scheme, scoring=False):
+        if scheme.name == "int8" and not scoring:
+            import torch
+
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
+        return original(model, scheme, scoring=scoring)
+
+    monkeypatch.setattr(runner, "load_lm", load)
+    result = runner.run()
+    records = RunStore(tmp_path / "r").load_records().values()
+    failed = [r for r in records if r.status == "failed"]
+    assert failed and all(r.definition["scheme"]["name"] == "int8" for r in failed)
+    assert all("CUDA out of memory" in r.error for r in failed)
+    assert any(r.status == "ok" and r.definition["scheme"]["name"] == "nf4" for r in records)  # the next pair ran
+    assert result.failed == len(failed)
+    # a re-run redoes only the failed cells
+    again = _runner(text, tmp_path / "r")
+    res2 = again.run()
+    assert again.loads == [("a", "int8")] and res2.failed == 0 and res2.skipped == result.ok
+
+
+def test_a_failing_cell_does_not_stop_its_pair(tiny_model, tmp_path, monkeypatch) -> None:
+    text = one_model(tiny_model, "[fp32]", "[0]")
+    runner = _runner(text, tmp_path / "r")
+    from harness_ext import speed
+
+    def boom(*a, **k):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(speed, "benchmark", boom)
+    result = runner.run()
+    records = list(RunStore(tmp_path / "r").load_records().values())
+    assert [r.kind for r in records if r.status == "failed"] == ["speed"]
+    assert result.failed == 1 and result.ok == len(records) - 1
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.json")}
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume(tiny_model, tmp_path) -> None:
+    text = one_model(tiny_model)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness_ext.cli", "run", str(spec), "--output-dir", str(out), "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list((out / "records").glob("*.json"))) < 15:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    survivors = _digest(out / "records")
+    assert 15 <= len(survivors) < 4 * 14, "kill landed outside the run"
+    runner = _runner(text, out)
+    result = runner.run()
+    assert result.failed == 0 and result.ok == result.cells == 4 * 14
+    final = _digest(out / "records")
+    assert len(final) == result.cells  # no cell twice
+    changed = {k for k in survivors if final[k] != survivors[k]}
+    # finished cells are not recomputed; only the reference metrics may be added to eval records
+    for name in changed:
+        rec = json.loads((out / "records" / name).read_text())
+        assert rec["measurements"].get("reference_metrics"), name
+    assert RunStore(out).load_records() and not RunStore(out).problems

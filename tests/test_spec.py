@@ -1,0 +1,121 @@
+"""Study spec: validation with field paths and line numbers, grid expansion, stable cell hashes."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness_ext.errors import SpecError
+from harness_ext.spec import SamplingGrid, SamplingPoint, StudySpec, expand, parse_spec
+
+BASE = """\
+name: s
+models:
+  - pretrained: some/model
+schemes: [fp32, nf4, int8]
+sampling:
+  temperature: [0, 0.7]
+  top_k: [null, 50]
+  max_new_tokens: [16, 64]
+tasks: [quant_nextword, quant_continuation]
+seeds: [0, 1]
+"""
+
+
+def test_expansion_counts_and_reference_first() -> None:
+    spec = parse_spec(BASE)
+    cells = expand(spec, "cpu")
+    evals = [c for c in cells if c.kind == "eval"]
+    assert len(evals) == 3 * 8 * 2 * 2
+    assert sum(c.kind == "probe" for c in cells) == 3
+    assert sum(c.kind == "speed" for c in cells) == 3
+    assert cells[0].scheme.name == "fp32"  # the unquantized reference runs first
+    assert len({c.id for c in cells}) == len(cells)
+
+
+def test_hash_is_stable_and_changes_with_definition() -> None:
+    a = {c.id for c in expand(parse_spec(BASE), "cpu")}
+    assert a == {c.id for c in expand(parse_spec(BASE), "cpu")}
+    changed = {c.id for c in expand(parse_spec(BASE.replace("[0, 0.7]", "[0, 0.8]")), "cpu")}
+    assert len(a & changed) > 0 and a != changed  # temperature-0 cells survive, the 0.7 ones do not
+    other_device = {c.id for c in expand(parse_spec(BASE), "cuda")}
+    assert not a & other_device
+
+
+def test_resolved_scheme_carries_dtype() -> None:
+    spec = parse_spec(BASE.replace("pretrained: some/model", "pretrained: some/model\n    dtype: bfloat16"))
+    nf4 = next(c for c in expand(spec, "cpu") if c.scheme.name == "nf4")
+    assert nf4.scheme.dtype == "bfloat16" and nf4.scheme.compute_dtype == "bfloat16"
+
+
+def test_explicit_points_and_dedup() -> None:
+    grid = SamplingGrid(points=[SamplingPoint(temperature=0.5), SamplingPoint(temperature=0.5)])
+    assert grid.expand() == [SamplingPoint(temperature=0.5)]
+    with pytest.raises(ValueError, match="not both"):
+        SamplingGrid(points=[SamplingPoint()], temperature=[0.1])
+
+
+def test_task_pins_max_new_tokens() -> None:
+    spec = parse_spec(
+        BASE.replace(
+            "tasks: [quant_nextword, quant_continuation]",
+            "tasks: [{name: quant_nextword, max_new_tokens: 8}, quant_continuation]",
+        )
+    )
+    nw = [c for c in expand(spec, "cpu") if c.kind == "eval" and c.task.name == "quant_nextword"]
+    assert {c.point.max_new_tokens for c in nw} == {8}
+    assert len(nw) == 3 * 4 * 2
+
+
+def test_gen_kwargs_temperature_zero_is_greedy() -> None:
+    kw = SamplingPoint(temperature=0, top_k=5).gen_kwargs()
+    assert kw["do_sample"] is False and kw["temperature"] == 0
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "fragment"),
+    [
+        (
+            "  - pretrained: some/model",
+            "  - pretrained: some/model\n    colour: red",
+            4,
+            "models[0].colour: unknown key 'colour'; allowed keys",
+        ),
+        ("seeds: [0, 1]", "seeds: zero", 10, "seeds: Input should be a valid list"),
+        (
+            "  temperature: [0, 0.7]",
+            "  temperature: [0, -0.5]",
+            6,
+            "sampling.temperature[1]: Input should be greater than or equal to 0",
+        ),
+        ("  top_k: [null, 50]", "  top_k: [null, 0]", 7, "sampling.top_k[1]: Input should be greater than 0"),
+        (
+            "sampling:\n  temperature: [0, 0.7]\n  top_k: [null, 50]\n  max_new_tokens: [16, 64]",
+            "sampling: {}",
+            5,
+            "the sampling grid is empty",
+        ),
+        ("[fp32, nf4, int8]", "[fp32, nf5]", 4, "schemes[1]: unknown scheme 'nf5': built-ins are"),
+        (
+            "[fp32, nf4, int8]",
+            "\n  - fp32\n  - {name: i8, quant: int8, compute_dtype: float16}",
+            6,
+            "compute_dtype applies to 4-bit schemes",
+        ),
+        ("seeds: [0, 1]", "seeds: [0, 1\n", 10, "malformed YAML: while parsing a flow sequence here"),
+        ("seeds: [0, 1]", "seeds: [0, 0]", 10, "seeds: Value error, seeds lists a value twice"),
+    ],
+)
+def test_bad_specs_name_field_and_line(old: str, new: str, line: int, fragment: str) -> None:
+    text = BASE.replace(old, new)
+    assert text != BASE
+    with pytest.raises(SpecError) as e:
+        parse_spec(text, "x.yaml")
+    msg = str(e.value)
+    assert msg.startswith(f"x.yaml:{line}:"), msg
+    assert fragment.replace("Value error, ", "") in msg, msg
+
+
+def test_json_schema_describes_fields() -> None:
+    schema = StudySpec.model_json_schema()
+    assert {"models", "schemes", "sampling", "tasks"} <= set(schema["required"])
+    assert "temperature" in schema["$defs"]["SamplingGrid"]["properties"]
