@@ -14,11 +14,12 @@ model constructor), so this backend loads the model with a ``BitsAndBytesConfig`
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,10 +31,10 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import handle_stop_sequences, postprocess_generated_text
 from pydantic import ValidationError
 from tqdm import tqdm
-from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import CompileConfig, GenerationConfig, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from harness_ext import models as sources
-from harness_ext.errors import ModelLoadError, SpecError
+from harness_ext.errors import ModelLoadError, SpecError, UnsupportedSchemeError
 from harness_ext.measure import Clock, GenerateStats, StepTimer, summarize_marks, track_peak_memory
 from harness_ext.quant import BUILTIN_SCHEMES, Scheme, check_supported, from_pretrained_kwargs
 from harness_ext.sampling import RowParams, RowSampler, row_key
@@ -91,6 +92,7 @@ class LoadInfo:
     source: dict[str, Any]
     note: str | None
     scheme: dict[str, Any]
+    model_type: str | None = None
     original_generation_config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -125,7 +127,7 @@ def _count(model: torch.nn.Module) -> tuple[dict[str, int], dict[str, int]]:
 
 
 def load_model(
-    pretrained: str,
+    pretrained: str | None,
     scheme: Scheme,
     device: str,
     *,
@@ -134,10 +136,16 @@ def load_model(
     gguf_file: str | None = None,
     tokenizer: str | None = None,
     trust_remote_code: bool = False,
+    shape: dict[str, Any] | None = None,
 ) -> tuple[transformers.PreTrainedModel, Any, LoadInfo]:
-    """Load ``pretrained`` quantized by ``scheme`` on ``device``; measure load time and memory."""
+    """Load ``pretrained`` (or build ``shape`` with random weights) quantized by ``scheme`` on
+    ``device``; measure load time and memory."""
     scheme = scheme.resolve(model_dtype)
     check_supported(scheme, device)  # before any weights load
+    if shape is not None:
+        return _build_shape(shape, scheme, device)
+    if pretrained is None:
+        raise ModelLoadError("a model needs `pretrained` (weights) or `shape` (config fields)")
     source = sources.resolve(pretrained, gguf_file=gguf_file, revision=revision, tokenizer=tokenizer)
     try:
         config = transformers.AutoConfig.from_pretrained(
@@ -172,6 +180,33 @@ def load_model(
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize()
         load_s = time.perf_counter() - t0
+    return model, tok, _finish_load(model, config, scheme, device, load_s, peak, source.origin, source.note)
+
+
+def _build_shape(shape: dict[str, Any], scheme: Scheme, device: str) -> tuple[Any, Any, LoadInfo]:
+    config = sources.shape_config(shape)
+    tok = sources.placeholder_tokenizer()
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    with track_peak_memory(device) as peak:
+        t0 = time.perf_counter()
+        model = sources.random_model(config, from_pretrained_kwargs(scheme), device)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        load_s = time.perf_counter() - t0
+    return model, tok, _finish_load(model, config, scheme, device, load_s, peak, {"shape": shape}, sources.SHAPE_NOTE)
+
+
+def _finish_load(
+    model: Any,
+    config: Any,
+    scheme: Scheme,
+    device: str,
+    load_s: float,
+    peak: Any,
+    origin: dict[str, Any],
+    note: str | None,
+) -> LoadInfo:
+    """Neutralise the model's own sampling defaults and describe what was loaded."""
     model.eval()
     original_gc = model.generation_config.to_diff_dict() if model.generation_config else {}
     # a model's own sampling defaults (temperature, repetition_penalty, ...) must not leak into cells
@@ -179,7 +214,7 @@ def load_model(
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
     )
     layers, dtypes = _count(model)
-    info = LoadInfo(
+    return LoadInfo(
         load_s=load_s,
         weight_bytes=int(model.get_memory_footprint()),
         load_peak_bytes=peak.bytes,
@@ -188,12 +223,42 @@ def load_model(
         layer_types=layers,
         dtypes=dtypes,
         device=str(device),
-        source=source.origin,
-        note=source.note,
+        source=origin,
+        note=note,
         scheme=scheme.model_dump(mode="json"),
+        model_type=getattr(config, "model_type", None),
         original_generation_config={k: v for k, v in original_gc.items() if isinstance(v, (int, float, str, bool))},
     )
-    return model, tok, info
+
+
+def check_mode(mode: str, scheme: dict[str, Any], device: str) -> str:
+    """Refuse, in one line, a generation mode a scheme cannot run; return the mode."""
+    if mode not in ("eager", "compiled"):
+        raise SpecError(f"mode must be eager or compiled, not {mode!r}")
+    if mode == "eager":
+        return mode
+    quant = scheme.get("quant")
+    if quant == "int8":
+        raise UnsupportedSchemeError(
+            f"scheme {scheme.get('name')!r}: int8 (LLM.int8) cannot run compiled: torch.compile had not finished "
+            "compiling it after 4.5 minutes on an H100 (bitsandbytes 0.50.2); use mode eager"
+        )
+    if quant in ("nf4", "fp4") and torch.device(device).type != "cuda":
+        raise UnsupportedSchemeError(
+            f"scheme {scheme.get('name')!r}: compiled 4-bit runs on CUDA only (torch.compile fails on bitsandbytes' "
+            "CPU 4-bit kernels); use mode eager on the CPU"
+        )
+    return mode
+
+
+def compile_description(scheme: dict[str, Any], config: Any) -> str:
+    """What the compiled mode actually ran, for the records."""
+    if scheme.get("quant") == "none":
+        return (
+            f"static KV cache; transformers compiles the forward itself (CompileConfig fullgraph={config.fullgraph}, "
+            f"mode={config.mode})"
+        )
+    return "static KV cache; model.forward = torch.compile(model.forward, mode='default') (bitsandbytes)"
 
 
 def _one_line(e: BaseException) -> str:
@@ -272,7 +337,7 @@ class HFQuantLM(HFLM):
 
     def __init__(
         self,
-        pretrained: str | transformers.PreTrainedModel,
+        pretrained: str | transformers.PreTrainedModel | None = None,
         quant: str | Scheme = "fp32",
         dtype: str | None = None,
         compute_dtype: str | None = None,
@@ -287,12 +352,14 @@ class HFQuantLM(HFLM):
         batch_size: int | str = 8,
         grid_batching: bool = True,
         seed: int = 0,
+        mode: str = "eager",
+        shape: dict[str, Any] | None = None,
         load_info: LoadInfo | None = None,
         **kwargs: Any,
     ) -> None:
         if device in (None, "auto"):
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if isinstance(pretrained, str):
+        if isinstance(pretrained, str) or shape is not None:
             scheme = scheme_from_args(
                 quant,
                 dtype=dtype,
@@ -309,9 +376,10 @@ class HFQuantLM(HFLM):
                 gguf_file=gguf_file,
                 tokenizer=tokenizer if isinstance(tokenizer, str) else None,
                 trust_remote_code=trust_remote_code,
+                shape=shape,
             )
             tokenizer = tok if not tokenizer or isinstance(tokenizer, str) else tokenizer
-            self.model_name = pretrained
+            self.model_name = pretrained or f"shape:{shape.get('model_type')}"
         else:
             model = pretrained
             self.model_name = getattr(model.config, "_name_or_path", type(model).__name__)
@@ -328,10 +396,13 @@ class HFQuantLM(HFLM):
             **kwargs,
         )
         self.load_info = load_info
+        self.mode = check_mode(mode, self._scheme_fields(), str(self.device))
+        self.compiled: dict[str, Any] = {}  # how the compiled mode was set up, for the records
         self.grid_batching = bool(grid_batching)
         self.default_seed = int(seed)
         self.calls: list[GenerateStats] = []
         self.show_progress = True
+        self.share_prefill = True
 
     # -- lm-eval metadata: no hub look-ups ------------------------------------------------------
     def get_model_info(self) -> dict[str, Any]:
@@ -350,6 +421,10 @@ class HFQuantLM(HFLM):
         return calls
 
     # -- generation ----------------------------------------------------------------------------
+    def _scheme_fields(self) -> dict[str, Any]:
+        """The resolved scheme this LM was loaded with (a pre-built model counts as unquantized)."""
+        return self.load_info.scheme if self.load_info is not None else {"quant": "none", "name": "model"}
+
     def generate_rows(
         self,
         input_ids: torch.Tensor,
@@ -358,14 +433,17 @@ class HFQuantLM(HFLM):
         caps: Sequence[int],
         stops: Sequence[str] = (),
         min_new_tokens: int = 0,
+        mode: str | None = None,
     ) -> list[RowResult]:
         """One instrumented ``generate`` over a left-padded batch; each row samples by its own params.
 
         On CUDA out-of-memory the batch is split in half and retried (outputs do not depend on the
         batch, so nothing changes but the time).
         """
+        mode = check_mode(mode or self.mode, self._scheme_fields(), str(self.device))
         try:
-            return self._generate_rows(input_ids, attention_mask, params, caps, stops, min_new_tokens)
+            with self._mode(mode):
+                return self._generate_rows(input_ids, attention_mask, params, caps, stops, min_new_tokens, mode)
         except torch.OutOfMemoryError:
             if input_ids.shape[0] == 1:
                 raise
@@ -379,11 +457,27 @@ class HFQuantLM(HFLM):
                 input_ids.shape[0] - half,
             )
             first = self.generate_rows(
-                input_ids[:half], attention_mask[:half], params[:half], caps[:half], stops, min_new_tokens
+                input_ids[:half], attention_mask[:half], params[:half], caps[:half], stops, min_new_tokens, mode
             )
             return first + self.generate_rows(
-                input_ids[half:], attention_mask[half:], params[half:], caps[half:], stops, min_new_tokens
+                input_ids[half:], attention_mask[half:], params[half:], caps[half:], stops, min_new_tokens, mode
             )
+
+    @contextlib.contextmanager
+    def _mode(self, mode: str) -> Iterator[None]:
+        """Compiled 4-bit models: swap in a ``torch.compile``d forward for the call (transformers never
+        compiles bitsandbytes models itself); unquantized models are compiled by transformers."""
+        if mode != "compiled" or self._scheme_fields().get("quant") == "none":
+            yield
+            return
+        if "forward" not in self.compiled:
+            self.compiled["forward"] = torch.compile(self.model.forward, mode="default")
+        eager = self.model.forward
+        self.model.forward = self.compiled["forward"]
+        try:
+            yield
+        finally:
+            self.model.forward = eager
 
     def _generate_rows(
         self,
@@ -393,6 +487,7 @@ class HFQuantLM(HFLM):
         caps: Sequence[int],
         stops: Sequence[str],
         min_new_tokens: int,
+        mode: str = "eager",
     ) -> list[RowResult]:
         device = self.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
@@ -410,17 +505,32 @@ class HFQuantLM(HFLM):
             eos_token_id=eos_ids or None,
             use_cache=True,
         )
+        if mode == "compiled":
+            config.cache_implementation = "static"
+            config.compile_config = CompileConfig()  # transformers compiles unquantized models (CUDA graphs)
+            config.compile_config._compile_all_devices = torch.device(device).type != "cuda" or None
+            self.compiled.setdefault("how", compile_description(self._scheme_fields(), config.compile_config))
         processors = LogitsProcessorList([StepTimer(clock), RowSampler(params, prompt_len, starts, device)])
         with track_peak_memory(device) as peak, torch.no_grad():
             clock.mark()
+            cache = self._shared_prefill(input_ids, attention_mask) if mode == "eager" else None
             out = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 generation_config=config,
                 logits_processor=processors,
                 stopping_criteria=StoppingCriteriaList([stopper]),
+                past_key_values=cache,
             )
             clock.mark()
+        if (
+            mode == "compiled"
+            and self._scheme_fields().get("quant") == "none"
+            and not hasattr(self.model, "_compiled_call")
+        ):
+            raise UnsupportedSchemeError(  # never report eager timings as compiled ones
+                f"transformers did not compile {self.model_name} for generation (no compiled forward after generate)"
+            )
         marks = clock.elapsed_ms()
         ttft, steps = summarize_marks(marks[:-1])
         gen = out[:, prompt_len:].tolist()
@@ -446,6 +556,27 @@ class HFQuantLM(HFLM):
             )
         )
         return results
+
+    def _shared_prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+        """Prefill each distinct prompt of the batch once and give every row a copy of its KV cache.
+
+        Rows of different grid points share their prompt; without this, a 20-point grid prefills
+        every prompt 20 times. The cache covers all but the last prompt token, which ``generate``
+        then feeds as its first step. Returns None when every row's prompt is different.
+        """
+        if not self.share_prefill or input_ids.shape[1] < 2:
+            return None
+        first: dict[tuple[int, ...], int] = {}
+        index = [first.setdefault(tuple(row), len(first)) for row in input_ids.tolist()]
+        if len(first) == len(index):
+            return None
+        rows = torch.tensor([index.index(u) for u in range(len(first))], device=input_ids.device)
+        ids, mask = input_ids[rows, :-1], attention_mask[rows, :-1]
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        cache = out.past_key_values
+        cache.reorder_cache(torch.tensor(index, device=input_ids.device))
+        return cache
 
     def _eos_ids(self) -> list[int]:
         ids = self.model.generation_config.eos_token_id

@@ -14,7 +14,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from harness_ext.errors import HarnessExtError
+from harness_ext.errors import HarnessExtError, SpecError
 
 EPILOG = """\
 examples:
@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--output-dir", help="run directory (default: the spec's output_dir, else runs/<name>)")
     r.add_argument("--report", action="store_true", help="render the report when the run ends")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="MINUTES",
+        help="stop cleanly before the next cell once this much time has passed; run again to resume",
+    )
 
     d = sub.add_parser("demo", help="run the packaged demo spec (SmolLM2-135M on the CPU) and render its report")
     d.add_argument("--output-dir", help="run directory (default runs/demo)")
@@ -109,6 +115,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         args.report,
         not args.no_progress,
         ["harness-ext", *argv],
+        args.time_limit,
     )
 
 
@@ -120,10 +127,27 @@ def _demo(args: argparse.Namespace, argv: list[str]) -> int:
     return _run_spec(spec, text, args.output_dir, True, not args.no_progress, ["harness-ext", *argv])
 
 
-def _run_spec(spec, text: str, output_dir: str | None, report: bool, progress: bool, argv: list[str]) -> int:
+def _run_spec(
+    spec,
+    text: str,
+    output_dir: str | None,
+    report: bool,
+    progress: bool,
+    argv: list[str],
+    time_limit_min: float | None = None,
+) -> int:
     from harness_ext.runner import Runner
 
-    runner = Runner(spec, text, argv=argv, progress=progress, output_dir=output_dir)
+    if time_limit_min is not None and time_limit_min <= 0:
+        raise SpecError(f"--time-limit must be a positive number of minutes, not {time_limit_min:g}")
+    runner = Runner(
+        spec,
+        text,
+        argv=argv,
+        progress=progress,
+        output_dir=output_dir,
+        time_limit_s=time_limit_min * 60 if time_limit_min else None,
+    )
     result = runner.run()
     print(f"run directory: {result.run_dir}")
     print(
@@ -135,6 +159,9 @@ def _run_spec(spec, text: str, output_dir: str | None, report: bool, progress: b
     if result.interrupted:
         print("interrupted: finished cells are stored; run the same command again to resume", file=sys.stderr)
         return 130
+    if result.timed_out:
+        print("time limit reached: finished cells are stored; run the same command again to resume", file=sys.stderr)
+        return 3
     if report:
         from harness_ext.report import render
 

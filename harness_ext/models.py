@@ -156,3 +156,67 @@ def convert_gguf(gguf: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+# -- shape-only models: random weights for speed and memory --------------------------------------
+SHAPE_NOTE = (
+    "random weights built from the architecture's config: speed and memory only. Speed and memory of "
+    "fp16/bf16/nf4/fp4 do not depend on the weight values; int8's LLM.int8 outlier path does depend on "
+    "the activations, so its random-weight timings are indicative."
+)
+
+
+def shape_config(shape: dict[str, Any]) -> Any:
+    """A transformers config from ``shape``'s fields (``model_type`` plus the architecture's fields)."""
+    from transformers import AutoConfig
+
+    fields = dict(shape)
+    try:
+        return AutoConfig.for_model(fields.pop("model_type"), **fields)
+    except (KeyError, ValueError) as e:
+        raise ModelLoadError(f"shape {shape}: {type(e).__name__}: {e}") from None
+
+
+def random_model(config: Any, from_pretrained_kwargs: dict[str, Any], device: str, seed: int = 0) -> Any:
+    """Build ``config`` with random weights on ``device``; quantize it through ``from_pretrained``
+    (as a checkpoint would be) when the kwargs carry a ``quantization_config``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    dtype = from_pretrained_kwargs["dtype"]
+    quant = from_pretrained_kwargs.get("quantization_config")
+    with torch.device(device):
+        base = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if quant is None:
+        return base
+    state = base.state_dict()
+    cls = type(base)
+    del base
+    return cls.from_pretrained(None, config=config, state_dict=state, device_map={"": device}, **from_pretrained_kwargs)
+
+
+def placeholder_tokenizer() -> Any:
+    """A tokenizer of four special tokens for shape-only models (their prompts are token ids)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+    )
+
+
+def shape_model_args(name: str, spec_file: str | Path | None = None) -> dict[str, Any]:
+    """``HFQuantLM`` arguments of a named shape of ``specs/paper_speed.yaml`` (for the benchmarks)."""
+    from harness_ext.spec import load_spec
+
+    path = Path(spec_file) if spec_file else Path(__file__).resolve().parent.parent / "specs" / "paper_speed.yaml"
+    for m in load_spec(path).models:
+        if m.label == name and m.shape:
+            return {"pretrained": None, "shape": m.shape}
+    raise ModelLoadError(f"no shape named {name!r} in {path}")

@@ -43,7 +43,7 @@ class Scheme(BaseModel):
     compute_dtype: DType | None = Field(default=None, description="4-bit only: dtype of the matmul; default: dtype")
     double_quant: bool = Field(default=False, description="4-bit only: quantize the scales too")
     int8_threshold: float | None = Field(
-        default=None, gt=0, description="int8 only: LLM.int8 outlier threshold (default 6.0)"
+        default=None, gt=0, allow_inf_nan=False, description="int8 only: LLM.int8 outlier threshold (default 6.0)"
     )
     skip_modules: tuple[str, ...] | None = Field(
         default=None, description="quantized schemes: module names to leave unquantized"

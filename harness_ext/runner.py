@@ -53,6 +53,11 @@ class RunResult:
     scoring_loads: list[tuple[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     interrupted: bool = False
+    timed_out: bool = False
+
+
+class TimeLimitReached(Exception):
+    """The run's time limit passed: stop before the next cell (finished cells are stored)."""
 
 
 # -- tasks ---------------------------------------------------------------------------------------
@@ -108,6 +113,7 @@ class Runner:
         argv: list[str] | None = None,
         progress: bool = True,
         output_dir: str | Path | None = None,
+        time_limit_s: float | None = None,
     ):
         self.spec = spec
         self.spec_text = spec_text
@@ -119,6 +125,12 @@ class Runner:
         self.scoring_loads: list[tuple[str, str]] = []
         self._bandwidth: float | None = None
         self._pbar: Any = None
+        self.time_limit_s = time_limit_s
+        self._deadline: float | None = None
+
+    def _check_time(self) -> None:
+        if self._deadline is not None and time.perf_counter() > self._deadline:
+            raise TimeLimitReached
 
     # extension point for tests and executors: how a pair is loaded
     def load_lm(self, model: ModelSpec, scheme: Any, *, scoring: bool = False) -> Any:
@@ -137,6 +149,8 @@ class Runner:
             device=self.device,
             batch_size=self.spec.batch_size,
             grid_batching=self.spec.grid_batching,
+            mode=self.spec.mode,
+            shape=model.shape,
         )
         lm.show_progress = False  # the runner shows its own bar over cells
         return lm
@@ -147,9 +161,8 @@ class Runner:
             torch.set_num_threads(self.spec.threads)
         task_params = prepare_tasks(self.spec)
         cells = expand(self.spec, torch.device(self.device).type, task_params)
-        invocation = self.store.begin(self.spec_text, environment.capture(self.argv))
-        self.invocation = invocation
-        records = self.store.load_records()
+        records = self.store.load_records()  # first: a run directory of a newer version is left untouched
+        self.invocation = self.store.begin(self.spec_text, environment.capture(self.argv))
         for p in self.store.problems:
             log.warning("%s", p)
         todo = [c for c in cells if not (c.id in records and records[c.id].status == "ok")]
@@ -157,20 +170,27 @@ class Runner:
         pairs: dict[tuple[str, str], list[Cell]] = defaultdict(list)
         for c in todo:
             pairs[c.pair].append(c)
-        interrupted = False
+        interrupted = timed_out = False
+        self._deadline = start + self.time_limit_s if self.time_limit_s else None
         self._pbar = tqdm(total=len(todo), desc="cells", unit="cell", disable=not self.progress, dynamic_ncols=True)
         try:
             with _quiet_lm_eval():
                 for pair_cells in pairs.values():
+                    self._check_time()
                     self._run_pair(pair_cells, records, task_params)
+                self._check_time()
                 self._reference_metrics(cells, records)
         except KeyboardInterrupt:
             interrupted = True
+        except TimeLimitReached:
+            timed_out = True
         finally:
             self._pbar.close()
             current = {c.id for c in cells}
             final = self.store.load_records()
-            self.store.export_tables([r for r in final.values() if r.cell_id in current], self.spec_text)
+            self.store.export_tables(
+                [r for r in final.values() if r.cell_id in current], self.spec_text, extra=run_summary(self.spec, cells)
+            )
         final_current = [final[c.id] for c in cells if c.id in final]
         return RunResult(
             run_dir=self.store.root,
@@ -183,6 +203,7 @@ class Runner:
             scoring_loads=self.scoring_loads,
             problems=self.store.problems,
             interrupted=interrupted,
+            timed_out=timed_out,
         )
 
     # -- one (model, scheme) -------------------------------------------------------------------
@@ -193,7 +214,7 @@ class Runner:
             lm = self.load_lm(model, scheme)
         except Exception as e:  # the whole pair fails: record every cell with the reason
             reason = _reason(e)
-            self._note(f"load failed: {model.label} / {scheme.name}: {reason}")
+            self._note(f"load failed: {model.label} / {scheme.name}: {reason}", failure=True)
             for c in cells:
                 self._save(Record(**self._base(c, started), status="failed", error=f"load failed: {reason}"), records)
             return
@@ -206,8 +227,10 @@ class Runner:
             for task_cells in by_task.values():
                 chunks = [task_cells] if self.spec.grid_batching else [[c] for c in task_cells]
                 for chunk in chunks:
+                    self._check_time()
                     self._eval_chunk(lm, chunk, task_params, load, records)
             for c in cells:
+                self._check_time()
                 if c.kind == "probe":
                     self._guard(c, load, records, lambda c=c, lm=lm: self._probe(lm, c, records))
                 elif c.kind == "speed":
@@ -247,11 +270,14 @@ class Runner:
         self.store.write(rec)
         records[rec.cell_id] = rec
         self._pbar.update(1)
-        self._note(_summary_line(rec))
+        self._note(_summary_line(rec), failure=rec.status != "ok")
 
-    def _note(self, line: str) -> None:
+    def _note(self, line: str, failure: bool = False) -> None:
+        """A line per cell under the progress bar; without it, failures still reach stderr."""
         if self.progress:
             tqdm.write(line)
+        elif failure:
+            log.warning("%s", line)
         else:
             log.info("%s", line)
 
@@ -410,6 +436,7 @@ class Runner:
             p["warmup"],
             p["repeats"],
             bandwidth=self._bandwidth,
+            mode=p.get("mode", "eager"),
         )
         return {"metrics": speed.metrics_of(result), "measurements": result}
 
@@ -434,7 +461,9 @@ class Runner:
                 try:
                     scorer = self.load_lm(model, ref, scoring=True)
                 except Exception as e:
-                    self._note(f"reference scoring load failed for {model.label}: {_reason(e)}; NLL left out")
+                    self._note(
+                        f"reference scoring load failed for {model.label}: {_reason(e)}; NLL left out", failure=True
+                    )
             try:
                 for c in todo:
                     ref_cell = Cell(c.kind, c.model, ref_resolved, c.device, c.task, c.point, c.seed, c.params)
@@ -454,6 +483,29 @@ class Runner:
                 if scorer is not None:
                     del scorer
                     gc.collect()
+
+
+def run_summary(spec: StudySpec, cells: list[Cell]) -> dict[str, Any]:
+    """What a report needs from the spec besides the tables: references, families, notes, the
+    expected cells (so that missing ones can be listed) and the report options."""
+    from harness_ext.models import BUILTIN_MODELS, SHAPE_NOTE
+
+    return {
+        "study": {"name": spec.name, "description": spec.description},
+        "references": {m.label: (r.name if (r := spec.reference_scheme(m)) else None) for m in spec.models},
+        "families": {m.label: m.family for m in spec.models if m.family},
+        "model_notes": {m.label: SHAPE_NOTE for m in spec.models if m.shape}
+        | {m.label: BUILTIN_MODELS[m.pretrained]["note"] for m in spec.models if m.pretrained in BUILTIN_MODELS},
+        "schemes": {s.name: s.describe() for s in spec.scheme_list},
+        "trust_remote_code": {m.label: m.trust_remote_code for m in spec.models},
+        "expected_cells": [{"cell_id": c.id, "label": c.label(), "kind": c.kind} for c in cells],
+        "report": spec.report.model_dump(mode="json"),
+        "seeds": spec.seeds,
+        "tasks": {
+            t.name: {"limit": t.limit or spec.limit, "data": Path(t.data).name if t.data else None, "kind": t.kind}
+            for t in spec.task_list
+        },
+    }
 
 
 def _probe_key(cell: Cell, scheme: str | None = None) -> str:
@@ -564,38 +616,52 @@ def add_reference_metrics(rec: Record, ref: Record, kind: str, scorer: Any, *, i
 
 @torch.no_grad()
 def score_nll(lm: Any, pairs: list[tuple[str, str]], batch_size: int = 16) -> list[float]:
-    """Mean negative log-likelihood (nats/token) of each continuation given its prompt, under ``lm``'s
-    model; NaN for an empty continuation."""
+    """Mean negative log-likelihood (nats/token) of each continuation given its prompt under ``lm``'s
+    model; NaN for an empty continuation.
+
+    Each distinct token sequence is scored once: identical texts (greedy rows shared across top-k
+    and seeds) and continuations that are a prefix of a longer one for the same prompt (a short
+    max_new_tokens cut of the same stream) reuse the longer sequence's per-token log-probabilities.
+    """
     encoded = []
     for prompt, text in pairs:
         ctx = lm.tok_encode(prompt)
         whole = lm.tok_encode(prompt + text)
         cont = whole[len(ctx) :] if whole[: len(ctx)] == ctx else lm.tok_encode(text, add_special_tokens=False)
-        encoded.append((ctx, cont))
-    out = [math.nan] * len(pairs)
-    order = [
-        i for i in sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]) - len(encoded[i][1])) if encoded[i][1]
-    ]
+        encoded.append((tuple(ctx), tuple(cont)))
+    # the longest continuation per prompt covers every continuation that is its prefix
+    cover: dict[tuple[int, ...], list[tuple[int, ...]]] = defaultdict(list)
+    for ctx, cont in sorted(set(encoded), key=lambda e: -len(e[1])):
+        if cont and not any(long[: len(cont)] == cont for long in cover[ctx]):
+            cover[ctx].append(cont)
+    jobs = [(ctx, cont) for ctx, conts in cover.items() for cont in conts]
+    token_logp: dict[tuple[tuple[int, ...], tuple[int, ...]], list[float]] = {}
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    max_len = lm.max_length
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        seqs = [(encoded[i][0] + encoded[i][1])[-max_len:] for i in idx]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, : len(s)] = torch.tensor(s)
-            mask[r, : len(s)] = 1
-        logp = torch.log_softmax(
-            lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits.float(), -1
-        ).cpu()
-        for r, i in enumerate(idx):
-            n_cont = min(len(encoded[i][1]), len(seqs[r]) - 1)
+    jobs.sort(key=lambda j: -(len(j[0]) + len(j[1])))
+    for start in range(0, len(jobs), batch_size):
+        batch = jobs[start : start + batch_size]
+        seqs = [list(ctx + cont)[-lm.max_length :] for ctx, cont in batch]
+        width = max(len(q) for q in seqs)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, q in enumerate(seqs):
+            ids[r, : len(q)] = torch.tensor(q)
+            mask[r, : len(q)] = 1
+        logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits
+        logp = torch.log_softmax(logits.float(), -1).cpu()
+        for r, (ctx, cont) in enumerate(batch):
+            n = min(len(cont), len(seqs[r]) - 1)
             end = len(seqs[r])
-            targets = torch.tensor(seqs[r][end - n_cont :])
-            lp = logp[r, end - n_cont - 1 : end - 1].gather(1, targets[:, None]).squeeze(1)
-            out[i] = float(-lp.mean())
+            targets = torch.tensor(seqs[r][end - n :])
+            token_logp[(ctx, cont)] = logp[r, end - n - 1 : end - 1].gather(1, targets[:, None]).squeeze(1).tolist()
+    out = []
+    for ctx, cont in encoded:
+        if not cont:
+            out.append(math.nan)
+            continue
+        long = next(c for c in cover[ctx] if c[: len(cont)] == cont)
+        lp = token_logp[(ctx, long)][-len(long) :][: len(cont)]
+        out.append(-sum(lp) / len(lp))
     return out
 
 

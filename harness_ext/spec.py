@@ -46,11 +46,11 @@ class _Strict(BaseModel):
 
 
 # The limits of each sampling axis, in one place: used by a point and by the grid's lists.
-Temperature = Annotated[float, Field(ge=0.0, le=MAX_TEMPERATURE, description="0 = greedy")]
+Temperature = Annotated[float, Field(ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False, description="0 = greedy")]
 TopK = Annotated[PositiveInt | None, Field(description="keep the k most likely tokens; null = off")]
-TopP = Annotated[float, Field(gt=0.0, le=1.0, description="nucleus mass; 1.0 = off")]
+TopP = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False, description="nucleus mass; 1.0 = off")]
 MaxNewTokens = Annotated[int, Field(ge=1, le=8192)]
-RepetitionPenalty = Annotated[float, Field(gt=0.0, le=10.0, description="1.0 = off")]
+RepetitionPenalty = Annotated[float, Field(gt=0.0, le=10.0, allow_inf_nan=False, description="1.0 = off")]
 
 
 class SamplingPoint(_Strict):
@@ -137,10 +137,16 @@ AXES = ("temperature", "top_k", "top_p", "max_new_tokens", "repetition_penalty")
 
 
 class ModelSpec(_Strict):
-    """A model: a Hugging Face id, a local folder, a GGUF file, or a built-in name."""
+    """A model: a Hugging Face id, a local folder, a GGUF file, a built-in name — or an architecture
+    ``shape`` (config fields) built with random weights, for speed and memory cells only."""
 
     name: str | None = Field(None, pattern=SAFE_NAME, max_length=64, description="label; default from pretrained")
-    pretrained: str = Field(min_length=1, description="HF hub id, local path, or built-in name (smollm2-135m)")
+    pretrained: str | None = Field(
+        None, min_length=1, description="HF hub id, local path, or built-in name (smollm2-135m)"
+    )
+    shape: dict[str, Any] | None = Field(
+        None, description="config fields incl. model_type: random weights, speed and memory cells only"
+    )
     revision: str | None = None
     gguf_file: str | None = Field(None, description="GGUF file inside `pretrained` (or a path)")
     tokenizer: str | None = Field(None, description="tokenizer id/path if not the model's own")
@@ -151,11 +157,29 @@ class ModelSpec(_Strict):
     )
     family: str | None = Field(None, description="model family for per-family findings; default: config.model_type")
 
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.pretrained is None) == (self.shape is None):
+            raise ValueError("give exactly one of `pretrained` (weights) or `shape` (config fields, random weights)")
+        if self.shape is not None:
+            if not self.name:
+                raise ValueError("a `shape` model needs a `name`")
+            if not isinstance(self.shape.get("model_type"), str):
+                raise ValueError("`shape` needs a model_type (e.g. llama) and the config fields of the architecture")
+            if self.gguf_file or self.revision or self.tokenizer:
+                raise ValueError("`shape` models have no weights: drop gguf_file, revision and tokenizer")
+        return self
+
+    @property
+    def speed_only(self) -> bool:
+        """Random-weight shapes measure speed and memory, never quality."""
+        return self.shape is not None
+
     @property
     def label(self) -> str:
         if self.name:
             return self.name
-        base = self.pretrained.rstrip("/").split("/")[-1]
+        base = (self.pretrained or "model").rstrip("/").split("/")[-1]
         return "".join(c if c.isalnum() or c in "._-" else "-" for c in base) or "model"
 
     def identity(self) -> dict[str, Any]:
@@ -204,20 +228,28 @@ class ProbeSpec(_Strict):
     limit: PositiveInt | None = None
 
 
+Mode = Literal["eager", "compiled"]
+
+
 class SpeedSpec(_Strict):
     """Fixed-length generation benchmark per (model, scheme)."""
 
     enabled: bool = True
     batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1], min_length=1)
+    modes: list[Mode] = Field(
+        default_factory=lambda: ["eager"],
+        min_length=1,
+        description="eager: HF generate as is; compiled: static KV cache + torch.compile",
+    )
     prompt_tokens: PositiveInt = Field(64, le=8192)
     new_tokens: PositiveInt = Field(64, ge=2, le=8192)
     warmup: int = Field(1, ge=0, le=20)
     repeats: int = Field(3, ge=3, le=100, description="timed repeats (>= 3)")
 
-    @field_validator("batch_sizes")
+    @field_validator("batch_sizes", "modes")
     @classmethod
-    def _unique(cls, v: list[int]) -> list[int]:
-        return _nonempty_unique(v, "batch_sizes")
+    def _unique(cls, v: list[Any], info: ValidationInfo) -> list[Any]:
+        return _nonempty_unique(v, info.field_name)
 
 
 class ReportSpec(_Strict):
@@ -266,8 +298,8 @@ class StudySpec(_Strict):
     description: str = ""
     models: list[ModelSpec] = Field(min_length=1)
     schemes: list[SchemeEntry] = Field(min_length=1, description="built-in names or full definitions")
-    sampling: SamplingGrid
-    tasks: list[TaskEntry] = Field(min_length=1)
+    sampling: SamplingGrid | None = Field(None, description="needed when a model with weights has tasks or the probe")
+    tasks: list[TaskEntry] = Field(default_factory=list, description="empty: speed and memory only")
     limit: PositiveInt | None = Field(None, description="prompts per task (default: all)")
     repeats: PositiveInt = Field(1, le=64, description="samples per prompt per cell (sampled points)")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
@@ -275,6 +307,7 @@ class StudySpec(_Strict):
     speed: SpeedSpec = Field(default_factory=SpeedSpec)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
     batch_size: PositiveInt = Field(8, le=4096, description="rows per generate call")
+    mode: Mode = Field("eager", description="generation mode of the evaluation cells")
     grid_batching: bool = Field(True, description="batch rows of different grid points together")
     threads: PositiveInt | None = Field(None, le=1024, description="torch CPU threads (default: torch's)")
     output_dir: str | None = Field(None, description="run directory; default runs/<name>")
@@ -332,6 +365,17 @@ class StudySpec(_Strict):
                         f"{self.probe.task!r} must be quant_nextword or a task in `tasks` with base: quant_nextword",
                     )
                 )
+        weights = any(not m.speed_only for m in self.models)
+        if self.sampling is None and weights and (self.tasks or self.probe.enabled):
+            out.append(
+                (
+                    ("sampling",),
+                    "required: tasks and the probe sweep a sampling grid "
+                    "(for speed only: no tasks and probe: {enabled: false})",
+                )
+            )
+        if not self.tasks and not self.speed.enabled and not (self.probe.enabled and weights):
+            out.append((("tasks",), "nothing to run: give tasks, or enable the probe or the speed benchmark"))
         return out
 
     # -- accessors -------------------------------------------------------------------------------
@@ -426,8 +470,8 @@ class Cell:
             parts.append(self.point.label())
         if self.seed is not None:
             parts.append(f"seed={self.seed}")
-        if "batch_size" in self.params and self.kind == "speed":
-            parts.append(f"batch={self.params['batch_size']}")
+        if self.kind == "speed":
+            parts.append(f"batch={self.params['batch_size']} {self.params.get('mode', 'eager')}")
         return " | ".join(parts)
 
 
@@ -448,16 +492,17 @@ def expand(spec: StudySpec, device: str, task_params: dict[str, dict[str, Any]] 
     """
     task_params = task_params or {}
     cells: list[Cell] = []
-    points = spec.sampling.expand()
+    points = spec.sampling.expand() if spec.sampling else []
     for model in spec.models:
         for scheme in ordered_schemes(spec, model):
             rs = scheme.resolve(model.dtype)
-            for task in spec.task_list:
+            for task in [] if model.speed_only else spec.task_list:
                 extra = dict(task_params.get(task.name, {}))
                 generative = extra.pop("generative", True)
                 params = {
                     "limit": task.limit or spec.limit,
                     "repeats": (task.repeats or spec.repeats) if generative else 1,
+                    "mode": spec.mode,
                     **extra,
                 }
                 task_points: list[SamplingPoint | None]
@@ -473,7 +518,7 @@ def expand(spec: StudySpec, device: str, task_params: dict[str, dict[str, Any]] 
                 for point in task_points:
                     for seed in spec.seeds if generative else spec.seeds[:1]:
                         cells.append(Cell("eval", model, rs, device, task, point, seed, params))
-            if spec.probe.enabled:
+            if spec.probe.enabled and not model.speed_only and spec.sampling is not None:
                 ptask = spec.task(spec.probe.task)
                 probe_params = {
                     "limit": spec.probe.limit or ptask.limit or spec.limit,
@@ -483,9 +528,12 @@ def expand(spec: StudySpec, device: str, task_params: dict[str, dict[str, Any]] 
                 }
                 cells.append(Cell("probe", model, rs, device, ptask, None, None, probe_params))
             if spec.speed.enabled:
-                for bs in spec.speed.batch_sizes:
-                    sp = spec.speed.model_dump(exclude={"enabled", "batch_sizes"})
-                    cells.append(Cell("speed", model, rs, device, None, None, None, {"batch_size": bs, **sp}))
+                for mode in spec.speed.modes:
+                    for bs in spec.speed.batch_sizes:
+                        sp = spec.speed.model_dump(exclude={"enabled", "batch_sizes", "modes"})
+                        cells.append(
+                            Cell("speed", model, rs, device, None, None, None, {"batch_size": bs, "mode": mode, **sp})
+                        )
     return cells
 
 
@@ -537,7 +585,11 @@ def _check_duplicate_keys(node: yaml.Node | None, source: str) -> None:
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for k, v in node.value:
-            key = getattr(k, "value", None)
+            if not isinstance(k, yaml.ScalarNode):
+                raise SpecError(
+                    f"{source}:{k.start_mark.line + 1}: mapping keys must be plain names, not a list or mapping"
+                )
+            key = k.value
             if key in seen:
                 raise SpecError(f"{source}:{k.start_mark.line + 1}: key {key!r} appears twice in one mapping")
             seen.add(key)
@@ -636,7 +688,16 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 def parse_spec(text: str, source: str = "<spec>") -> StudySpec:
     """Parse and validate spec text; raise :class:`SpecError` with ``file:line: path: message`` lines."""
     node = _compose(text, source)
-    data = yaml.safe_load(text) if node is not None else None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader) if node is not None else None
+    except yaml.YAMLError as e:  # e.g. a tag (!include, !!python/object) that the safe loader refuses
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(
+            f"{_where(source, mark.line + 1 if mark else None)}: not allowed in a spec: {problem}"
+        ) from None
+    if isinstance(data, dict):  # top-level `x-...` keys hold YAML anchors for reuse (as in docker compose)
+        data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     if not isinstance(data, dict):
         raise SpecError(
             f"{source}:1: a study spec is a YAML mapping (name:, models:, schemes:, ...), got {type(data).__name__}"
@@ -689,7 +750,7 @@ def _resolve_data_paths(spec: StudySpec, base: Path) -> StudySpec:
 
 def summarize(spec: StudySpec, cells: list[Cell]) -> str:
     """The ``validate`` summary: counts per dimension and per kind."""
-    pts = spec.sampling.expand()
+    pts = spec.sampling.expand() if spec.sampling else []
     kinds = {k: sum(c.kind == k for c in cells) for k in ("eval", "probe", "speed")}
     lines = [
         f"study {spec.name!r}: {len(cells)} cells "
@@ -698,7 +759,7 @@ def summarize(spec: StudySpec, cells: list[Cell]) -> str:
         f"x {len(spec.tasks)} task(s) x {len(spec.seeds)} seed(s)",
         f"  models:  {', '.join(m.label for m in spec.models)}",
         f"  schemes: {', '.join(s.name + ' = ' + s.describe() for s in spec.scheme_list)}",
-        f"  tasks:   {', '.join(t.name for t in spec.task_list)}",
+        f"  tasks:   {', '.join(t.name for t in spec.task_list) or '(none: speed and memory only)'}",
         f"  run dir: {spec.run_dir}   report: {spec.report_dir}",
     ]
     return "\n".join(lines)

@@ -32,6 +32,7 @@ def benchmark(
     warmup: int = 1,
     repeats: int = 3,
     bandwidth: float | None = None,
+    mode: str = "eager",
 ) -> dict[str, Any]:
     """Time ``repeats`` fixed-length generations after ``warmup`` ones; return medians and spread.
 
@@ -46,11 +47,11 @@ def benchmark(
     params = [RowParams()] * batch_size
     caps = [new_tokens] * batch_size
     lm.pop_calls()
-    for _ in range(warmup):
-        lm.generate_rows(ids, mask, params, caps, (), min_new_tokens=new_tokens)
-    lm.pop_calls()
+    for _ in range(warmup):  # compiled mode compiles here: its cost is the warm-up's excess over a timed call
+        lm.generate_rows(ids, mask, params, caps, (), min_new_tokens=new_tokens, mode=mode)
+    warm = lm.pop_calls()
     for _ in range(repeats):
-        lm.generate_rows(ids, mask, params, caps, (), min_new_tokens=new_tokens)
+        lm.generate_rows(ids, mask, params, caps, (), min_new_tokens=new_tokens, mode=mode)
     calls = lm.pop_calls()
     for c in calls:
         if c.new_tokens != batch_size * new_tokens:
@@ -65,6 +66,9 @@ def benchmark(
         "warmup": warmup,
         "repeats": repeats,
         "decoding": "greedy, fixed length",
+        "mode": mode,
+        "compiled_how": lm.compiled.get("how") if mode == "compiled" else None,
+        "warmup_wall_ms": [c.wall_ms for c in warm],
         "ttft_ms": Summary.of([c.ttft_ms for c in calls if c.ttft_ms is not None]).to_dict(),
         "decode_ms_per_token": decode.to_dict(),
         "tokens_per_s": Summary.of([c.new_tokens / (c.wall_ms / 1e3) for c in calls]).to_dict(),

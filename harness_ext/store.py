@@ -53,6 +53,7 @@ CELL_COLUMNS = (
     "repetition_penalty",
     "seed",
     "batch_size",
+    "mode",
     "grid_batched",
     "error",
 )
@@ -312,6 +313,7 @@ def _describe(rec: Record) -> dict[str, Any]:
         "repetition_penalty": point.get("repetition_penalty"),
         "seed": d.get("seed"),
         "batch_size": params.get("batch_size"),
+        "mode": params.get("mode"),
         "grid_batched": rec.measurements.get("grid_batched"),
         "error": rec.error,
     }

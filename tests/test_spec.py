@@ -117,5 +117,6 @@ def test_bad_specs_name_field_and_line(old: str, new: str, line: int, fragment: 
 
 def test_json_schema_describes_fields() -> None:
     schema = StudySpec.model_json_schema()
-    assert {"models", "schemes", "sampling", "tasks"} <= set(schema["required"])
+    assert {"name", "models", "schemes"} <= set(schema["required"])  # tasks/sampling: optional for speed-only
+    assert {"sampling", "tasks", "speed", "probe"} <= set(schema["properties"])
     assert "temperature" in schema["$defs"]["SamplingGrid"]["properties"]

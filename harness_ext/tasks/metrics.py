@@ -8,6 +8,7 @@ subclass); for other backends those two metrics are NaN, never guessed from the 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -58,11 +59,16 @@ def repetition_rate(toks: Sequence[str], n: int = 4) -> float:
 
 def rouge_l(prediction: str, reference: str) -> float:
     """ROUGE-L F1 of two texts (rouge-score's tokenizer); 1.0 when both are empty."""
-    from rouge_score import rouge_scorer
-
     if not prediction.strip() and not reference.strip():
         return 1.0
-    return rouge_scorer.RougeScorer(["rougeL"]).score(reference, prediction)["rougeL"].fmeasure
+    return _rouge_scorer().score(reference, prediction)["rougeL"].fmeasure
+
+
+@functools.cache
+def _rouge_scorer() -> Any:
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"])
 
 
 def nanmean(values: Sequence[float]) -> float:

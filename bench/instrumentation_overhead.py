@@ -1,0 +1,102 @@
+"""What hf-quant's per-call instrumentation costs: the same generate with and without it.
+
+Instrumented = hf-quant's generate_rows (step timer logits processor, clock marks, peak-memory
+reset/read, per-row finish bookkeeping). Bare = the same model.generate with the same per-row
+sampler and stopping rule, nothing else. Interleaved repeats after a warm-up; medians and the
+relative overhead are printed. The goal is < 2 %.
+
+    python bench/instrumentation_overhead.py --model smollm2-135m --threads 1 --batch 8 --new 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--quant", default="fp32")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--prompt", type=int, default=64)
+    ap.add_argument("--new", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+    from harness_ext.backend import HFQuantLM, RowStops
+    from harness_ext.sampling import RowParams, RowSampler
+    from harness_ext.speed import synthetic_prompts
+
+    lm = HFQuantLM(pretrained=args.model, quant=args.quant, device=args.device, batch_size=args.batch)
+    tok = lm.tokenizer
+    ids = synthetic_prompts(
+        lm.model.get_input_embeddings().weight.shape[0],
+        args.batch,
+        args.prompt,
+        {tok.eos_token_id, tok.pad_token_id, tok.bos_token_id} - {None},
+    ).to(args.device)
+    mask = torch.ones_like(ids)
+    params = [RowParams(0.8, 50, 1.0, 1.0, i) for i in range(args.batch)]
+    caps = [args.new] * args.batch
+
+    def bare() -> None:
+        config = GenerationConfig(
+            do_sample=False,
+            max_new_tokens=args.new,
+            min_new_tokens=args.new,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=lm._eos_ids(),
+        )
+        stops = RowStops(tok, [], lm._eos_ids(), caps, ids.shape[1], lm.device)
+        with torch.no_grad():
+            lm.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                generation_config=config,
+                logits_processor=LogitsProcessorList(
+                    [RowSampler(params, ids.shape[1], torch.zeros(args.batch, dtype=torch.long), lm.device)]
+                ),
+                stopping_criteria=StoppingCriteriaList([stops]),
+            )
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def instrumented() -> None:
+        lm.generate_rows(ids, mask, params, caps, (), min_new_tokens=args.new)
+
+    for f in (bare, instrumented):
+        f()  # warm-up
+    times: dict[str, list[float]] = {"bare": [], "instrumented": []}
+    for _ in range(args.repeats):
+        for name, f in (("bare", bare), ("instrumented", instrumented)):
+            t = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t)
+    b, i = statistics.median(times["bare"]), statistics.median(times["instrumented"])
+    print(
+        f"# {args.model} {args.quant} on {args.device}, threads {torch.get_num_threads()}, batch {args.batch}, "
+        f"prompt {args.prompt}, {args.new} new tokens, {args.repeats} interleaved repeats"
+    )
+    print("| variant | median s | min s | max s |")
+    print("|---|---|---|---|")
+    for name, v in times.items():
+        print(f"| {name} | {statistics.median(v):.4f} | {min(v):.4f} | {max(v):.4f} |")
+    print(f"\ninstrumentation overhead: {100 * (i - b) / b:+.2f}% of generate time (median vs median)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

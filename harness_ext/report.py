@@ -1,0 +1,615 @@
+"""Render a run's tables into a static, self-contained, paper-style HTML page.
+
+Everything comes from the tables (:mod:`harness_ext.analysis`); nothing in the templates is a
+number. Figures are SVG embedded in the page (matplotlib, fonts as paths), so the page is one file
+that works offline; rendering is deterministic, so the same tables give the same bytes.
+Autoescaping is on: model output, prompts and spec strings are text, never markup.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import shutil
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import pandas as pd
+
+from harness_ext import analysis
+from harness_ext.analysis import Estimate, Study
+from harness_ext.store import atomic_write
+
+QUALITY_METRICS = [  # (metric, kind, label, higher is better, format)
+    ("p_gold", "probe", "next word: P(gold) (probe)", True, ".3f"),
+    ("tv", "probe", "next word: TV to reference (probe)", False, ".3f"),
+    ("entropy", "probe", "next word: entropy, nats (probe)", None, ".2f"),
+    ("exact_match", "eval", "next word: exact match (sampled)", True, ".3f"),
+    ("agree_ref", "eval", "next word: same first word as reference", True, ".3f"),
+    ("distinct_2", "eval", "continuation: distinct-2", True, ".3f"),
+    ("repetition_4", "eval", "continuation: seq-rep-4", False, ".3f"),
+    ("rouge_l_ref", "eval", "continuation: ROUGE-L vs reference", True, ".3f"),
+    ("nll_ref", "eval", "continuation: NLL under reference (nats/token)", False, ".2f"),
+    ("hit_cap", "eval", "continuation: share hitting the token cap", None, ".2f"),
+]
+FIGURE_METRICS = ["p_gold", "tv", "exact_match", "distinct_2", "rouge_l_ref", "nll_ref"]
+PALETTE = ["#1b6ca8", "#d1495b", "#2e8b57", "#edae49", "#6c4f9c", "#00798c", "#8d6a4f", "#555555"]
+
+
+def render(run_dir: str | Path, output_dir: str | Path | None = None) -> Path:
+    """Render ``index.html`` (plus CSV tables and a copy of the input tables in ``data/``) and
+    return its path. ``run_dir`` is a run directory or a folder holding its tables."""
+    study = Study.load(run_dir)
+    opts = study.run.get("report") or {}
+    name = (study.run.get("study") or {}).get("name") or Path(run_dir).name
+    out = Path(output_dir or opts.get("output_dir") or f"reports/{name}")
+    out.mkdir(parents=True, exist_ok=True)
+    page, tables = build(study, opts)
+    for fname, frame in tables.items():
+        atomic_write(out / fname, frame.to_csv(index=False))
+    _copy_inputs(run_dir, out / "data")
+    atomic_write(out / "index.html", page)
+    return out / "index.html"
+
+
+def _copy_inputs(run_dir: str | Path, dest: Path) -> None:
+    """Keep the report's inputs next to it so that it can be re-rendered from the report folder."""
+    src = Path(run_dir)
+    src = src / "tables" if (src / "tables").is_dir() else src
+    if src.resolve() == dest.resolve():
+        return
+    dest.mkdir(parents=True, exist_ok=True)
+    for fname in ("cells.csv", "cells.parquet", "samples.parquet", "generations.parquet", "run.json"):
+        if (src / fname).is_file():
+            shutil.copyfile(src / fname, dest / fname)
+
+
+# -- page ----------------------------------------------------------------------------------------
+def build(study: Study, opts: dict[str, Any]) -> tuple[str, dict[str, pd.DataFrame]]:
+    """The page's HTML and its CSV tables."""
+    margin = float(opts.get("equivalence_margin", 0.05))
+    speed_margin = float(opts.get("speed_margin", 0.10))
+    claims = analysis.claims(study, margin, speed_margin)
+    quality = analysis.quality_table(study)
+    paired = analysis.paired_differences(study)
+    sens = analysis.temperature_sensitivity(study)
+    speed = analysis.speed_table(study)
+    q_primary, q_desc = analysis.primary_quality(study)
+    ctx = {
+        "title": opts.get("title")
+        or f"Quantization and sampling: {(study.run.get('study') or {}).get('name', 'study')}",
+        "study": study.run.get("study") or {},
+        "abstract": abstract(study, claims, q_desc),
+        "setup": setup(study),
+        "claims": claims,
+        "margin": margin,
+        "speed_margin": speed_margin,
+        "quality_desc": q_desc,
+        "slice": analysis.describe_slice(analysis.per_prompt(study, "p_gold", kind="probe"))
+        or analysis.describe_slice(analysis.per_prompt(study, "exact_match")),
+        "speed_rows": speed_rows(study, speed),
+        "has_floor": bool(not speed.empty and "floor_ms_per_token" in speed.columns),
+        "quality_rows": quality_rows(study, quality),
+        "quality_metrics": [m for m in QUALITY_METRICS if not quality.empty and m[0] in set(quality["metric"])],
+        "paired_rows": paired_rows(study, paired),
+        "sens_rows": sens.to_dict("records") if not sens.empty else [],
+        "figures": figures(study, quality),
+        "examples": examples(study, int(opts.get("examples", 3))),
+        "failed": failed_rows(study),
+        "missing": missing_cells(study),
+        "spec_text": study.run.get("spec_text") or "",
+        "environments": study.run.get("invocations") or [],
+        "notes": study.run.get("model_notes") or {},
+        "problems": study.run.get("problems") or [],
+        "primary_n": int(q_primary["doc_id"].nunique()) if not q_primary.empty else 0,
+    }
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(_template),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["num"] = _num
+    env.filters["est"] = lambda e, fmt=".3f": e.text(fmt) if isinstance(e, Estimate) else "n/a"
+    env.filters["mb"] = lambda b: (
+        "n/a" if b is None or (isinstance(b, float) and math.isnan(b)) else f"{b / 2**20:,.1f}"
+    )
+    page = visible(env.get_template("report.html.j2").render(**ctx, css=_template("report.css")))
+    tables = {
+        "quality.csv": quality,
+        "paired_differences.csv": paired,
+        "sensitivity.csv": sens,
+        "speed.csv": speed,
+        "claims.csv": pd.DataFrame(
+            [
+                {
+                    "claim": c.key,
+                    "verdict": c.verdict,
+                    "reason": c.reason,
+                    "rule": c.rule,
+                    "evidence": json.dumps(c.evidence),
+                }
+                for c in claims
+            ]
+        ),
+    }
+    return page, tables
+
+
+_INVISIBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff]")
+
+
+def visible(text: str) -> str:
+    """Control characters (which model output can contain) are not allowed in HTML: show them as
+    ``\\xNN`` text instead. Our own markup contains none, so the whole page can pass through."""
+    return _INVISIBLE.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
+
+
+def _template(name: str) -> str:
+    return resources.files("harness_ext.templates").joinpath(name).read_text(encoding="utf-8")
+
+
+def _num(v: Any, fmt: str = ".3f") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:{fmt}}"
+
+
+def abstract(study: Study, claims: list[analysis.Claim], q_desc: str) -> list[str]:
+    """Sentences generated from what was measured and decided."""
+    models = study.models()
+    schemes = study.schemes()["scheme"].tolist()
+    env = (study.run.get("invocations") or [{}])[-1]
+    from harness_ext.environment import hardware_line
+
+    n_ok = int(study.ok["cell_id"].nunique())
+    n_all = len(study.run.get("expected_cells") or []) or int(study.cells["cell_id"].nunique())
+    out = [
+        f"We evaluated {len(models)} model(s) ({', '.join(models)}) in {len(schemes)} schemes "
+        f"({', '.join(schemes)}) over a sampling grid, on {hardware_line(env) if env else 'unrecorded hardware'}; "
+        f"{n_ok} of {n_all} cells completed."
+    ]
+    if q_desc:
+        out.append(f"Quality verdicts use {q_desc}.")
+    names = {"supported": "supported", "contradicted": "contradicted", "inconclusive": "inconclusive"}
+    for c in claims:
+        out.append(f"({c.key}) {c.statement} — {names[c.verdict]}: {c.reason}.")
+    return out
+
+
+def setup(study: Study) -> dict[str, Any]:
+    loads = study.loads()
+    models = []
+    for m in study.models():
+        info = next((v for (mm, _), v in loads.items() if mm == m), {})
+        models.append(
+            {
+                "name": m,
+                "parameters": study.parameters(m),
+                "family": study.family(m),
+                "source": ", ".join(f"{k}: {v}" for k, v in (info.get("source") or {}).items() if k != "converted"),
+                "reference": study.reference(m),
+                "note": (study.run.get("model_notes") or {}).get(m),
+                "trust_remote_code": (study.run.get("trust_remote_code") or {}).get(m, False),
+            }
+        )
+    described = study.run.get("schemes") or {}
+    schemes = [{**r, "description": described.get(r["scheme"], "")} for r in study.schemes().to_dict("records")]
+    ev = study.ok[study.ok["kind"] == "eval"]
+    grid = {c: sorted({_fmt_axis(v) for v in ev[c].dropna()}, key=_axis_key) or ["—"] for c in analysis.POINT_COLUMNS}
+    if "top_k" in ev and ev["top_k"].isna().any():
+        grid["top_k"] = ["off", *grid["top_k"]] if grid["top_k"] != ["—"] else ["off"]
+    tasks = []
+    for name, t in (study.run.get("tasks") or {}).items():
+        n = study.samples[study.samples["task"] == name]["doc_id"].nunique() if not study.samples.empty else 0
+        tasks.append({"name": name, "prompts": int(n), "data": t.get("data") or "shipped with harness_ext"})
+    probe = study.samples[study.samples["kind"] == "probe"] if not study.samples.empty else pd.DataFrame()
+    if not probe.empty:
+        tasks.append(
+            {
+                "name": "probe (" + probe["task"].iloc[0].split(":", 1)[-1] + ")",
+                "prompts": int(probe["doc_id"].nunique()),
+                "data": "exact next-token distribution",
+            }
+        )
+    envs = study.run.get("invocations") or []
+    from harness_ext.environment import hardware_line
+
+    return {
+        "models": models,
+        "schemes": schemes,
+        "grid": grid,
+        "tasks": tasks,
+        "seeds": study.run.get("seeds") or [],
+        "hardware": sorted({hardware_line(e) for e in envs}),
+        "versions": (envs[-1].get("packages") if envs else {}),
+        "invocations": len(envs),
+        "git": envs[-1].get("git_sha") if envs else None,
+    }
+
+
+def _fmt_axis(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _axis_key(s: str) -> tuple[int, float | str]:
+    try:
+        return (0, float(s))
+    except ValueError:
+        return (1, s)
+
+
+# -- tables --------------------------------------------------------------------------------------
+def speed_rows(study: Study, speed: pd.DataFrame) -> list[dict[str, Any]]:
+    if speed.empty:
+        return []
+    rows = []
+    for _, r in speed.sort_values(["model", "batch_size"]).iterrows():
+        ref = study.reference(r["model"])
+        base = speed[
+            (speed["model"] == r["model"]) & (speed["batch_size"] == r["batch_size"]) & (speed["scheme"] == ref)
+        ]
+        ratio = analysis.Ratio.of(r, base.iloc[0], "decode_ms_per_token") if not base.empty else None
+        g = r.get
+        rows.append(
+            {
+                "model": r["model"],
+                "scheme": r["scheme"],
+                "batch": int(r["batch_size"]),
+                "mode": g("mode", "eager"),
+                "decode": g("decode_ms_per_token"),
+                "decode_lo": g("decode_ms_per_token_lo"),
+                "decode_hi": g("decode_ms_per_token_hi"),
+                "tps": g("tokens_per_s"),
+                "ttft": g("ttft_ms"),
+                "ratio": ratio.text() if ratio else "n/a",
+                "weights": g("weight_bytes"),
+                "load_peak": g("load_peak_bytes"),
+                "peak": g("peak_memory_bytes"),
+                "load_s": g("load_s"),
+                "floor": g("floor_ms_per_token"),
+                "over_floor": g("decode_over_floor"),
+            }
+        )
+    return rows
+
+
+def quality_rows(study: Study, quality: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per (model, scheme, temperature) at the profile slice: one Estimate per quality metric."""
+    if quality.empty:
+        return []
+    rows: dict[tuple, dict[str, Any]] = {}
+    for metric, kind, *_ in QUALITY_METRICS:
+        sel = quality[quality["metric"] == metric]
+        if kind == "probe":
+            sel = sel[sel["task"].str.startswith("probe:")]
+        else:
+            sel = sel[~sel["task"].str.startswith("probe:")]
+        sel = _slice_rows(sel)
+        for _, r in sel.iterrows():
+            key = (r["model"], r["scheme"], r["temperature"])
+            rows.setdefault(key, {"model": key[0], "scheme": key[1], "temperature": key[2]})[metric] = Estimate(
+                r["mean"], r["lo"], r["hi"], int(r["n"])
+            )
+    order = {s: i for i, s in enumerate(study.schemes()["scheme"])}
+    return sorted(rows.values(), key=lambda r: (r["model"], order.get(r["scheme"], 99), r["temperature"]))
+
+
+def _slice_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """Summary rows at the profile slice, chosen per task (axes differ between tasks)."""
+    if summary.empty:
+        return summary
+    parts = [analysis.profile_slice(g) for _, g in summary.groupby("task")]
+    return pd.concat(parts) if parts else summary
+
+
+def paired_rows(study: Study, paired: pd.DataFrame) -> list[dict[str, Any]]:
+    if paired.empty:
+        return []
+    keep = paired[paired["metric"].isin(["p_gold", "exact_match", "distinct_2", "nll_ref", "entropy"])]
+    keep = (
+        pd.concat([analysis.profile_slice(g) for _, g in keep.groupby(["task", "metric"])]) if not keep.empty else keep
+    )
+    labels = {m: lab for m, _, lab, *_ in QUALITY_METRICS}
+    out = []
+    for _, r in keep.sort_values(["model", "metric", "scheme", "temperature"]).iterrows():
+        out.append(
+            {
+                "model": r["model"],
+                "scheme": r["scheme"],
+                "reference": r["reference"],
+                "metric": labels.get(r["metric"], r["metric"]),
+                "temperature": r["temperature"],
+                "diff": Estimate(r["diff"], r["lo"], r["hi"], int(r["n"])),
+            }
+        )
+    return out
+
+
+def failed_rows(study: Study) -> list[dict[str, Any]]:
+    f = study.failed
+    return [
+        {
+            "kind": r["kind"],
+            "model": r["model"],
+            "scheme": r["scheme"],
+            "task": r["task"] or "",
+            "point": _point_label(r),
+            "error": r["error"] or "",
+        }
+        for _, r in f.iterrows()
+    ]
+
+
+def missing_cells(study: Study) -> list[dict[str, str]]:
+    present = set(study.cells["cell_id"])
+    return [c for c in (study.run.get("expected_cells") or []) if c["cell_id"] not in present]
+
+
+def _point_label(r: pd.Series) -> str:
+    if r.get("temperature") is None or (isinstance(r.get("temperature"), float) and math.isnan(r["temperature"])):
+        return ""
+    k = r.get("top_k")
+    return (
+        f"T={r['temperature']:g} k={'-' if k is None or (isinstance(k, float) and math.isnan(k)) else int(k)} "
+        f"n={int(r['max_new_tokens']) if r.get('max_new_tokens') == r.get('max_new_tokens') else '-'}"
+    )
+
+
+def examples(study: Study, per_scheme: int) -> list[dict[str, Any]]:
+    """A few continuation prompts, each with every scheme's output side by side, greedy and sampled."""
+    g = study.generations
+    if g.empty or per_scheme <= 0:
+        return []
+    cont = g[g["task"].astype(str).str.contains("continuation")]
+    g = cont if not cont.empty else g
+    g = g[(g["seed"].fillna(0) == g["seed"].fillna(0).min()) & (g["sample"] == 0)]
+    k = g["top_k"]
+    g = g[(k.isna()) if k.isna().any() else (k == k.max())]
+    g = g[g["max_new_tokens"] == g["max_new_tokens"].max()]
+    temps = sorted(g["temperature"].unique())
+    chosen = [
+        *[t for t in temps if t == 0.0][:1],
+        min((t for t in temps if t > 0), key=lambda t: abs(t - 0.7), default=None),
+    ]
+    chosen = [t for t in chosen if t is not None]
+    order = list(study.schemes()["scheme"])
+    out = []
+    for model in study.models():
+        m = g[g["model"] == model]
+        for doc in sorted(m["doc_id"].unique())[:per_scheme]:
+            d = m[m["doc_id"] == doc]
+            rows = []
+            for t in chosen:
+                for s in order:
+                    x = d[(d["temperature"] == t) & (d["scheme"] == s)]
+                    if not x.empty:
+                        rows.append(
+                            {
+                                "temperature": t,
+                                "scheme": s,
+                                "text": str(x.iloc[0]["text"]),
+                                "finish": x.iloc[0].get("finish") or "",
+                            }
+                        )
+            if rows:
+                out.append({"model": model, "doc_id": int(doc), "prompt": str(d.iloc[0]["prompt"] or ""), "rows": rows})
+    return out
+
+
+# -- figures -------------------------------------------------------------------------------------
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(
+        {
+            "svg.fonttype": "path",
+            "svg.hashsalt": "harness_ext",
+            "font.size": 9,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "figure.dpi": 100,
+        }
+    )
+    return plt
+
+
+def _svg(fig: Any) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
+    _plt().close(fig)
+    text = buf.getvalue()
+    text = text[text.index("<svg") :]  # drop the XML prolog and DOCTYPE: the SVG lives inside HTML
+    return re.sub(r"<!--.*?-->", "", text, flags=re.S)
+
+
+def _colors(study: Study) -> dict[str, str]:
+    return {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(study.schemes()["scheme"])}
+
+
+def figures(study: Study, quality: pd.DataFrame) -> list[dict[str, str]]:
+    figs = []
+    if not quality.empty:
+        for model in study.models():
+            f = fig_vs_temperature(study, quality, model)
+            if f:
+                figs.append(f)
+            f = fig_top_k(study, quality, model)
+            if f:
+                figs.append(f)
+            f = fig_max_new_tokens(study, quality, model)
+            if f:
+                figs.append(f)
+    f = fig_speed(study)
+    if f:
+        figs.append(f)
+    return figs
+
+
+def fig_vs_temperature(study: Study, quality: pd.DataFrame, model: str) -> dict[str, str] | None:
+    plt = _plt()
+    labels = {m: (lab, kind) for m, kind, lab, *_ in QUALITY_METRICS}
+    present = [m for m in FIGURE_METRICS if m in set(quality["metric"])]
+    if not present:
+        return None
+    colors = _colors(study)
+    ncol = min(3, len(present))
+    nrow = math.ceil(len(present) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.6 * nrow), squeeze=False)
+    for ax, metric in zip(axes.flat, present, strict=False):
+        lab, kind = labels[metric]
+        sel = quality[(quality["metric"] == metric) & (quality["model"] == model)]
+        sel = (
+            sel[sel["task"].str.startswith("probe:")] if kind == "probe" else sel[~sel["task"].str.startswith("probe:")]
+        )
+        sel = _slice_rows(sel)
+        for scheme, g in sel.groupby("scheme", sort=False):
+            g = g.sort_values("temperature")
+            ax.plot(g["temperature"], g["mean"], marker="o", ms=3, color=colors.get(scheme), label=scheme)
+            ax.fill_between(g["temperature"], g["lo"], g["hi"], color=colors.get(scheme), alpha=0.15, lw=0)
+        ax.set_title(lab, fontsize=9)
+        ax.set_xlabel("temperature")
+    for ax in list(axes.flat)[len(present) :]:
+        ax.axis("off")
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="upper center", ncol=len(names), frameon=False, bbox_to_anchor=(0.5, 1.04))
+    fig.tight_layout()
+    return {
+        "id": f"fig-temp-{model}",
+        "svg": _svg(fig),
+        "caption": f"{model}: quality and divergence from the reference against temperature, one line per scheme; "
+        "bands are 95% bootstrap intervals over prompts (least-truncated setting of the grid).",
+    }
+
+
+def fig_top_k(study: Study, quality: pd.DataFrame, model: str) -> dict[str, str] | None:
+    sel = quality[
+        (quality["metric"] == "p_gold") & (quality["model"] == model) & quality["task"].str.startswith("probe:")
+    ]
+    if sel.empty:
+        sel = quality[(quality["metric"] == "exact_match") & (quality["model"] == model)]
+    if sel.empty or sel["top_k"].nunique() < 2:
+        return None
+    sel = sel[(sel["top_p"] == sel["top_p"].max())]
+    rp = sel["repetition_penalty"]
+    sel = sel[rp == (1.0 if (rp == 1.0).any() else rp.min())]
+    plt = _plt()
+    colors = _colors(study)
+    ks = sorted(sel["top_k"].unique(), key=lambda k: math.inf if k == -1 else k)
+    fig, axes = plt.subplots(1, len(ks), figsize=(3.2 * len(ks), 2.6), squeeze=False, sharey=True)
+    for ax, k in zip(axes.flat, ks, strict=True):
+        for scheme, g in sel[sel["top_k"] == k].groupby("scheme", sort=False):
+            g = g.groupby("temperature", as_index=False)[["mean", "lo", "hi"]].mean().sort_values("temperature")
+            ax.plot(g["temperature"], g["mean"], marker="o", ms=3, color=colors.get(scheme), label=scheme)
+            ax.fill_between(g["temperature"], g["lo"], g["hi"], color=colors.get(scheme), alpha=0.15, lw=0)
+        ax.set_title(f"top-k {'off' if k == -1 else int(k)}", fontsize=9)
+        ax.set_xlabel("temperature")
+    axes.flat[0].set_ylabel("P(gold next word)" if "p_gold" in set(sel["metric"]) else "exact match")
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="upper center", ncol=len(names), frameon=False, bbox_to_anchor=(0.5, 1.08))
+    fig.tight_layout()
+    return {
+        "id": f"fig-topk-{model}",
+        "svg": _svg(fig),
+        "caption": f"{model}: effect of top-k on next-word accuracy across temperatures (95% CIs over prompts).",
+    }
+
+
+def fig_max_new_tokens(study: Study, quality: pd.DataFrame, model: str) -> dict[str, str] | None:
+    sel = quality[(quality["model"] == model) & quality["metric"].isin(["hit_cap", "distinct_2", "nll_ref"])]
+    if sel.empty or sel["max_new_tokens"].nunique() < 2:
+        return None
+    k = sel["top_k"]
+    sel = sel[(k == -1) if (k == -1).any() else (k == k.max())]
+    plt = _plt()
+    colors = _colors(study)
+    metrics = [m for m in ["hit_cap", "distinct_2", "nll_ref"] if m in set(sel["metric"])]
+    caps = sorted(sel["max_new_tokens"].unique())
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 2.6), squeeze=False)
+    labels = {m: lab for m, _, lab, *_ in QUALITY_METRICS}
+    for ax, metric in zip(axes.flat, metrics, strict=True):
+        for scheme, g in sel[sel["metric"] == metric].groupby("scheme", sort=False):
+            for i, cap in enumerate(caps):
+                h = g[g["max_new_tokens"] == cap].sort_values("temperature")
+                ax.plot(
+                    h["temperature"],
+                    h["mean"],
+                    ls=styles[i % 4],
+                    marker="o",
+                    ms=2.5,
+                    color=colors.get(scheme),
+                    label=f"{scheme}, {int(cap)} tokens",
+                )
+        ax.set_title(labels[metric], fontsize=9)
+        ax.set_xlabel("temperature")
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        names,
+        loc="upper center",
+        ncol=min(len(names), 5),
+        frameon=False,
+        bbox_to_anchor=(0.5, 1.12),
+        fontsize=7,
+    )
+    fig.tight_layout()
+    return {
+        "id": f"fig-cap-{model}",
+        "svg": _svg(fig),
+        "caption": f"{model}: effect of the max-new-tokens cap (line style) on open-ended continuation.",
+    }
+
+
+def fig_speed(study: Study) -> dict[str, str] | None:
+    speed = analysis.speed_table(study)
+    if speed.empty:
+        return None
+    plt = _plt()
+    colors = _colors(study)
+    models = sorted(speed["model"].unique(), key=lambda m: study.parameters(m) or 0)
+    batches = sorted(speed["batch_size"].unique())
+    schemes = [s for s in study.schemes()["scheme"] if s in set(speed["scheme"])]
+    fig, axes = plt.subplots(1, len(batches) + 1, figsize=(3.4 * (len(batches) + 1), 2.8), squeeze=False)
+    width = 0.8 / max(len(schemes), 1)
+    x = np.arange(len(models))
+    for ax, bs in zip(axes.flat, batches, strict=False):
+        for i, s in enumerate(schemes):
+            vals, err_lo, err_hi = [], [], []
+            for m in models:
+                r = speed[(speed["model"] == m) & (speed["scheme"] == s) & (speed["batch_size"] == bs)]
+                v = float(r["decode_ms_per_token"].iloc[0]) if not r.empty else math.nan
+                vals.append(v)
+                err_lo.append(v - float(r["decode_ms_per_token_lo"].iloc[0]) if not r.empty else 0)
+                err_hi.append(float(r["decode_ms_per_token_hi"].iloc[0]) - v if not r.empty else 0)
+            ax.bar(x + i * width, vals, width, yerr=[err_lo, err_hi], color=colors.get(s), label=s, capsize=2)
+        ax.set_xticks(x + width * (len(schemes) - 1) / 2, models)
+        ax.set_title(f"decode ms/token, batch {int(bs)}", fontsize=9)
+    ax = list(axes.flat)[-1]
+    bs0 = batches[0]
+    for i, s in enumerate(schemes):
+        vals = []
+        for m in models:
+            r = speed[(speed["model"] == m) & (speed["scheme"] == s) & (speed["batch_size"] == bs0)]
+            vals.append(float(r["weight_bytes"].iloc[0]) / 2**20 if not r.empty and "weight_bytes" in r else math.nan)
+        ax.bar(x + i * width, vals, width, color=colors.get(s), label=s)
+    ax.set_xticks(x + width * (len(schemes) - 1) / 2, models)
+    ax.set_title("weight memory, MiB", fontsize=9)
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="upper center", ncol=len(names), frameon=False, bbox_to_anchor=(0.5, 1.06))
+    fig.tight_layout()
+    return {
+        "id": "fig-speed",
+        "svg": _svg(fig),
+        "caption": "Decode time per token (median, whiskers p10–p90 over timed repeats) and weight memory per "
+        "scheme, models ordered by size.",
+    }

@@ -1,0 +1,146 @@
+"""The report: valid HTML, hostile strings stay text, opens cleanly in a real browser, renders
+partial runs honestly, and is a deterministic function of the tables."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import browser
+import html5lib
+import pandas as pd
+import pytest
+
+from harness_ext.report import render
+from harness_ext.runner import Runner
+from harness_ext.spec import parse_spec
+from harness_ext.store import RunStore
+
+HOSTILE = '<script>alert(1)</script>" onmouseover="alert(2)" </style><img src=x onerror=alert(3)>'
+SPEC = """\
+name: report-test
+description: 'a study </style><script>alert(4)</script>'
+models:
+  - {{name: tiny, pretrained: "{model}"}}
+schemes: [fp32, int8, nf4, fp4]
+sampling:
+  temperature: [0, 0.7, 1.2]
+  top_k: [null, 5]
+  max_new_tokens: [3, 6]
+tasks: [quant_nextword, quant_continuation]
+limit: 3
+seeds: [0]
+probe: {{limit: 12}}
+speed: {{batch_sizes: [1], prompt_tokens: 8, new_tokens: 4, repeats: 3}}
+threads: 1
+report:
+  title: 'Tiny " onmouseover="alert(5)'
+"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_model, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report-run") / "run"
+    text = SPEC.format(model=tiny_model)
+    Runner(parse_spec(text), text, progress=False, output_dir=out).run()
+    store = RunStore(out)
+    records = store.load_records()
+    point = {"temperature": 0.0, "top_k": None, "max_new_tokens": 6}  # a cell the examples section shows
+    rec = next(
+        r
+        for r in records.values()
+        if r.kind == "eval"
+        and r.definition["task"] == "quant_continuation"
+        and r.definition["scheme"]["name"] == "nf4"
+        and all(r.definition["point"][k] == v for k, v in point.items())
+    )
+    first = next(g for g in rec.generations if g["doc_id"] == 0 and g["sample"] == 0)
+    first["text"] = HOSTILE  # a model output that tries to run code
+    store.write(rec)
+    store.export_tables(
+        store.load_records().values(), text, extra=json.loads((out / "tables" / "run.json").read_text())
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def page(run_dir, tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("report")
+    index = render(run_dir, out)
+    return index, index.read_text(encoding="utf-8")
+
+
+def test_page_is_valid_html_without_scripts(page) -> None:
+    _, html = page
+    doc = html5lib.HTMLParser(strict=True, namespaceHTMLElements=False).parse(html)  # raises on any parse error
+    assert doc.findall(".//script") == []
+    assert all(not k.startswith("on") for el in doc.iter() for k in el.attrib)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # the model output is shown, as text
+    assert "&lt;/style&gt;&lt;script&gt;alert(4)" in html  # spec strings too
+    styles = [el for el in doc.iter() if isinstance(el.tag, str) and el.tag.split("}")[-1] == "style"]
+    assert styles and not any("alert" in (el.text or "") for el in styles)  # `</style>` in a spec stayed text
+
+
+def test_page_has_every_section_and_numbers_from_the_run(page, run_dir) -> None:
+    index, html = page
+    for section in ("abstract", "setup", "claims", "speed", "quality", "figures", "examples", "missing", "appendix"):
+        assert f'id="{section}"' in html
+    assert html.count("<figure") >= 3 and html.count("<svg") >= 3
+    for claim in ("a", "b", "b2", "c", "c2", "d", "d2"):
+        assert f'id="claim-{claim}"' in html
+    for name in ("quality.csv", "paired_differences.csv", "sensitivity.csv", "speed.csv", "claims.csv"):
+        assert (index.parent / name).is_file()
+    speed = pd.read_csv(index.parent / "speed.csv")
+    assert set(speed["scheme"]) == {"fp32", "int8", "nf4", "fp4"}
+    decode = speed.loc[speed["scheme"] == "nf4", "decode_ms_per_token"].iloc[0]
+    assert f"{decode:.2f}" in html  # the table shows the measured number
+    assert "Every cell of the spec completed." in html
+
+
+@pytest.mark.skipif(browser.chromium() is None, reason="headless Chromium is not installed here (CI installs it)")
+def test_opens_in_headless_chromium(page, tmp_path) -> None:
+    pytest.importorskip("websocket", reason="websocket-client is part of the test extra")
+    index, html = page
+    expr = """Array.from(document.querySelectorAll('figure svg')).map(s => {
+        const r = s.getBoundingClientRect(), st = getComputedStyle(s);
+        return [r.width, r.height, st.display, st.visibility, s.querySelectorAll('path').length]; })"""
+    result = browser.load(index.resolve().as_uri(), expr, tmp_path / "report.png")
+    assert result["errors"] == [] and result["dialogs"] == []
+    figures = result["value"]
+    assert len(figures) == html.count("<figure")
+    for width, height, display, visibility, paths in figures:
+        assert width > 200 and height > 100 and display != "none" and visibility == "visible" and paths > 10
+    png = (tmp_path / "report.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000
+
+
+def test_rendering_is_deterministic_and_reproducible_from_the_report_folder(page, tmp_path) -> None:
+    index, html = page
+    again = render(index.parent / "data", tmp_path / "again")
+    assert again.read_text(encoding="utf-8") == html
+
+
+def test_partial_run_says_what_is_missing_and_draws_no_verdict_from_it(run_dir, tmp_path) -> None:
+    partial = tmp_path / "partial"
+    shutil.copytree(run_dir, partial)
+    store = RunStore(partial)
+    records = store.load_records()
+    # fp4 failed at load; one eval cell of nf4 was never run (interrupted)
+    for rec in records.values():
+        if rec.definition["scheme"]["name"] == "fp4":
+            rec.status, rec.error = "failed", "load failed: CUDA out of memory (simulated)"
+            rec.metrics, rec.points, rec.sample_metrics, rec.generations = {}, [], [], []
+            store.write(rec)
+    dropped = next(r for r in records.values() if r.kind == "eval" and r.definition["scheme"]["name"] == "nf4")
+    (partial / "records" / f"{dropped.cell_id}.json").unlink()
+    run = json.loads((partial / "tables" / "run.json").read_text())
+    store.export_tables([r for k, r in store.load_records().items()], run["spec_text"], extra=run)
+    html = render(partial, tmp_path / "out").read_text(encoding="utf-8")
+    assert "load failed: CUDA out of memory (simulated)" in html
+    assert "have no record yet" in html and dropped.label in html
+    claims = pd.read_csv(tmp_path / "out" / "claims.csv").set_index("claim")
+    # without fp4 there is no nf4/fp4 pair: no verdict on (a) and (b)
+    assert claims.loc["a", "verdict"] == "inconclusive" and "no nf4 and fp4" in claims.loc["a", "reason"]
+    assert claims.loc["b", "verdict"] == "inconclusive"
+    assert "fp4" not in json.loads(claims.loc["c", "evidence"]).__repr__().replace("nf4", "")
