@@ -283,7 +283,9 @@ def primary_quality(study: Study) -> tuple[pd.DataFrame, str]:
 
 
 def _matrix(pp: pd.DataFrame, model: str, scheme: str) -> pd.DataFrame:
-    """doc_id x temperature matrix of one (model, scheme)."""
+    """doc_id x temperature matrix of one (model, scheme) (empty if the run measured no quality)."""
+    if pp.empty:
+        return pd.DataFrame()
     m = pp[(pp["model"] == model) & (pp["scheme"] == scheme)]
     return m.pivot_table(index="doc_id", columns="temperature", values="value", aggfunc="mean")
 
@@ -333,7 +335,32 @@ def speed_table(study: Study) -> pd.DataFrame:
         keys.append("mode")
     wide = sp.pivot_table(index=keys, columns="metric", values=["value", "lo", "hi"], aggfunc="first")
     wide.columns = [f"{m}" if stat == "value" else f"{m}_{stat}" for stat, m in wide.columns]
-    return wide.reset_index()
+    wide = wide.reset_index()
+    if "invocation" in sp.columns:
+        inv = sp.groupby(keys, as_index=False)["invocation"].first()
+        wide = wide.merge(inv, on=keys, how="left")
+    return wide
+
+
+def _one_invocation(rows: dict[str, pd.Series]) -> bool:
+    """Timings are compared only within one invocation: eager timings move between machines and
+    processes, so a comparison across invocations could reflect the machine, not the scheme."""
+    return len({r.get("invocation") for r in rows.values()}) <= 1
+
+
+def _largest_invocation(rows: dict[str, pd.Series]) -> tuple[dict[str, pd.Series], list[str]]:
+    """The schemes timed together in the invocation that timed the most of them, and the others."""
+    by_inv: dict[Any, list[str]] = {}
+    for s, r in rows.items():
+        by_inv.setdefault(r.get("invocation"), []).append(s)
+    keep = max(by_inv.values(), key=len)
+    return {s: rows[s] for s in keep}, sorted(set(rows) - set(keep))
+
+
+CROSS_INVOCATION = (
+    "timed in separate invocations (other machine or process): not compared; re-run them together "
+    "with `harness-ext run --redo --only ...`"
+)
 
 
 @dataclass(frozen=True)
@@ -428,7 +455,15 @@ def claim_a(study: Study, margin: float, speed_margin: float) -> Claim:
         a, b = _matrix(q, model, nf4), _matrix(q, model, fp4)
         if a.empty or b.empty:
             parts.append("inconclusive")
-            c.evidence.append({"what": f"{model}: quality", "value": "missing cells"})
+            c.evidence.append(
+                {
+                    "what": f"{model}: quality",
+                    "value": "not measured (no next-word accuracy for this model; "
+                    "random-weight shapes measure speed and memory only)"
+                    if q.empty or model not in set(q["model"])
+                    else "missing cells",
+                }
+            )
             continue
         diff = (a - b).mean(axis=1)
         e = Estimate.of(diff.to_numpy())
@@ -444,9 +479,16 @@ def claim_a(study: Study, margin: float, speed_margin: float) -> Claim:
         parts.append(v)
         c.evidence.append({"what": f"{model}: accuracy {nf4} − {fp4}", "value": e.text(), "verdict": v, "n": str(e.n)})
     sp = speed_table(study)
-    for (model, bs), g in sp.groupby(["model", "batch_size"]) if not sp.empty else []:
+    speed_keys = ["model", "batch_size", "mode"] if "mode" in sp.columns else ["model", "batch_size"]
+    for key, g in sp.groupby(speed_keys) if not sp.empty else []:
+        model, bs = key[0], key[1]
+        where = f"{model}, batch {int(bs)}" + (f", {key[2]}" if len(key) > 2 else "")
         rows = {r["scheme"]: r for _, r in g.iterrows()}
         if nf4 not in rows or fp4 not in rows:
+            continue
+        if not _one_invocation({s: rows[s] for s in (nf4, fp4)}):
+            parts.append("inconclusive")
+            c.evidence.append({"what": f"{where}: decode time {nf4}/{fp4}", "value": CROSS_INVOCATION})
             continue
         r = Ratio.of(rows[nf4], rows[fp4], "decode_ms_per_token")
         lo_m, hi_m = 1 / (1 + speed_margin), 1 + speed_margin
@@ -458,10 +500,8 @@ def claim_a(study: Study, margin: float, speed_margin: float) -> Claim:
             else "inconclusive"
         )
         parts.append(v)
-        c.evidence.append(
-            {"what": f"{model}, batch {int(bs)}: decode time {nf4}/{fp4}", "value": r.text(), "verdict": v}
-        )
-        if "weight_bytes" in rows[nf4] and int(bs) == int(g["batch_size"].min()):
+        c.evidence.append({"what": f"{where}: decode time {nf4}/{fp4}", "value": r.text(), "verdict": v})
+        if "weight_bytes" in rows[nf4] and int(bs) == int(sp["batch_size"].min()) and key[-1] != "compiled":
             w = float(rows[nf4]["weight_bytes"]) / float(rows[fp4]["weight_bytes"])
             v = "supported" if lo_m <= w <= hi_m else "contradicted"
             parts.append(v)
@@ -732,10 +772,13 @@ def claim_d(study: Study, speed_margin: float) -> list[Claim]:
     fast = (unq16[unq16["dtype"] == "float16"]["scheme"].tolist() or unq16["scheme"].tolist())[:1]
     bf16 = unq16[unq16["dtype"] == "bfloat16"]["scheme"].tolist()[:1]
     parts, parts2 = [], []
+    untimed: list[str] = []
     group_keys = ["model", "mode"] if "mode" in sp.columns else ["model"]
     for key, g in sp[sp["batch_size"] == sp["batch_size"].min()].groupby(group_keys):
         label = " / ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
-        rows = {r["scheme"]: r for _, r in g.iterrows()}
+        rows, excluded = _largest_invocation({r["scheme"]: r for _, r in g.iterrows()})
+        if excluded:
+            c.evidence.append({"what": f"{label}: {', '.join(excluded)} left out", "value": CROSS_INVOCATION})
         med = {s: float(r["decode_ms_per_token"]) for s, r in rows.items()}
         lo = {s: float(r.get("decode_ms_per_token_lo", med[s])) for s, r in rows.items()}
         hi = {s: float(r.get("decode_ms_per_token_hi", med[s])) for s, r in rows.items()}
@@ -747,7 +790,10 @@ def claim_d(study: Study, speed_margin: float) -> list[Claim]:
         )
         verdicts: list[Verdict] = []
         for s8 in int8:
-            if s8 not in med:
+            if s8 not in med:  # not timed for this model (or in another invocation): undecided, not skipped
+                verdicts.append("inconclusive")
+                untimed.append(f"{s8} for {label}")
+                c.evidence.append({"what": f"{label}: {s8}", "value": "not timed with the others"})
                 continue
             others = [s for s in med if s != s8]
             if all(med[s8] >= (1 + speed_margin) * med[o] and lo[s8] > hi[o] for o in others):
@@ -776,6 +822,8 @@ def claim_d(study: Study, speed_margin: float) -> list[Claim]:
     }[v]
     if missing:
         reason = f"the study has no {' or '.join(missing)} scheme" + ("" if v == "inconclusive" else "; " + reason)
+    elif v == "inconclusive" and untimed:
+        reason = f"not every model and mode has an int8 timing to compare ({'; '.join(untimed)})"
     c.decide(v, reason)
     if not bf16:
         c2.decide("inconclusive", "the study has no bf16 scheme")

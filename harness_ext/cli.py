@@ -45,6 +45,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--report", action="store_true", help="render the report when the run ends")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="run only the cells whose model, scheme, kind, task, mode or batch (speed) is listed (repeatable); "
+        "the rest stay pending for a later run",
+    )
+    r.add_argument("--redo", action="store_true", help="recompute the selected cells even if they are finished")
+    r.add_argument(
         "--time-limit",
         type=float,
         metavar="MINUTES",
@@ -116,6 +125,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         not args.no_progress,
         ["harness-ext", *argv],
         args.time_limit,
+        parse_only(args.only),
+        args.redo,
     )
 
 
@@ -127,6 +138,20 @@ def _demo(args: argparse.Namespace, argv: list[str]) -> int:
     return _run_spec(spec, text, args.output_dir, True, not args.no_progress, ["harness-ext", *argv])
 
 
+ONLY_KEYS = ("model", "scheme", "kind", "task", "mode", "batch")
+
+
+def parse_only(items: list[str]) -> dict[str, set[str]]:
+    """``["scheme=fp16,nf4", "mode=eager"]`` -> {"scheme": {"fp16", "nf4"}, "mode": {"eager"}}."""
+    out: dict[str, set[str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or key not in ONLY_KEYS or not values:
+            raise SpecError(f"--only {item!r}: expected KEY=V1,V2 with KEY one of {', '.join(ONLY_KEYS)}")
+        out.setdefault(key, set()).update(v for v in values.split(",") if v)
+    return out
+
+
 def _run_spec(
     spec,
     text: str,
@@ -135,6 +160,8 @@ def _run_spec(
     progress: bool,
     argv: list[str],
     time_limit_min: float | None = None,
+    only: dict[str, set[str]] | None = None,
+    redo: bool = False,
 ) -> int:
     from harness_ext.runner import Runner
 
@@ -147,6 +174,8 @@ def _run_spec(
         progress=progress,
         output_dir=output_dir,
         time_limit_s=time_limit_min * 60 if time_limit_min else None,
+        only=only,
+        redo=redo,
     )
     result = runner.run()
     print(f"run directory: {result.run_dir}")

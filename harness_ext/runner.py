@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import io
 import logging
 import math
 import statistics
@@ -34,7 +35,7 @@ from harness_ext.errors import DataError, HarnessExtError, SpecError
 from harness_ext.measure import measure_copy_bandwidth
 from harness_ext.models import file_sha256
 from harness_ext.spec import Cell, ModelSpec, StudySpec, expand, resolve_device
-from harness_ext.store import Record, RunStore, now
+from harness_ext.store import Record, RunStore, atomic_write, now
 from harness_ext.tasks import loaders
 
 log = logging.getLogger("harness_ext")
@@ -114,6 +115,8 @@ class Runner:
         progress: bool = True,
         output_dir: str | Path | None = None,
         time_limit_s: float | None = None,
+        only: dict[str, set[str]] | None = None,
+        redo: bool = False,
     ):
         self.spec = spec
         self.spec_text = spec_text
@@ -126,7 +129,21 @@ class Runner:
         self._bandwidth: float | None = None
         self._pbar: Any = None
         self.time_limit_s = time_limit_s
+        self.only = only or {}
+        self.redo = redo  # recompute the selected cells even where a finished record exists
         self._deadline: float | None = None
+
+    def _selected(self, cell: Cell) -> bool:
+        """Whether ``only`` (key -> allowed values: model, scheme, kind, task, mode, batch) admits the cell."""
+        values = {
+            "model": cell.model.label,
+            "scheme": cell.scheme.name,
+            "kind": cell.kind,
+            "task": cell.task.name if cell.task else None,
+            "mode": cell.params.get("mode"),
+            "batch": str(cell.params["batch_size"]) if cell.kind == "speed" else None,
+        }
+        return all(values[k] in allowed for k, allowed in self.only.items())
 
     def _check_time(self) -> None:
         if self._deadline is not None and time.perf_counter() > self._deadline:
@@ -165,7 +182,8 @@ class Runner:
         self.invocation = self.store.begin(self.spec_text, environment.capture(self.argv))
         for p in self.store.problems:
             log.warning("%s", p)
-        todo = [c for c in cells if not (c.id in records and records[c.id].status == "ok")]
+        done = {c.id for c in cells if c.id in records and records[c.id].status == "ok"}
+        todo = [c for c in cells if self._selected(c) and (self.redo or c.id not in done)]
         skipped = len(cells) - len(todo)
         pairs: dict[tuple[str, str], list[Cell]] = defaultdict(list)
         for c in todo:
@@ -385,7 +403,9 @@ class Runner:
         artifact = f"probe/{cell.model.label}/{_probe_key(cell)}.pt"
         reference = None
         if ref_scheme is not None and ref_scheme.name == cell.scheme.name:
-            torch.save(logits, self.store.artifact(artifact))
+            buf = io.BytesIO()
+            torch.save(logits, buf)
+            atomic_write(self.store.artifact(artifact), buf.getvalue())
             reference = logits
         elif ref_scheme is not None:
             ref_path = self.store.artifact(f"probe/{cell.model.label}/{_probe_key(cell, ref_scheme.name)}.pt")

@@ -55,6 +55,7 @@ CELL_COLUMNS = (
     "batch_size",
     "mode",
     "grid_batched",
+    "invocation",
     "error",
 )
 VALUE_COLUMNS = ("metric", "value", "stderr", "lo", "hi", "n")
@@ -180,6 +181,8 @@ class RunStore:
         if not os.access(self.root, os.W_OK):
             raise StoreError(f"the run directory {self.root} is not writable")
         inv = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+        for stale in self.root.rglob(".*.tmp"):  # left by a killed writer: never read, now removed
+            _unlink(stale)
         atomic_write(self.root / "spec.yaml", spec_text)
         atomic_write(self.root / "invocations" / f"{inv}.json", dumps({"invocation": inv, **environment}))
         return inv
@@ -315,6 +318,7 @@ def _describe(rec: Record) -> dict[str, Any]:
         "batch_size": params.get("batch_size"),
         "mode": params.get("mode"),
         "grid_batched": rec.measurements.get("grid_batched"),
+        "invocation": rec.invocation,
         "error": rec.error,
     }
 

@@ -217,6 +217,15 @@ def test_claim_d(speed, d, d2) -> None:
     assert claim(study, "d2").verdict == d2
 
 
+def test_speed_is_compared_only_within_one_invocation() -> None:
+    study = make_study(lambda s, t, d_, r: base(t), speed=SEED_LIKE)
+    study.cells["invocation"] = "run-1"
+    assert claim(study, "d").verdict == "supported"
+    study.cells.loc[study.cells["scheme"] == "int8", "invocation"] = "run-2"  # int8 timed on another machine
+    c = claim(study, "d")
+    assert c.verdict == "inconclusive" and any("separate invocations" in e["value"] for e in c.evidence)
+
+
 def test_missing_schemes_make_claims_inconclusive_with_a_reason() -> None:
     study = make_study(lambda s, t, d, r: base(t), speed=EQUAL_SPEED)
     study.cells = study.cells[~study.cells["scheme"].isin(["int8", "fp4"])]
