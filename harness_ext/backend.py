@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import inspect
 import logging
 import time
 from collections import defaultdict
@@ -229,6 +230,12 @@ def _finish_load(
         model_type=getattr(config, "model_type", None),
         original_generation_config={k: v for k, v in original_gc.items() if isinstance(v, (int, float, str, bool))},
     )
+
+
+# transformers renamed `past_key_values` to `cache` during 5.x (5.17 takes the old name, 5.24 warns on it)
+_CACHE_ARG = (
+    "cache" if "cache" in inspect.signature(transformers.LlamaForCausalLM.forward).parameters else "past_key_values"
+)
 
 
 def check_mode(mode: str, scheme: dict[str, Any], device: str) -> str:
@@ -520,7 +527,7 @@ class HFQuantLM(HFLM):
                 generation_config=config,
                 logits_processor=processors,
                 stopping_criteria=StoppingCriteriaList([stopper]),
-                past_key_values=cache,
+                **({_CACHE_ARG: cache} if cache is not None else {}),
             )
             clock.mark()
         if (
@@ -574,7 +581,7 @@ class HFQuantLM(HFLM):
         ids, mask = input_ids[rows, :-1], attention_mask[rows, :-1]
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        cache = out.past_key_values
+        cache = out.cache if _CACHE_ARG == "cache" else out.past_key_values
         cache.reorder_cache(torch.tensor(index, device=input_ids.device))
         return cache
 

@@ -96,7 +96,8 @@ def build(study: Study, opts: dict[str, Any]) -> tuple[str, dict[str, pd.DataFra
         "has_floor": bool(not speed.empty and "floor_ms_per_token" in speed.columns),
         "quality_rows": quality_rows(study, quality),
         "quality_metrics": [m for m in QUALITY_METRICS if not quality.empty and m[0] in set(quality["metric"])],
-        "paired_rows": paired_rows(study, paired),
+        "paired_rows": (pr := paired_rows(study, paired)),
+        "paired_temps": paired_temperatures(pr),
         "sens_rows": sens.to_dict("records") if not sens.empty else [],
         "figures": figures(study, quality),
         "examples": examples(study, int(opts.get("examples", 3))),
@@ -193,14 +194,17 @@ def setup(study: Study) -> dict[str, Any]:
                 "name": m,
                 "parameters": study.parameters(m),
                 "family": study.family(m),
-                "source": ", ".join(f"{k}: {v}" for k, v in (info.get("source") or {}).items() if k != "converted"),
+                "source": describe_source(info.get("source") or {}),
                 "reference": study.reference(m),
                 "note": (study.run.get("model_notes") or {}).get(m),
                 "trust_remote_code": (study.run.get("trust_remote_code") or {}).get(m, False),
             }
         )
     described = study.run.get("schemes") or {}
-    schemes = [{**r, "description": described.get(r["scheme"], "")} for r in study.schemes().to_dict("records")]
+    schemes = [
+        {**{k: _none_if_nan(v) for k, v in r.items()}, "description": described.get(r["scheme"], "")}
+        for r in study.schemes().to_dict("records")
+    ]
     ev = study.ok[study.ok["kind"] == "eval"]
     grid = {c: sorted({_fmt_axis(v) for v in ev[c].dropna()}, key=_axis_key) or ["—"] for c in analysis.POINT_COLUMNS}
     if "top_k" in ev and ev["top_k"].isna().any():
@@ -232,6 +236,30 @@ def setup(study: Study) -> dict[str, Any]:
         "invocations": len(envs),
         "git": envs[-1].get("git_sha") if envs else None,
     }
+
+
+def _none_if_nan(v: Any) -> Any:
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+def describe_source(source: dict[str, Any]) -> str:
+    """Where the weights came from, without the paths of the machine that ran the study."""
+    if "builtin" in source:
+        gguf = Path(str(source.get("gguf", ""))).name
+        return f"built-in {source['builtin']} ({gguf}, dequantized to a safetensors cache)"
+    if "gguf" in source:
+        return f"GGUF {Path(str(source['gguf'])).name} (dequantized)"
+    if "shape" in source:
+        s = source["shape"]
+        return (
+            f"shape only, random weights: {s.get('model_type')} hidden {s.get('hidden_size')}, "
+            f"{s.get('num_hidden_layers')} layers"
+        )
+    if "hub" in source:
+        return f"hub {source['hub']}" + (f" @ {source['revision']}" if source.get("revision") else "")
+    if "local" in source:
+        return f"local folder {Path(str(source['local'])).name}"
+    return ", ".join(f"{k}: {v}" for k, v in source.items())
 
 
 def _fmt_axis(v: Any) -> str:
@@ -317,19 +345,19 @@ def paired_rows(study: Study, paired: pd.DataFrame) -> list[dict[str, Any]]:
         pd.concat([analysis.profile_slice(g) for _, g in keep.groupby(["task", "metric"])]) if not keep.empty else keep
     )
     labels = {m: lab for m, _, lab, *_ in QUALITY_METRICS}
-    out = []
-    for _, r in keep.sort_values(["model", "metric", "scheme", "temperature"]).iterrows():
-        out.append(
-            {
-                "model": r["model"],
-                "scheme": r["scheme"],
-                "reference": r["reference"],
-                "metric": labels.get(r["metric"], r["metric"]),
-                "temperature": r["temperature"],
-                "diff": Estimate(r["diff"], r["lo"], r["hi"], int(r["n"])),
-            }
+    order = {s: i for i, s in enumerate(study.schemes()["scheme"])}
+    rows: dict[tuple, dict[str, Any]] = {}
+    for _, r in keep.iterrows():  # one row per (model, metric, scheme); one column per temperature
+        key = (r["model"], labels.get(r["metric"], r["metric"]), r["scheme"])
+        row = rows.setdefault(
+            key, {"model": key[0], "metric": key[1], "scheme": key[2], "reference": r["reference"], "by_t": {}}
         )
-    return out
+        row["by_t"][r["temperature"]] = Estimate(r["diff"], r["lo"], r["hi"], int(r["n"]))
+    return sorted(rows.values(), key=lambda x: (x["model"], x["metric"], order.get(x["scheme"], 99)))
+
+
+def paired_temperatures(rows: list[dict[str, Any]]) -> list[float]:
+    return sorted({t for r in rows for t in r["by_t"]})
 
 
 def failed_rows(study: Study) -> list[dict[str, Any]]:
@@ -429,6 +457,7 @@ def _svg(fig: Any) -> str:
     _plt().close(fig)
     text = buf.getvalue()
     text = text[text.index("<svg") :]  # drop the XML prolog and DOCTYPE: the SVG lives inside HTML
+    text = re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)  # RDF boilerplate
     return re.sub(r"<!--.*?-->", "", text, flags=re.S)
 
 

@@ -484,25 +484,25 @@ class Runner:
                     self._note(
                         f"reference scoring load failed for {model.label}: {_reason(e)}; NLL left out", failure=True
                     )
+            # every continuation of the model scored in one pass: shared texts and prefixes once
+            pairs = [(g["prompt"] or "", g["text"]) for c in needs_nll for g in records[c.id].generations]
             try:
-                for c in todo:
-                    ref_cell = Cell(c.kind, c.model, ref_resolved, c.device, c.task, c.point, c.seed, c.params)
-                    ref_rec = records.get(ref_cell.id)
-                    rec = records[c.id]
-                    if ref_rec is None or ref_rec.status != "ok":
-                        continue  # no reference output for this cell: nothing to compare with
-                    add_reference_metrics(
-                        rec,
-                        ref_rec,
-                        c.task.kind,
-                        scorer if c.task.kind == "quant_continuation" else None,
-                        is_reference=c.id == ref_cell.id,
-                    )
-                    self.store.write(rec)
+                scores = iter(score_nll(scorer, pairs, batch_size=self.spec.batch_size)) if scorer is not None else None
             finally:
                 if scorer is not None:
                     del scorer
                     gc.collect()
+            for c in todo:
+                rec = records[c.id]
+                nll = (
+                    [next(scores) for _ in rec.generations] if scores and c.task.kind == "quant_continuation" else None
+                )
+                ref_cell = Cell(c.kind, c.model, ref_resolved, c.device, c.task, c.point, c.seed, c.params)
+                ref_rec = records.get(ref_cell.id)
+                if ref_rec is None or ref_rec.status != "ok":
+                    continue  # no reference output for this cell: nothing to compare with
+                add_reference_metrics(rec, ref_rec, c.task.kind, nll, is_reference=c.id == ref_cell.id)
+                self.store.write(rec)
 
 
 def run_summary(spec: StudySpec, cells: list[Cell]) -> dict[str, Any]:
@@ -600,10 +600,10 @@ def _context_of(sample: dict[str, Any]) -> str | None:
     return None
 
 
-def add_reference_metrics(rec: Record, ref: Record, kind: str, scorer: Any, *, is_reference: bool) -> None:
+def add_reference_metrics(rec: Record, ref: Record, kind: str, nll: list[float] | None, *, is_reference: bool) -> None:
     """Per prompt: agreement with the reference's output for the same prompt, sample and seed
     (nextword: same first word; continuation: ROUGE-L F1), and the continuation's mean token NLL
-    under the reference model (``scorer``). Updates ``rec`` in place."""
+    under the reference model (``nll``, one per generation, from :func:`score_nll`). Updates ``rec``."""
     from harness_ext.tasks.metrics import first_word, rouge_l
 
     ref_text = {(g["doc_id"], g["sample"]): g["text"] for g in ref.generations}
@@ -617,8 +617,7 @@ def add_reference_metrics(rec: Record, ref: Record, kind: str, scorer: Any, *, i
                 per_doc[g["doc_id"]]["agree_ref"].append(float(first_word(g["text"]) == first_word(other)))
             else:
                 per_doc[g["doc_id"]]["rouge_l_ref"].append(rouge_l(g["text"], other))
-    if scorer is not None:
-        nll = score_nll(scorer, [(g["prompt"] or "", g["text"]) for g in rec.generations])
+    if nll is not None:
         for g, v in zip(rec.generations, nll, strict=True):
             if not math.isnan(v):
                 per_doc[g["doc_id"]]["nll_ref"].append(v)
@@ -668,12 +667,12 @@ def score_nll(lm: Any, pairs: list[tuple[str, str]], batch_size: int = 16) -> li
             ids[r, : len(q)] = torch.tensor(q)
             mask[r, : len(q)] = 1
         logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits
-        logp = torch.log_softmax(logits.float(), -1).cpu()
         for r, (ctx, cont) in enumerate(batch):
             n = min(len(cont), len(seqs[r]) - 1)
             end = len(seqs[r])
-            targets = torch.tensor(seqs[r][end - n :])
-            token_logp[(ctx, cont)] = logp[r, end - n - 1 : end - 1].gather(1, targets[:, None]).squeeze(1).tolist()
+            targets = torch.tensor(seqs[r][end - n :], device=logits.device)
+            logp = torch.log_softmax(logits[r, end - n - 1 : end - 1].float(), -1)  # the continuation's rows only
+            token_logp[(ctx, cont)] = logp.gather(1, targets[:, None]).squeeze(1).tolist()
     out = []
     for ctx, cont in encoded:
         if not cont:

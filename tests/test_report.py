@@ -4,6 +4,7 @@ partial runs honestly, and is a deterministic function of the tables."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -144,3 +145,29 @@ def test_partial_run_says_what_is_missing_and_draws_no_verdict_from_it(run_dir, 
     assert claims.loc["a", "verdict"] == "inconclusive" and "no nf4 and fp4" in claims.loc["a", "reason"]
     assert claims.loc["b", "verdict"] == "inconclusive"
     assert "fp4" not in json.loads(claims.loc["c", "evidence"]).__repr__().replace("nf4", "")
+
+
+def test_report_says_when_remote_code_ran(run_dir) -> None:
+    from harness_ext.analysis import Study
+    from harness_ext.report import build
+
+    study = Study.load(run_dir)
+    page, _ = build(study, {})
+    assert "trust_remote_code: true" not in page
+    study.run["trust_remote_code"] = {"tiny": True}
+    page, _ = build(study, {})
+    assert "<code>trust_remote_code: true</code>: code from the model repository ran" in page
+
+
+def test_rendering_needs_no_network(run_dir, tmp_path, monkeypatch) -> None:
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the report tried to open a network connection")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    html = render(run_dir, tmp_path / "offline").read_text(encoding="utf-8")
+    # nothing that a browser would fetch: no remote src/href, no CSS url() (xmlns identifiers are not fetched)
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", html)
+    assert not re.search(r"url\(\s*['\"]?(?:https?:)?//", html) and "@import" not in html

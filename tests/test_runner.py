@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -197,3 +198,21 @@ def test_sigkill_then_resume(tiny_model, tmp_path) -> None:
         rec = json.loads((out / "records" / name).read_text())
         assert rec["measurements"].get("reference_metrics"), name
     assert RunStore(out).load_records() and not RunStore(out).problems
+
+
+def test_score_nll_dedupes_without_changing_values(tiny_lm_factory) -> None:
+    from harness_ext.runner import score_nll
+
+    lm = tiny_lm_factory()
+    pairs = [
+        ("the capital of", " france is paris and the capital"),
+        ("the capital of", " france is paris"),
+        ("the capital of", " france is paris and the capital"),
+        ("salt and", " pepper, bread"),
+        ("salt and", ""),
+    ]
+    together = score_nll(lm, pairs, batch_size=2)
+    alone = [score_nll(lm, [p], batch_size=1)[0] for p in pairs]
+    for a, b in zip(together, alone, strict=True):
+        assert (math.isnan(a) and math.isnan(b)) or abs(a - b) < 1e-4
+    assert together[0] == together[2] and math.isnan(together[4]) and together[0] > 0

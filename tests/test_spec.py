@@ -120,3 +120,41 @@ def test_json_schema_describes_fields() -> None:
     assert {"name", "models", "schemes"} <= set(schema["required"])  # tasks/sampling: optional for speed-only
     assert {"sampling", "tasks", "speed", "probe"} <= set(schema["properties"])
     assert "temperature" in schema["$defs"]["SamplingGrid"]["properties"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "fragment"),
+    [
+        ("name: s", "name: ../escape", "name: String should match pattern"),
+        (
+            "  - pretrained: some/model",
+            "  - pretrained: some/model\n    name: /etc",
+            "models[0].name: String should match",
+        ),
+        ("[fp32, nf4, int8]", "\n  - {name: ../x, quant: nf4}", "schemes[0].name: String should match"),
+        ("tasks: [quant_nextword, quant_continuation]", "tasks: [../../tasks]", "tasks[0]: String should match"),
+    ],
+)
+def test_names_used_in_paths_cannot_escape(old: str, new: str, fragment: str) -> None:
+    with pytest.raises(SpecError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        parse_spec(BASE.replace(old, new), "x.yaml")
+
+
+def test_trust_remote_code_is_off_unless_asked() -> None:
+    spec = parse_spec(BASE)
+    assert spec.models[0].trust_remote_code is False
+    on = parse_spec(
+        BASE.replace("  - pretrained: some/model", "  - pretrained: some/model\n    trust_remote_code: true")
+    )
+    assert on.models[0].trust_remote_code is True
+
+
+def test_artifact_names_cannot_leave_the_run_directory(tmp_path) -> None:
+    from harness_ext.errors import StoreError
+    from harness_ext.store import RunStore
+
+    store = RunStore(tmp_path / "run")
+    assert store.artifact("probe/m/x.pt").is_relative_to(tmp_path / "run" / "artifacts")
+    for bad in ("../x.pt", "/etc/passwd", "probe/../../x.pt"):
+        with pytest.raises(StoreError, match="escapes the run directory"):
+            store.artifact(bad)
