@@ -26,6 +26,7 @@ def main() -> int:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--schemes", nargs="+", default=["fp32", "nf4"])
     ap.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 0.7, 1.0])
+    ap.add_argument("--top-k", type=int, nargs="+", default=[50])
     ap.add_argument("--limit", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -35,11 +36,12 @@ def main() -> int:
     spec = work / "spec.yaml"
     spec.write_text(
         f"name: runner-vs-cli\nmodels: [{{pretrained: {args.model}}}]\nschemes: [{', '.join(args.schemes)}]\n"
-        f"sampling: {{temperature: [{', '.join(map(str, args.temperatures))}], max_new_tokens: [8]}}\n"
+        f"sampling: {{temperature: [{', '.join(map(str, args.temperatures))}], "
+        f"top_k: [{', '.join(map(str, args.top_k))}], max_new_tokens: [8]}}\n"
         f"tasks: [quant_nextword]\nlimit: {args.limit}\nseeds: [0]\nprobe: {{enabled: false}}\n"
         f"speed: {{enabled: false}}\ndevice: cpu\nbatch_size: 8\nthreads: {args.threads}\n"
     )
-    cells = len(args.schemes) * len(args.temperatures)
+    cells = len(args.schemes) * len(args.temperatures) * len(args.top_k)
     # warm the GGUF conversion cache and the OS file cache so neither side pays for it
     subprocess.run([*cli, "validate", str(spec)], env=env, check=True, capture_output=True)
 
@@ -55,8 +57,8 @@ def main() -> int:
     tasks_dir = subprocess.run([*cli, "tasks-dir"], env=env, check=True, capture_output=True, text=True).stdout.strip()
     t0 = time.perf_counter()
     for scheme in args.schemes:
-        for t in args.temperatures:
-            gen = f"do_sample={t > 0},temperature={t},max_gen_toks=8"
+        for t, k in ((t, k) for t in args.temperatures for k in args.top_k):
+            gen = f"do_sample={t > 0},temperature={t},top_k={k},max_gen_toks=8"
             subprocess.run(
                 [
                     *cli,
@@ -86,7 +88,8 @@ def main() -> int:
     cli_s = time.perf_counter() - t0
 
     print(
-        f"# {args.model}: {len(args.schemes)} schemes x {len(args.temperatures)} temperatures = {cells} cells, "
+        f"# {args.model}: {len(args.schemes)} schemes x {len(args.temperatures)} temperatures x "
+        f"{len(args.top_k)} top-k = {cells} cells, "
         f"quant_nextword, {args.limit} prompts, threads {args.threads}"
     )
     print("| way | wall s | per cell s |")

@@ -138,12 +138,18 @@ def load_model(
     tokenizer: str | None = None,
     trust_remote_code: bool = False,
     shape: dict[str, Any] | None = None,
+    device_map: str | None = None,
 ) -> tuple[transformers.PreTrainedModel, Any, LoadInfo]:
     """Load ``pretrained`` (or build ``shape`` with random weights) quantized by ``scheme`` on
-    ``device``; measure load time and memory."""
+    ``device`` — or, with ``device_map="auto"``, spread over every GPU this process sees; measure
+    load time and memory."""
     scheme = scheme.resolve(model_dtype)
     check_supported(scheme, device)  # before any weights load
+    if device_map not in (None, "auto"):
+        raise SpecError(f"device_map must be 'auto' or unset, not {device_map!r}")
     if shape is not None:
+        if device_map == "auto":
+            raise SpecError("shape-only models are built on one GPU: give them num_gpus: 1")
         return _build_shape(shape, scheme, device)
     if pretrained is None:
         raise ModelLoadError("a model needs `pretrained` (weights) or `shape` (config fields)")
@@ -160,7 +166,9 @@ def load_model(
             "harness_ext quantizes on load: point it at the unquantized checkpoint"
         )
     kwargs = from_pretrained_kwargs(scheme)
-    if scheme.quantized:
+    if device_map == "auto":
+        kwargs["device_map"] = "auto"  # accelerate places layers over the visible GPUs
+    elif scheme.quantized:
         kwargs["device_map"] = {"": device}  # bitsandbytes quantizes as the weights land on the device
     try:
         tok = transformers.AutoTokenizer.from_pretrained(
@@ -176,7 +184,7 @@ def load_model(
             )
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"cannot load {pretrained!r} as {scheme.name}: {_one_line(e)}") from e
-        if not scheme.quantized:
+        if not scheme.quantized and device_map is None:
             model.to(device)
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize()
@@ -361,6 +369,7 @@ class HFQuantLM(HFLM):
         seed: int = 0,
         mode: str = "eager",
         shape: dict[str, Any] | None = None,
+        device_map: str | None = None,
         load_info: LoadInfo | None = None,
         **kwargs: Any,
     ) -> None:
@@ -384,6 +393,7 @@ class HFQuantLM(HFLM):
                 tokenizer=tokenizer if isinstance(tokenizer, str) else None,
                 trust_remote_code=trust_remote_code,
                 shape=shape,
+                device_map=device_map,
             )
             tokenizer = tok if not tokenizer or isinstance(tokenizer, str) else tokenizer
             self.model_name = pretrained or f"shape:{shape.get('model_type')}"

@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         "the rest stay pending for a later run",
     )
     r.add_argument("--redo", action="store_true", help="recompute the selected cells even if they are finished")
+    r.add_argument("--executor", choices=["local", "ray"], help="override the spec's executor (local, or Ray tasks)")
     r.add_argument(
         "--time-limit",
         type=float,
@@ -117,6 +118,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from harness_ext.spec import load_spec
 
     spec = load_spec(args.spec)
+    if args.executor:
+        spec = spec.model_copy(update={"executor": args.executor})
     return _run_spec(
         spec,
         Path(args.spec).read_text(encoding="utf-8"),

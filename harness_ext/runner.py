@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import io
 import logging
 import math
 import statistics
@@ -35,7 +34,7 @@ from harness_ext.errors import DataError, HarnessExtError, SpecError
 from harness_ext.measure import measure_copy_bandwidth
 from harness_ext.models import file_sha256
 from harness_ext.spec import Cell, ModelSpec, StudySpec, expand, resolve_device
-from harness_ext.store import Record, RunStore, atomic_write, now
+from harness_ext.store import Record, RunStore, now
 from harness_ext.tasks import loaders
 
 log = logging.getLogger("harness_ext")
@@ -117,11 +116,18 @@ class Runner:
         time_limit_s: float | None = None,
         only: dict[str, set[str]] | None = None,
         redo: bool = False,
+        executor: Any = None,
+        store: Any = None,
+        device_map: str | None = None,
     ):
+        from harness_ext import executors
+
         self.spec = spec
         self.spec_text = spec_text
         self.device = resolve_device(spec.device)
-        self.store = RunStore(output_dir or spec.run_dir)
+        self.store = store if store is not None else RunStore(output_dir or spec.run_dir)
+        self.executor = executor if executor is not None else executors.make(spec.executor)
+        self.device_map = device_map  # "auto": spread over the GPUs this process sees (a Ray task's)
         self.argv = argv
         self.progress = progress
         self.loads: list[tuple[str, str]] = []
@@ -168,6 +174,7 @@ class Runner:
             grid_batching=self.spec.grid_batching,
             mode=self.spec.mode,
             shape=model.shape,
+            device_map=self.device_map,
         )
         lm.show_progress = False  # the runner shows its own bar over cells
         return lm
@@ -184,7 +191,7 @@ class Runner:
             log.warning("%s", p)
         done = {c.id for c in cells if c.id in records and records[c.id].status == "ok"}
         todo = [c for c in cells if self._selected(c) and (self.redo or c.id not in done)]
-        skipped = len(cells) - len(todo)
+        skipped = sum(self._selected(c) and c.id in done for c in cells) if not self.redo else 0
         pairs: dict[tuple[str, str], list[Cell]] = defaultdict(list)
         for c in todo:
             pairs[c.pair].append(c)
@@ -193,9 +200,7 @@ class Runner:
         self._pbar = tqdm(total=len(todo), desc="cells", unit="cell", disable=not self.progress, dynamic_ncols=True)
         try:
             with _quiet_lm_eval():
-                for pair_cells in pairs.values():
-                    self._check_time()
-                    self._run_pair(pair_cells, records, task_params)
+                self.executor.run_pairs(self, dict(pairs), records, task_params)
                 self._check_time()
                 self._reference_metrics(cells, records)
         except KeyboardInterrupt:
@@ -287,7 +292,8 @@ class Runner:
         rec.finished_at = now()
         self.store.write(rec)
         records[rec.cell_id] = rec
-        self._pbar.update(1)
+        if self._pbar is not None:
+            self._pbar.update(1)
         self._note(_summary_line(rec), failure=rec.status != "ok")
 
     def _note(self, line: str, failure: bool = False) -> None:
@@ -400,21 +406,17 @@ class Runner:
         pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
         logits = probes.next_token_logits(lm.model, ids, pad, lm.device, batch_size=self.spec.batch_size)
         ref_scheme = self.spec.reference_scheme(cell.model)
-        artifact = f"probe/{cell.model.label}/{_probe_key(cell)}.pt"
         reference = None
         if ref_scheme is not None and ref_scheme.name == cell.scheme.name:
-            buf = io.BytesIO()
-            torch.save(logits, buf)
-            atomic_write(self.store.artifact(artifact), buf.getvalue())
+            self.store.put_tensor(probe_artifact(cell), logits)
             reference = logits
         elif ref_scheme is not None:
-            ref_path = self.store.artifact(f"probe/{cell.model.label}/{_probe_key(cell, ref_scheme.name)}.pt")
-            if not ref_path.is_file():
+            reference = self.store.get_tensor(probe_artifact(cell, ref_scheme.name))
+            if reference is None:
                 raise RuntimeError(
                     f"the reference ({ref_scheme.name}) probe has no stored logits; it must run first "
                     "(it failed or was removed): this cell is retried on the next run"
                 )
-            reference = torch.load(ref_path)
             if reference.shape != logits.shape:
                 raise RuntimeError(f"reference logits {tuple(reference.shape)} do not match {tuple(logits.shape)}")
         points = probes.grid_points(cell.params["grid"])
@@ -476,22 +478,15 @@ class Runner:
                 continue
             ref_resolved = ref.resolve(model.dtype)
             needs_nll = [c for c in todo if c.task.kind == "quant_continuation"]
-            scorer = None
-            if needs_nll:
-                try:
-                    scorer = self.load_lm(model, ref, scoring=True)
-                except Exception as e:
-                    self._note(
-                        f"reference scoring load failed for {model.label}: {_reason(e)}; NLL left out", failure=True
-                    )
             # every continuation of the model scored in one pass: shared texts and prefixes once
             pairs = [(g["prompt"] or "", g["text"]) for c in needs_nll for g in records[c.id].generations]
-            try:
-                scores = iter(score_nll(scorer, pairs, batch_size=self.spec.batch_size)) if scorer is not None else None
-            finally:
-                if scorer is not None:
-                    del scorer
-                    gc.collect()
+            scores = None
+            if pairs:
+                try:
+                    scores = iter(self.executor.score(self, model, ref, pairs))
+                except Exception as e:
+                    self._note(f"reference scoring failed for {model.label}: {_reason(e)}; NLL left out", failure=True)
+                gc.collect()
             for c in todo:
                 rec = records[c.id]
                 nll = (
@@ -528,15 +523,15 @@ def run_summary(spec: StudySpec, cells: list[Cell]) -> dict[str, Any]:
     }
 
 
-def _probe_key(cell: Cell, scheme: str | None = None) -> str:
-    """File name of a probe's logits: scheme plus a hash of what the logits depend on."""
+def probe_artifact(cell: Cell, scheme: str | None = None) -> str:
+    """Artifact name of a probe's logits: model, scheme, and a hash of what the logits depend on."""
     from harness_ext.spec import content_hash
 
     key = {k: v for k, v in cell.params.items() if k != "grid"} | {
         "model": cell.model.identity(),
         "device": cell.device,
     }
-    return f"{scheme or cell.scheme.name}-{content_hash(key)}"
+    return f"probe/{cell.model.label}/{scheme or cell.scheme.name}-{content_hash(key)}.pt"
 
 
 # -- helpers -------------------------------------------------------------------------------------

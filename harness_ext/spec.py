@@ -155,6 +155,7 @@ class ModelSpec(_Strict):
     reference: str | None = Field(
         None, description="scheme used as the unquantized reference; default: first unquantized scheme"
     )
+    num_gpus: float | None = Field(None, ge=0, description="executor ray: GPUs per task (default: from the weights)")
     family: str | None = Field(None, description="model family for per-family findings; default: config.model_type")
 
     @model_validator(mode="after")
@@ -252,6 +253,16 @@ class SpeedSpec(_Strict):
         return _nonempty_unique(v, info.field_name)
 
 
+class RaySpec(_Strict):
+    """Options of ``executor: ray``."""
+
+    address: str | None = Field(None, description="an existing cluster ('auto', 'ray://host:10001'); none: start one")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per (model, scheme) task")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs per task; default: enough for the weights on CUDA")
+    gpu_memory_gb: float = Field(80.0, gt=0, description="memory of one GPU, to size num_gpus from the weights")
+    max_retries: int = Field(3, ge=0, le=100, description="retries of a task whose worker died")
+
+
 class ReportSpec(_Strict):
     """Options of the rendered report."""
 
@@ -308,6 +319,8 @@ class StudySpec(_Strict):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
     batch_size: PositiveInt = Field(8, le=4096, description="rows per generate call")
     mode: Mode = Field("eager", description="generation mode of the evaluation cells")
+    executor: Literal["local", "ray"] = Field("local", description="run pairs here, or as Ray tasks on a cluster")
+    ray: RaySpec = Field(default_factory=RaySpec)
     grid_batching: bool = Field(True, description="batch rows of different grid points together")
     threads: PositiveInt | None = Field(None, le=1024, description="torch CPU threads (default: torch's)")
     output_dir: str | None = Field(None, description="run directory; default runs/<name>")

@@ -198,6 +198,23 @@ class RunStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
+    def put_tensor(self, name: str, tensor: Any) -> None:
+        """Store a tensor artifact atomically (e.g. the reference probe's logits)."""
+        import io
+
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(tensor, buf)
+        atomic_write(self.artifact(name), buf.getvalue())
+
+    def get_tensor(self, name: str) -> Any:
+        """A stored tensor artifact, or None if there is none."""
+        import torch
+
+        path = self.artifact(name)
+        return torch.load(path) if path.is_file() else None
+
     # -- reading --------------------------------------------------------------------------------
     def load_records(self) -> dict[str, Record]:
         """All readable records by cell id. Corrupt files are listed in :attr:`problems` and skipped
@@ -273,6 +290,26 @@ class RunStore:
         }
         atomic_write(paths["run.json"], dumps(run))
         return paths
+
+
+class MemoryStore:
+    """What a remote worker writes into: records and tensor artifacts kept in memory and sent back
+    to the driver, which writes them into the run directory (the same contract as :class:`RunStore`)."""
+
+    def __init__(self, artifacts: dict[str, Any] | None = None):
+        self.records: list[Record] = []
+        self.artifacts = dict(artifacts or {})
+        self.new_artifacts: dict[str, Any] = {}
+        self.problems: list[str] = []
+
+    def write(self, record: Record) -> None:
+        self.records = [r for r in self.records if r.cell_id != record.cell_id] + [record]
+
+    def put_tensor(self, name: str, tensor: Any) -> None:
+        self.artifacts[name] = self.new_artifacts[name] = tensor
+
+    def get_tensor(self, name: str) -> Any:
+        return self.artifacts.get(name)
 
 
 def _read(p: Path) -> str | None:

@@ -1,0 +1,262 @@
+"""Where the (model, scheme) pairs of a study run: in this process, or as tasks on a Ray cluster.
+
+Both executors run the same code for a pair (:meth:`harness_ext.runner.Runner._run_pair`); they
+differ in where. With Ray, each pair is a task that asks for the CPUs and GPUs its model needs, runs
+on whichever node has them, and returns its records to the driver, which writes them atomically
+into the one run directory — so no shared file system is needed, resume works as locally, and a
+cell is stored once whichever task computed it. Ray retries a task whose worker died (a lost node, a
+killed process); a cell that fails deterministically is recorded as failed inside the task and is
+not retried. The unquantized reference pairs run first (their probe logits and outputs are what the
+other pairs are compared with), then the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from harness_ext.errors import HarnessExtError
+from harness_ext.store import MemoryStore, Record, now
+
+if TYPE_CHECKING:
+    from harness_ext.runner import Runner
+    from harness_ext.spec import Cell, ModelSpec
+
+Pairs = dict[tuple[str, str], list["Cell"]]
+
+
+class LocalExecutor:
+    """Pairs one after another in this process."""
+
+    def run_pairs(self, runner: Runner, pairs: Pairs, records: dict[str, Record], task_params: dict[str, Any]) -> None:
+        for cells in pairs.values():
+            runner._check_time()
+            runner._run_pair(cells, records, task_params)
+
+    def score(self, runner: Runner, model: ModelSpec, ref: Any, pairs: list[tuple[str, str]]) -> list[float] | None:
+        """Mean NLL of each (prompt, text) under the model's reference; None if it cannot load."""
+        from harness_ext.runner import score_nll
+
+        scorer = runner.load_lm(model, ref, scoring=True)
+        try:
+            return score_nll(scorer, pairs, batch_size=runner.spec.batch_size)
+        finally:
+            del scorer
+
+
+# -- Ray -----------------------------------------------------------------------------------------
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise HarnessExtError("executor 'ray' needs Ray: pip install 'harness-ext[ray]'") from None
+    return ray
+
+
+def pair_task(payload: dict[str, Any]) -> dict[str, Any]:
+    """Run one pair's cells on a Ray worker; return its records, new artifacts and loads."""
+    import torch
+
+    from harness_ext.runner import Runner, _quiet_lm_eval
+    from harness_ext.spec import StudySpec, expand
+
+    spec = StudySpec.model_validate(payload["spec"])
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    wanted = set(payload["cell_ids"])
+    cells = [c for c in expand(spec, payload["device"], payload["task_params"]) if c.id in wanted]
+    store = MemoryStore(payload["artifacts"])
+    runner = Runner(spec, payload["spec_text"], progress=False, store=store, device_map=payload.get("device_map"))
+    runner.invocation = payload["invocation"]
+    with _quiet_lm_eval():
+        runner._run_pair(cells, {}, payload["task_params"])
+    return {
+        "records": [r.model_dump(mode="json") for r in store.records],
+        "artifacts": store.new_artifacts,
+        "loads": runner.loads,
+    }
+
+
+def score_task(payload: dict[str, Any]) -> list[float]:
+    """Reference scoring on a Ray worker: load the reference once, score every (prompt, text)."""
+    from harness_ext.runner import Runner
+    from harness_ext.spec import StudySpec
+
+    spec = StudySpec.model_validate(payload["spec"])
+    runner = Runner(
+        spec, payload["spec_text"], progress=False, store=MemoryStore(), device_map=payload.get("device_map")
+    )
+    model = next(m for m in spec.models if m.label == payload["model"])
+    return LocalExecutor().score(runner, model, spec.scheme(payload["reference"]), payload["pairs"])
+
+
+class RayExecutor:
+    """Pairs as Ray tasks (``executor: ray``). ``task_fn`` is the function a task runs (tests swap
+    in one that kills its worker, to show that Ray's retry loses and duplicates nothing)."""
+
+    def __init__(self, task_fn: Callable[[dict[str, Any]], dict[str, Any]] = pair_task):
+        self.task_fn = task_fn
+
+    # resources ----------------------------------------------------------------------------------
+    def resources(self, runner: Runner, model: ModelSpec, scheme: Any) -> dict[str, float]:
+        """``num_cpus``/``num_gpus`` of a pair: the spec's, or GPUs enough for the weights."""
+        opts = runner.spec.ray
+        num_gpus = model.num_gpus if model.num_gpus is not None else opts.num_gpus
+        if num_gpus is None:
+            num_gpus = (
+                0.0 if not runner.device.startswith("cuda") else float(gpus_needed(model, scheme, opts.gpu_memory_gb))
+            )
+        return {"num_cpus": opts.num_cpus, "num_gpus": num_gpus}
+
+    def _init(self, runner: Runner) -> Any:
+        ray = _ray()
+        if not ray.is_initialized():
+            opts = runner.spec.ray
+            ray.init(
+                address=opts.address,
+                include_dashboard=False,
+                ignore_reinit_error=True,
+                logging_level="WARNING",
+                log_to_driver=False,
+            )
+        return ray
+
+    def _payload(
+        self,
+        runner: Runner,
+        cells: list[Cell],
+        task_params: dict[str, Any],
+        artifacts: dict[str, Any],
+        resources: dict[str, float],
+    ) -> dict[str, Any]:
+        return {
+            "spec": runner.spec.model_dump(mode="json"),
+            "spec_text": runner.spec_text,
+            "cell_ids": [c.id for c in cells],
+            "device": cells[0].device,
+            "task_params": task_params,
+            "invocation": runner.invocation,
+            "artifacts": artifacts,
+            "device_map": "auto" if resources["num_gpus"] > 1 else None,
+        }
+
+    # pairs --------------------------------------------------------------------------------------
+    def run_pairs(self, runner: Runner, pairs: Pairs, records: dict[str, Record], task_params: dict[str, Any]) -> None:
+        ray = self._init(runner)
+        remote = ray.remote(self.task_fn)
+        refs = {k: v for k, v in pairs.items() if _is_reference(runner, v[0])}
+        rest = {k: v for k, v in pairs.items() if k not in refs}
+        for wave in (refs, rest):
+            pending: dict[Any, list[Cell]] = {}
+            for cells in wave.values():
+                model, scheme = cells[0].model, cells[0].scheme
+                res = self.resources(runner, model, scheme)
+                artifacts = _reference_artifacts(runner, cells)
+                opts = {**res, "max_retries": runner.spec.ray.max_retries, "retry_exceptions": False}
+                pending[remote.options(**opts).remote(self._payload(runner, cells, task_params, artifacts, res))] = (
+                    cells
+                )
+            self._collect(ray, runner, pending, records)
+
+    def _collect(self, ray: Any, runner: Runner, pending: dict[Any, list[Cell]], records: dict[str, Record]) -> None:
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
+                for ref in ready:
+                    cells = pending.pop(ref)
+                    started = now()
+                    try:
+                        result = ray.get(ref)
+                    except Exception as e:  # the task itself broke (not a cell): its cells fail with the reason
+                        from harness_ext.runner import _reason
+
+                        for c in cells:
+                            runner._save(
+                                Record(
+                                    **runner._base(c, started), status="failed", error=f"ray task failed: {_reason(e)}"
+                                ),
+                                records,
+                            )
+                        continue
+                    for name, tensor in result["artifacts"].items():
+                        runner.store.put_tensor(name, tensor)
+                    for data in result["records"]:
+                        runner._save(Record.model_validate(data), records)
+                    runner.loads.extend(tuple(x) for x in result["loads"])
+                if pending:
+                    runner._check_time()
+        except BaseException:
+            for ref in pending:  # interrupted or out of time: stop what is still running
+                ray.cancel(ref, force=True)
+            raise
+
+    def score(self, runner: Runner, model: ModelSpec, ref: Any, pairs: list[tuple[str, str]]) -> list[float] | None:
+        ray = self._init(runner)
+        res = self.resources(runner, model, ref)
+        payload = {
+            "spec": runner.spec.model_dump(mode="json"),
+            "spec_text": runner.spec_text,
+            "model": model.label,
+            "reference": ref.name,
+            "pairs": pairs,
+            "device_map": "auto" if res["num_gpus"] > 1 else None,
+        }
+        runner.scoring_loads.append((model.label, ref.name))
+        remote = ray.remote(score_task).options(**res, max_retries=runner.spec.ray.max_retries)
+        return ray.get(remote.remote(payload))
+
+
+def _is_reference(runner: Runner, cell: Cell) -> bool:
+    ref = runner.spec.reference_scheme(cell.model)
+    return ref is not None and ref.name == cell.scheme.name
+
+
+def _reference_artifacts(runner: Runner, cells: list[Cell]) -> dict[str, Any]:
+    """The reference probe logits a pair's probe cells compare against (sent with the task)."""
+    from harness_ext.runner import probe_artifact
+
+    ref = runner.spec.reference_scheme(cells[0].model)
+    out: dict[str, Any] = {}
+    for c in cells:
+        if c.kind == "probe" and ref is not None and ref.name != c.scheme.name:
+            name = probe_artifact(c, ref.name)
+            tensor = runner.store.get_tensor(name)
+            if tensor is not None:
+                out[name] = tensor
+    return out
+
+
+BYTES_PER_PARAM = {"none": {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}, "int8": 1.0, "nf4": 0.55, "fp4": 0.55}
+
+
+def gpus_needed(model: ModelSpec, scheme: Any, gpu_memory_gb: float, headroom: float = 1.3) -> int:
+    """GPUs for a model's weights in a scheme, with headroom for activations and the KV cache;
+    the parameter count comes from the config on the meta device (no weights are read)."""
+    params = count_parameters(model)
+    per = BYTES_PER_PARAM[scheme.quant]
+    per = per[scheme.dtype or model.dtype] if isinstance(per, dict) else per
+    return max(1, math.ceil(params * per * headroom / (gpu_memory_gb * 2**30)))
+
+
+def count_parameters(model: ModelSpec) -> int:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from harness_ext import models as sources
+
+    if model.shape is not None:
+        config = sources.shape_config(model.shape)
+    else:
+        src = sources.resolve(model.pretrained, gguf_file=model.gguf_file, revision=model.revision)
+        config = AutoConfig.from_pretrained(src.path, revision=src.revision, trust_remote_code=model.trust_remote_code)
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in meta.parameters())
+
+
+def make(name: str) -> LocalExecutor | RayExecutor:
+    return RayExecutor() if name == "ray" else LocalExecutor()
+
+
+__all__ = ["LocalExecutor", "RayExecutor", "count_parameters", "gpus_needed", "make", "pair_task", "score_task"]
