@@ -613,16 +613,22 @@ def claim_b(study: Study, margin: float) -> list[Claim]:
     return [c, c2]
 
 
-def _excess_drop(q: pd.DataFrame, model: str, scheme: str, ref: str, temps: list[float]) -> Estimate | None:
-    """Per prompt: the scheme's accuracy drop from T=0 to ``temps`` minus the reference's, averaged."""
+def _excess_per_prompt(q: pd.DataFrame, model: str, scheme: str, ref: str, temps: list[float]) -> pd.Series | None:
+    """Per prompt (index: doc_id): the scheme's accuracy drop from T=0 to ``temps`` (averaged over
+    them) minus the reference's on the same prompt; None without T=0 or any of ``temps``."""
     a, r = _matrix(q, model, scheme), _matrix(q, model, ref)
     temps = [t for t in temps if t in a.columns and t in r.columns]
     if a.empty or r.empty or 0.0 not in a.columns or 0.0 not in r.columns or not temps:
         return None
-    da = (a[[0.0]].to_numpy() - a[temps].to_numpy()).mean(axis=1)
-    dr = (r[[0.0]].to_numpy() - r[temps].to_numpy()).mean(axis=1)
-    joined = pd.Series(da, index=a.index).to_frame("a").join(pd.Series(dr, index=r.index).rename("r"), how="inner")
-    return Estimate.of((joined["a"] - joined["r"]).to_numpy())
+    da = a[0.0] - a[temps].mean(axis=1)
+    dr = r[0.0] - r[temps].mean(axis=1)
+    return (da - dr).dropna()  # aligned on doc_id: prompts both schemes answered
+
+
+def _excess_drop(q: pd.DataFrame, model: str, scheme: str, ref: str, temps: list[float]) -> Estimate | None:
+    """The mean excess drop over prompts with its interval (see :func:`_excess_per_prompt`)."""
+    per = _excess_per_prompt(q, model, scheme, ref, temps)
+    return None if per is None else Estimate.of(per.to_numpy())
 
 
 def claim_c(study: Study, margin: float) -> list[Claim]:
@@ -687,16 +693,8 @@ def claim_c(study: Study, margin: float) -> list[Claim]:
             eo = _excess_drop(q, model, s, ref, other) if other else None
             gap = None
             if eb is not None and eo is not None:
-                a, r = _matrix(q, model, s), _matrix(q, model, ref)
-                per = (
-                    (a[[0.0]].to_numpy() - a[band].to_numpy()).mean(1)
-                    - (r[[0.0]].to_numpy() - r[band].to_numpy()).mean(1)
-                    - (
-                        (a[[0.0]].to_numpy() - a[other].to_numpy()).mean(1)
-                        - (r[[0.0]].to_numpy() - r[other].to_numpy()).mean(1)
-                    )
-                )
-                gap = Estimate.of(per)
+                in_band = _excess_per_prompt(q, model, s, ref, band)
+                gap = Estimate.of((in_band - _excess_per_prompt(q, model, s, ref, other)).dropna().to_numpy())
             if eb is None:
                 band_parts.append("inconclusive")
                 continue

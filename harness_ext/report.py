@@ -461,6 +461,30 @@ def _svg(fig: Any) -> str:
     return re.sub(r"<!--.*?-->", "", text, flags=re.S)
 
 
+def _line_with_band(ax: Any, g: pd.DataFrame, color: str | None, label: str) -> None:
+    """A scheme's mean against temperature, with its 95% interval as a band."""
+    ax.plot(g["temperature"], g["mean"], marker="o", ms=3, color=color, label=label)
+    ax.fill_between(g["temperature"], g["lo"], g["hi"], color=color, alpha=0.15, lw=0)
+
+
+def _figure(
+    fig: Any, axes: Any, fig_id: str, caption: str, legend_y: float, ncol_max: int = 99, fontsize: float | None = None
+) -> dict[str, str]:
+    """One legend above the panels (from the first), then the figure as inline SVG with its caption."""
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        names,
+        loc="upper center",
+        ncol=min(len(names), ncol_max),
+        frameon=False,
+        bbox_to_anchor=(0.5, legend_y),
+        fontsize=fontsize,
+    )
+    fig.tight_layout()
+    return {"id": fig_id, "svg": _svg(fig), "caption": caption}
+
+
 def _colors(study: Study) -> dict[str, str]:
     return {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(study.schemes()["scheme"])}
 
@@ -503,21 +527,19 @@ def fig_vs_temperature(study: Study, quality: pd.DataFrame, model: str) -> dict[
         sel = _slice_rows(sel)
         for scheme, g in sel.groupby("scheme", sort=False):
             g = g.sort_values("temperature")
-            ax.plot(g["temperature"], g["mean"], marker="o", ms=3, color=colors.get(scheme), label=scheme)
-            ax.fill_between(g["temperature"], g["lo"], g["hi"], color=colors.get(scheme), alpha=0.15, lw=0)
+            _line_with_band(ax, g, colors.get(scheme), scheme)
         ax.set_title(lab, fontsize=9)
         ax.set_xlabel("temperature")
     for ax in list(axes.flat)[len(present) :]:
         ax.axis("off")
-    handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="upper center", ncol=len(names), frameon=False, bbox_to_anchor=(0.5, 1.04))
-    fig.tight_layout()
-    return {
-        "id": f"fig-temp-{model}",
-        "svg": _svg(fig),
-        "caption": f"{model}: quality and divergence from the reference against temperature, one line per scheme; "
+    return _figure(
+        fig,
+        axes,
+        f"fig-temp-{model}",
+        f"{model}: quality and divergence from the reference against temperature, one line per scheme; "
         "bands are 95% bootstrap intervals over prompts (least-truncated setting of the grid).",
-    }
+        legend_y=1.04,
+    )
 
 
 def fig_top_k(study: Study, quality: pd.DataFrame, model: str) -> dict[str, str] | None:
@@ -538,19 +560,17 @@ def fig_top_k(study: Study, quality: pd.DataFrame, model: str) -> dict[str, str]
     for ax, k in zip(axes.flat, ks, strict=True):
         for scheme, g in sel[sel["top_k"] == k].groupby("scheme", sort=False):
             g = g.groupby("temperature", as_index=False)[["mean", "lo", "hi"]].mean().sort_values("temperature")
-            ax.plot(g["temperature"], g["mean"], marker="o", ms=3, color=colors.get(scheme), label=scheme)
-            ax.fill_between(g["temperature"], g["lo"], g["hi"], color=colors.get(scheme), alpha=0.15, lw=0)
+            _line_with_band(ax, g, colors.get(scheme), scheme)
         ax.set_title(f"top-k {'off' if k == -1 else int(k)}", fontsize=9)
         ax.set_xlabel("temperature")
     axes.flat[0].set_ylabel("P(gold next word)" if "p_gold" in set(sel["metric"]) else "exact match")
-    handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="upper center", ncol=len(names), frameon=False, bbox_to_anchor=(0.5, 1.08))
-    fig.tight_layout()
-    return {
-        "id": f"fig-topk-{model}",
-        "svg": _svg(fig),
-        "caption": f"{model}: effect of top-k on next-word accuracy across temperatures (95% CIs over prompts).",
-    }
+    return _figure(
+        fig,
+        axes,
+        f"fig-topk-{model}",
+        f"{model}: effect of top-k on next-word accuracy across temperatures (95% CIs over prompts).",
+        legend_y=1.08,
+    )
 
 
 def fig_max_new_tokens(study: Study, quality: pd.DataFrame, model: str) -> dict[str, str] | None:
@@ -581,22 +601,15 @@ def fig_max_new_tokens(study: Study, quality: pd.DataFrame, model: str) -> dict[
                 )
         ax.set_title(labels[metric], fontsize=9)
         ax.set_xlabel("temperature")
-    handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(
-        handles,
-        names,
-        loc="upper center",
-        ncol=min(len(names), 5),
-        frameon=False,
-        bbox_to_anchor=(0.5, 1.12),
+    return _figure(
+        fig,
+        axes,
+        f"fig-cap-{model}",
+        f"{model}: effect of the max-new-tokens cap (line style) on open-ended continuation.",
+        legend_y=1.12,
+        ncol_max=5,
         fontsize=7,
     )
-    fig.tight_layout()
-    return {
-        "id": f"fig-cap-{model}",
-        "svg": _svg(fig),
-        "caption": f"{model}: effect of the max-new-tokens cap (line style) on open-ended continuation.",
-    }
 
 
 def fig_speed(study: Study) -> dict[str, str] | None:
@@ -633,12 +646,11 @@ def fig_speed(study: Study) -> dict[str, str] | None:
         ax.bar(x + i * width, vals, width, color=colors.get(s), label=s)
     ax.set_xticks(x + width * (len(schemes) - 1) / 2, models)
     ax.set_title("weight memory, MiB", fontsize=9)
-    handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="upper center", ncol=len(names), frameon=False, bbox_to_anchor=(0.5, 1.06))
-    fig.tight_layout()
-    return {
-        "id": "fig-speed",
-        "svg": _svg(fig),
-        "caption": "Decode time per token (median, whiskers p10–p90 over timed repeats) and weight memory per "
+    return _figure(
+        fig,
+        axes,
+        "fig-speed",
+        "Decode time per token (median, whiskers p10–p90 over timed repeats) and weight memory per "
         "scheme, models ordered by size.",
-    }
+        legend_y=1.06,
+    )
