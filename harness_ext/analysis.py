@@ -543,6 +543,9 @@ def claim_b(study: Study, margin: float) -> list[Claim]:
         return [c.decide("inconclusive", reason), c2.decide("inconclusive", reason)]
     nf4, fp4 = pair
     q, _ = primary_quality(study)
+    if q.empty:
+        reason = "no next-word accuracy in the run (speed and memory only)"
+        return [c.decide("inconclusive", reason), c2.decide("inconclusive", reason)]
     parts: list[Verdict] = []
     fam_parts: list[Verdict] = []
     for model in study.models():

@@ -44,6 +44,7 @@ PALETTE = ["#1b6ca8", "#d1495b", "#2e8b57", "#edae49", "#6c4f9c", "#00798c", "#8
 def render(run_dir: str | Path, output_dir: str | Path | None = None) -> Path:
     """Render ``index.html`` (plus CSV tables and a copy of the input tables in ``data/``) and
     return its path. ``run_dir`` is a run directory or a folder holding its tables."""
+    refresh_tables(Path(run_dir))
     study = Study.load(run_dir)
     opts = study.run.get("report") or {}
     name = (study.run.get("study") or {}).get("name") or Path(run_dir).name
@@ -55,6 +56,27 @@ def render(run_dir: str | Path, output_dir: str | Path | None = None) -> Path:
     _copy_inputs(run_dir, out / "data")
     atomic_write(out / "index.html", page)
     return out / "index.html"
+
+
+def refresh_tables(run_dir: Path) -> None:
+    """Re-derive a run directory's tables from its records (the contract), keeping the spec-derived
+    facts of its ``run.json`` (expected cells, references, report options). A folder of tables alone
+    (e.g. a report's ``data/``) is left as it is."""
+    from harness_ext.store import RunStore
+
+    run_json = run_dir / "tables" / "run.json"
+    if not (run_dir / "records").is_dir() or not run_json.is_file():
+        return
+    extra = json.loads(run_json.read_text(encoding="utf-8"))
+    store = RunStore(run_dir)
+    records = store.load_records()
+    expected = {c["cell_id"] for c in extra.get("expected_cells") or []}
+    derived = ("record_version", "spec_text", "invocations", "loads", "problems")
+    store.export_tables(
+        [r for r in records.values() if not expected or r.cell_id in expected],
+        extra.get("spec_text"),
+        extra={k: v for k, v in extra.items() if k not in derived},
+    )
 
 
 def _copy_inputs(run_dir: str | Path, dest: Path) -> None:
