@@ -1,0 +1,93 @@
+"""Shape-only models (random weights from config fields) and the generation modes, on a tiny config."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from harness_ext.errors import SpecError, UnsupportedSchemeError
+from harness_ext.runner import Runner
+from harness_ext.spec import expand, parse_spec
+from harness_ext.store import RunStore
+
+SHAPE = (
+    "{model_type: llama, vocab_size: 512, hidden_size: 128, intermediate_size: 256, num_hidden_layers: 2, "
+    "num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 256}"
+)
+SPEC = """\
+name: shapes
+models:
+  - name: tiny-shape
+    shape: @SHAPE@
+  - name: real
+    pretrained: "@MODEL@"
+schemes: [fp32, nf4, int8]
+sampling: {temperature: [0]}
+tasks: [quant_nextword]
+limit: 2
+probe: {limit: 4}
+speed: {batch_sizes: [2], modes: [eager, compiled], prompt_tokens: 8, new_tokens: 4, repeats: 3}
+device: cpu
+threads: 1
+""".replace("@SHAPE@", SHAPE)
+
+
+def test_shape_models_get_speed_cells_only(tiny_model) -> None:
+    cells = expand(parse_spec(SPEC.replace("@MODEL@", str(tiny_model))), "cpu")
+    shape_kinds = {c.kind for c in cells if c.model.label == "tiny-shape"}
+    assert shape_kinds == {"speed"}  # no quality from random weights
+    assert {c.kind for c in cells if c.model.label == "real"} == {"eval", "probe", "speed"}
+    assert {c.params["mode"] for c in cells if c.kind == "speed"} == {"eager", "compiled"}
+
+
+@pytest.mark.parametrize(
+    ("model", "fragment"),
+    [
+        ("{name: s, shape: {hidden_size: 8}}", "needs a model_type"),
+        ("{shape: " + SHAPE + "}", "needs a `name`"),
+        ("{name: s, pretrained: x, shape: " + SHAPE + "}", "exactly one of `pretrained`"),
+        ("{name: s}", "exactly one of `pretrained`"),
+    ],
+)
+def test_bad_shape_specs(model: str, fragment: str) -> None:
+    text = f"name: x\nmodels: [{model}]\nschemes: [fp32]\nspeed: {{batch_sizes: [1]}}\n"
+    with pytest.raises(SpecError, match=fragment.replace("`", ".")):
+        parse_spec(text, "x.yaml")
+
+
+def test_modes_on_cpu_run_record_and_refuse_clearly(tiny_model, tmp_path) -> None:
+    text = SPEC.replace('  - name: real\n    pretrained: "@MODEL@"\n', "")  # the shape alone
+    runner = Runner(parse_spec(text), text, progress=False, output_dir=tmp_path / "run")
+    result = runner.run()
+    cells = pd.read_parquet(tmp_path / "run" / "tables" / "cells.parquet")
+    speed = cells[cells["kind"] == "speed"].drop_duplicates("cell_id").set_index(["scheme", "mode"])
+    assert (speed["status"] == "ok").sum() == 4 and result.failed == 2
+    assert speed.loc[("fp32", "compiled"), "status"] == "ok"  # transformers' compile runs on the CPU too
+    assert "CUDA only" in speed.loc[("nf4", "compiled"), "error"]
+    assert "cannot run compiled" in speed.loc[("int8", "compiled"), "error"]
+    records = {
+        (r.definition["scheme"]["name"], r.definition["params"]["mode"]): r
+        for r in RunStore(tmp_path / "run").load_records().values()
+    }
+    compiled = records[("fp32", "compiled")]
+    assert (
+        compiled.measurements["mode"] == "compiled" and "compiles the forward" in compiled.measurements["compiled_how"]
+    )
+    assert compiled.load["source"]["shape"]["model_type"] == "llama"
+    assert compiled.load["layer_types"].get("Linear", 0) > 0
+    nf4 = records[("nf4", "eager")]
+    assert nf4.load["layer_types"]["Linear4bit"] == 14  # random weights, really quantized on load
+    assert nf4.load["weight_bytes"] < compiled.load["weight_bytes"]
+
+
+def test_compiled_refusals_come_before_any_work() -> None:
+    from harness_ext.backend import check_mode
+
+    assert check_mode("eager", {"quant": "int8", "name": "int8"}, "cpu") == "eager"
+    assert check_mode("compiled", {"quant": "none", "name": "fp16"}, "cpu") == "compiled"
+    with pytest.raises(UnsupportedSchemeError, match="int8"):
+        check_mode("compiled", {"quant": "int8", "name": "int8"}, "cuda")
+    with pytest.raises(UnsupportedSchemeError, match="CUDA only"):
+        check_mode("compiled", {"quant": "nf4", "name": "nf4"}, "cpu")
+    with pytest.raises(SpecError, match="eager or compiled"):
+        check_mode("fast", {"quant": "none"}, "cpu")
