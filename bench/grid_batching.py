@@ -6,11 +6,14 @@ A grid of temperatures x top-k x max-new-tokens over N prompts is generated twic
   - grid-batched: one generate_until with every request; rows of different points share batches,
     points that differ only in max-new-tokens are one generation truncated, and each prompt is
     prefilled once for all its rows.
-It prints both wall times, the ratio, the batched sweep over its single largest grid point, and the
-share of tokens that differ between the two (sampling is batch-invariant up to fp32 rounding).
+It prints both wall times, the ratio, the batched sweep over its single largest grid point, the
+decode cost per step of both kinds of pass, and the share of tokens that differ between the two
+(sampling is batch-invariant up to rounding). A shape model (random weights) gets random prompts of
+``--prompt-tokens`` token ids; its placeholder tokenizer writes token i as the word ``t<i>``.
 
     python bench/grid_batching.py --model smollm2-135m --device cpu --threads 2 --prompts 16
-    python bench/grid_batching.py --shape llama-2-7b --device cuda --prompts 64 --max-new 64 128
+    python bench/grid_batching.py --shape llama-2-7b --device cuda --prompts 64 --max-new 64 128 \
+        --kv-cache dynamic static --profile
 """
 
 from __future__ import annotations
@@ -56,6 +59,11 @@ def main() -> int:
     ap.add_argument("--max-new", type=int, nargs="+", default=[16, 32])
     ap.add_argument("--batch", type=int, default=None, help="rows per generate call when batched (default: all)")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--prompt-tokens", type=int, default=64, help="prompt length of a shape model's random prompts")
+    ap.add_argument(
+        "--kv-cache", nargs="+", default=["auto"], choices=["auto", "dynamic", "static"], help="one sweep pair each"
+    )
+    ap.add_argument("--profile", action="store_true", help="profile one more batched pass: top kernels by time")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -63,7 +71,6 @@ def main() -> int:
     from harness_ext.backend import HFQuantLM
     from harness_ext.tasks.loaders import DATA_DIR, read_jsonl
 
-    prompts = [r["prompt"] for r in read_jsonl(DATA_DIR / "continuation.jsonl", ("prompt",))][: args.prompts]
     points = [
         {"do_sample": t > 0, "temperature": t, "top_k": k, "max_gen_toks": n}
         for t, k, n in itertools.product(args.temperatures, args.top_k, args.max_new)
@@ -76,18 +83,55 @@ def main() -> int:
         kwargs = shape_model_args(args.shape)
     else:
         kwargs = {"pretrained": args.model}
-    lm = HFQuantLM(quant=args.quant, device=args.device, batch_size=len(prompts), model_dtype=model_dtype, **kwargs)
+    lm = HFQuantLM(quant=args.quant, device=args.device, batch_size=args.prompts, model_dtype=model_dtype, **kwargs)
     lm.show_progress = False
+    if args.shape:
+        from harness_ext.speed import synthetic_prompts
+
+        tok = lm.tokenizer
+        special = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id}
+        ids = synthetic_prompts(lm.model.config.vocab_size, args.prompts, args.prompt_tokens, special)
+        prompts = [" ".join(f"t{i}" for i in row) for row in ids.tolist()]
+    else:
+        prompts = [r["prompt"] for r in read_jsonl(DATA_DIR / "continuation.jsonl", ("prompt",))][: args.prompts]
     print(
         f"# model {args.shape or args.model} ({args.quant}) on {args.device}, "
         f"loaded in {time.perf_counter() - t0:.1f} s; "
         f"threads {torch.get_num_threads()}; {len(prompts)} prompts x {len(points)} grid points = "
         f"{len(prompts) * len(points)} rows"
     )
-    lm.generate_until(requests(prompts[:4], points[:2]), disable_tqdm=True)  # warm-up
+    biggest = max(args.max_new)
+    print(
+        f"\n| KV cache | point by point ({len(points)} passes of {len(prompts)} rows) | grid-batched (one pass) "
+        f"| ratio | largest point ({biggest} new tokens) | batched / largest | decode ms/step: {len(prompts)} rows "
+        "| batched rows, ms/step | batched peak memory | tokens differing |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    profiles = []
+    for kv in args.kv_cache:
+        r = sweep_pair(lm, prompts, points, args, kv)
+        print(
+            f"| {r['kv']} | {r['sweep']:.2f} s | {r['batched']:.2f} s | **{r['sweep'] / r['batched']:.2f}x** "
+            f"| {r['largest']:.2f} s | {r['batched'] / r['largest']:.2f}x | {r['point_ms']:.1f} "
+            f"| {r['rows']} rows, {r['batched_ms']:.1f} | {r['peak']} | {r['diff']} |",
+            flush=True,
+        )
+        if args.profile:
+            profiles.append(profile(lm, prompts, points, args.device, wait=max(args.max_new) // 2))
+    print("\n".join(profiles))
+    print(f"(wall times: median of {args.repeats}; decode ms/step: median over the steps of the passes)")
+    return 0
 
+
+def sweep_pair(lm, prompts: list[str], points: list[dict], args, kv: str) -> dict:
+    """Point by point, then grid-batched, ``args.repeats`` times, with the given KV cache."""
+    lm.kv_cache = kv if kv != "auto" else ("static" if args.device.startswith("cuda") else "dynamic")
+    lm.grid_batching, lm.batch_size_per_gpu = True, 8
+    lm.generate_until(requests(prompts[:4], points[:2]), disable_tqdm=True)  # warm-up
+    lm.pop_calls()
     point_times: list[list[float]] = []
     batched_times: list[float] = []
+    point_calls, batched_calls = [], []
     for _ in range(args.repeats):
         lm.grid_batching, lm.batch_size_per_gpu = False, len(prompts)
         per_point, outs_a = [], []
@@ -98,13 +142,14 @@ def main() -> int:
             sync(args.device)
             per_point.append(time.perf_counter() - t)
         point_times.append(per_point)
+        point_calls += lm.pop_calls()
         lm.grid_batching, lm.batch_size_per_gpu = True, args.batch or len(prompts) * len(points)
         sync(args.device)
         t = time.perf_counter()
         outs_b = lm.generate_until(requests(prompts, points), disable_tqdm=True)
         sync(args.device)
         batched_times.append(time.perf_counter() - t)
-    calls = lm.pop_calls()
+        batched_calls += lm.pop_calls()
 
     tok = lm.tokenizer
     diff = total = 0
@@ -112,31 +157,47 @@ def main() -> int:
         ta, tb = tok.encode(a, add_special_tokens=False), tok.encode(b, add_special_tokens=False)
         total += max(len(ta), len(tb))
         diff += sum(x != y for x, y in zip(ta, tb, strict=False)) + abs(len(ta) - len(tb))
-
-    sweep = [sum(p) for p in point_times]
-    largest = [max(p[i] for i, pt in enumerate(points) if pt["max_gen_toks"] == max(args.max_new)) for p in point_times]
     med = statistics.median
-    print(f"| sweep | wall s (median of {args.repeats}) |")
-    print("|---|---|")
-    print(f"| point by point ({len(points)} passes of {len(prompts)} rows) | {med(sweep):.2f} |")
-    print(f"| grid-batched (one pass, {len(prompts) * len(points)} requests) | {med(batched_times):.2f} |")
     biggest = max(args.max_new)
-    print(f"| largest single grid point ({len(prompts)} rows, {biggest} new tokens) | {med(largest):.2f} |")
-    print(
-        f"\npoint by point / batched = {med(sweep) / med(batched_times):.2f}x; "
-        f"batched / largest point = {med(batched_times) / med(largest):.2f}x"
-    )
-    if args.shape:  # the placeholder tokenizer of a random-weight shape decodes every token to nothing
-        print("tokens differing between the two sweeps: not checked (shape model: its texts are empty)")
-    else:
-        print(f"tokens differing between the two sweeps: {diff}/{total} ({100 * diff / max(total, 1):.2f}%)")
-    last = [c for c in calls][-1]
-    print(
-        f"batched pass: {last.rows} rows in its last generate call, {last.steps} decode steps, "
-        f"decode {last.decode_ms_per_step:.1f} ms/step, peak memory {(last.peak_memory_bytes or 0) / 2**30:.2f} GiB "
-        f"({last.peak_memory_kind})"
-    )
-    return 0
+    largest = [max(p[i] for i, pt in enumerate(points) if pt["max_gen_toks"] == biggest) for p in point_times]
+    peak = max((c.peak_memory_bytes or 0) for c in batched_calls)
+    return {
+        "kv": lm.kv_cache,
+        "sweep": med([sum(p) for p in point_times]),
+        "batched": med(batched_times),
+        "largest": med(largest),
+        "point_ms": med([s for c in point_calls for s in c.step_ms]),
+        "batched_ms": med([s for c in batched_calls for s in c.step_ms]),
+        "rows": "+".join(str(c.rows) for c in batched_calls[: len(batched_calls) // args.repeats]),
+        "peak": f"{peak / 2**30:.1f} GiB ({batched_calls[0].peak_memory_kind})",
+        "diff": f"{diff}/{total} ({100 * diff / max(total, 1):.2f}%)",
+    }
+
+
+def profile(lm, prompts: list[str], points: list[dict], device: str, wait: int = 60, active: int = 3) -> str:
+    """One more grid-batched pass with torch.profiler recording ``active`` decode steps after
+    ``wait`` of them: the 15 costliest ops and kernels of those steps."""
+    from torch.profiler import ProfilerActivity, schedule
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    forward = lm.model.forward
+
+    def stepping_forward(*a, **k):
+        out = forward(*a, **k)
+        prof.step()
+        return out
+
+    with torch_profile(activities=activities, schedule=schedule(wait=wait, warmup=1, active=active)) as prof:
+        lm.model.forward = stepping_forward
+        try:
+            lm.generate_until(requests(prompts, points), disable_tqdm=True)
+        finally:
+            lm.model.forward = forward
+        sync(device)
+    key = "cuda_time_total" if device.startswith("cuda") else "cpu_time_total"
+    title = f"\n# profile: {active} decode steps after {wait + 1} of a grid-batched pass, {lm.kv_cache} cache, by {key}"
+    return title + "\n" + prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=60)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ model constructor), so this backend loads the model with a ``BitsAndBytesConfig`
   do not depend on batching, and temperature 0 always means greedy;
 - batch rows of different sampling settings together (grid batching) and serve several
   ``max_gen_toks`` values from one generation, truncated;
+- prefill each distinct prompt once for all its rows; on CUDA, decode into a preallocated (static)
+  KV cache and size each call from free memory, halving it on out-of-memory;
 - instrument every ``generate`` call (:class:`~harness_ext.measure.GenerateStats`).
 """
 
@@ -32,7 +34,15 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import handle_stop_sequences, postprocess_generated_text
 from pydantic import ValidationError
 from tqdm import tqdm
-from transformers import CompileConfig, GenerationConfig, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    CompileConfig,
+    DynamicCache,
+    GenerationConfig,
+    LogitsProcessorList,
+    StaticCache,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from harness_ext import models as sources
 from harness_ext.errors import ModelLoadError, SpecError, UnsupportedSchemeError
@@ -194,7 +204,7 @@ def load_model(
 
 def _build_shape(shape: dict[str, Any], scheme: Scheme, device: str) -> tuple[Any, Any, LoadInfo]:
     config = sources.shape_config(shape)
-    tok = sources.placeholder_tokenizer()
+    tok = sources.placeholder_tokenizer(getattr(config, "vocab_size", 4))
     config.bos_token_id, config.eos_token_id, config.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
     with track_peak_memory(device) as peak:
         t0 = time.perf_counter()
@@ -368,6 +378,7 @@ class HFQuantLM(HFLM):
         grid_batching: bool = True,
         seed: int = 0,
         mode: str = "eager",
+        kv_cache: str = "auto",
         shape: dict[str, Any] | None = None,
         device_map: str | None = None,
         load_info: LoadInfo | None = None,
@@ -414,12 +425,18 @@ class HFQuantLM(HFLM):
         )
         self.load_info = load_info
         self.mode = check_mode(mode, self._scheme_fields(), str(self.device))
+        if kv_cache not in ("auto", "dynamic", "static"):
+            raise SpecError(f"kv_cache must be auto, dynamic or static, not {kv_cache!r}")
+        # auto: static (preallocated) on CUDA, where DynamicCache's per-step torch.cat of the whole cache
+        # dominates large grid-batched passes; dynamic on the CPU (`bench/grid_batching.py --kv-cache` times both)
+        self.kv_cache = kv_cache if kv_cache != "auto" else ("static" if self.device.type == "cuda" else "dynamic")
         self.compiled: dict[str, Any] = {}  # how the compiled mode was set up, for the records
         self.grid_batching = bool(grid_batching)
         self.default_seed = int(seed)
         self.calls: list[GenerateStats] = []
         self.show_progress = True
         self.share_prefill = True
+        self.max_rows: int | None = None  # rows that fitted when a CUDA out-of-memory split a call
 
     # -- lm-eval metadata: no hub look-ups ------------------------------------------------------
     def get_model_info(self) -> dict[str, Any]:
@@ -451,34 +468,51 @@ class HFQuantLM(HFLM):
         stops: Sequence[str] = (),
         min_new_tokens: int = 0,
         mode: str | None = None,
+        kv_cache: str | None = None,
     ) -> list[RowResult]:
         """One instrumented ``generate`` over a left-padded batch; each row samples by its own params.
 
         On CUDA out-of-memory the batch is split in half and retried (outputs do not depend on the
-        batch, so nothing changes but the time).
+        batch, so nothing changes but the time), and later calls plan no more rows than fitted.
         """
         mode = check_mode(mode or self.mode, self._scheme_fields(), str(self.device))
+        kv_cache = kv_cache or self.kv_cache
         try:
             with self._mode(mode):
-                return self._generate_rows(input_ids, attention_mask, params, caps, stops, min_new_tokens, mode)
+                return self._generate_rows(
+                    input_ids, attention_mask, params, caps, stops, min_new_tokens, mode, kv_cache
+                )
         except torch.OutOfMemoryError:
             if input_ids.shape[0] == 1:
                 raise
             gc.collect()
             torch.cuda.empty_cache()
             half = input_ids.shape[0] // 2
+            self.max_rows = min(self.max_rows or half, half)
             log.warning(
                 "CUDA out of memory at %d rows; retrying as %d + %d",
                 input_ids.shape[0],
                 half,
                 input_ids.shape[0] - half,
             )
-            first = self.generate_rows(
-                input_ids[:half], attention_mask[:half], params[:half], caps[:half], stops, min_new_tokens, mode
-            )
+            rest = (stops, min_new_tokens, mode, kv_cache)
+            first = self.generate_rows(input_ids[:half], attention_mask[:half], params[:half], caps[:half], *rest)
             return first + self.generate_rows(
-                input_ids[half:], attention_mask[half:], params[half:], caps[half:], stops, min_new_tokens, mode
+                input_ids[half:], attention_mask[half:], params[half:], caps[half:], *rest
             )
+
+    def rows_per_call(self, tokens: int) -> int:
+        """Rows of one generate call whose sequences reach ``tokens`` tokens: the batch size; on CUDA
+        no more than their KV cache and logits fit in free memory (estimated from the model's config,
+        with a 10% margin), and no more than an earlier out-of-memory allowed."""
+        rows = min(self.batch_size, self.max_rows or self.batch_size)
+        if self.device.type != "cuda":
+            return rows
+        free, _ = torch.cuda.mem_get_info(self.device)
+        free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)  # torch's cache
+        config = self.model.config.get_text_config(decoder=True)
+        per_row = kv_bytes_per_token(config, self.model.dtype) * tokens + 6 * 4 * config.vocab_size
+        return max(1, min(rows, int(0.9 * free // per_row)))
 
     @contextlib.contextmanager
     def _mode(self, mode: str) -> Iterator[None]:
@@ -505,6 +539,7 @@ class HFQuantLM(HFLM):
         stops: Sequence[str],
         min_new_tokens: int,
         mode: str = "eager",
+        kv_cache: str = "dynamic",
     ) -> list[RowResult]:
         device = self.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
@@ -527,10 +562,16 @@ class HFQuantLM(HFLM):
             config.compile_config = CompileConfig()  # transformers compiles unquantized models (CUDA graphs)
             config.compile_config._compile_all_devices = torch.device(device).type != "cuda" or None
             self.compiled.setdefault("how", compile_description(self._scheme_fields(), config.compile_config))
+        else:
+            config.disable_compile = True  # a static cache must not make transformers compile an eager pass
         processors = LogitsProcessorList([StepTimer(clock), RowSampler(params, prompt_len, starts, device)])
         with track_peak_memory(device) as peak, torch.no_grad():
             clock.mark()
-            cache = self._shared_prefill(input_ids, attention_mask) if mode == "eager" else None
+            cache = (
+                self._prefill_cache(input_ids, attention_mask, prompt_len + max(caps), kv_cache)
+                if mode == "eager"
+                else None
+            )
             out = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -574,13 +615,35 @@ class HFQuantLM(HFLM):
         )
         return results
 
-    def _shared_prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
-        """Prefill each distinct prompt of the batch once and give every row a copy of its KV cache.
+    def _prefill_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_len: int, kv_cache: str) -> Any:
+        """The KV cache an eager ``generate`` starts from, or None to let it prefill a DynamicCache.
 
-        Rows of different grid points share their prompt; without this, a 20-point grid prefills
-        every prompt 20 times. The cache covers all but the last prompt token, which ``generate``
-        then feeds as its first step. Returns None when every row's prompt is different.
+        Rows of different grid points share their prompt: each distinct prompt is prefilled once and
+        every row gets a copy of its cache (without this a 20-point grid prefills every prompt 20
+        times). The copy covers all but the last prompt token, which ``generate`` then feeds as its
+        first step. With ``kv_cache="static"`` the cache is preallocated to ``max_len`` tokens, so
+        decoding writes in place instead of re-allocating the whole cache every step.
         """
+        shared = self._shared_prefill(input_ids, attention_mask)
+        if kv_cache == "dynamic":
+            if shared is None:
+                return None
+            cache, index = shared
+            cache.reorder_cache(index)
+            return cache
+        static = StaticCache(config=self.model.config, max_cache_len=max_len)
+        if shared is not None:
+            cache, index = shared
+            for i, layer in enumerate(cache.layers):
+                static.update(layer.keys.index_select(0, index), layer.values.index_select(0, index), i)
+                layer.keys = layer.values = None  # free the distinct prompts' copy layer by layer
+        return static
+
+    def _shared_prefill(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[DynamicCache, torch.Tensor] | None:
+        """Prefill each distinct prompt once (all but its last token): the cache of the distinct
+        prompts and, per row, the index of its prompt; None when every row's prompt is different."""
         if not self.share_prefill or input_ids.shape[1] < 2:
             return None
         first: dict[tuple[int, ...], int] = {}
@@ -592,8 +655,7 @@ class HFQuantLM(HFLM):
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         cache = out.cache if _CACHE_ARG == "cache" else out.past_key_values
-        cache.reorder_cache(torch.tensor(index, device=input_ids.device))
-        return cache
+        return cache, torch.tensor(index, device=input_ids.device)
 
     def _eos_ids(self) -> list[int]:
         ids = self.model.generation_config.eos_token_id
@@ -632,9 +694,14 @@ class HFQuantLM(HFLM):
         )
         for group, jobs in groups.items():
             until = group_until[group]
-            ordered = sorted(jobs.values(), key=lambda j: -len(self.tok_encode(j.context)))
-            for start in range(0, len(ordered), self.batch_size):
-                chunk = ordered[start : start + self.batch_size]
+            lengths = {id(j): len(self.tok_encode(j.context)) for j in jobs.values()}
+            ordered = sorted(jobs.values(), key=lambda j: -lengths[id(j)])  # longest first
+            start = 0
+            while start < len(ordered):
+                longest = min(lengths[id(ordered[start])], self.max_length)
+                n = self.rows_per_call(longest + max(j.cap for j in ordered[start : start + self.batch_size]))
+                chunk = ordered[start : start + n]
+                start += n
                 cap = max(j.cap for j in chunk)
                 max_ctx = self.max_length - cap
                 if max_ctx <= 0:
@@ -674,6 +741,13 @@ class HFQuantLM(HFLM):
         text = postprocess_generated_text(self.tok_decode(tokens), stop=until, think_end_token=None)
         self.cache_hook.add_partial("generate_until", inst.args, text)
         return Generation(text, len(tokens), finish == "cap", finish)
+
+
+def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
+    """KV-cache bytes one token of one row takes: keys and values of every layer's KV heads."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * heads * head_dim * dtype.itemsize
 
 
 def _median(values: Sequence[float]) -> float | None:

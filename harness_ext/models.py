@@ -196,14 +196,17 @@ def random_model(config: Any, from_pretrained_kwargs: dict[str, Any], device: st
     return cls.from_pretrained(None, config=config, state_dict=state, device_map={"": device}, **from_pretrained_kwargs)
 
 
-def placeholder_tokenizer() -> Any:
-    """A tokenizer of four special tokens for shape-only models (their prompts are token ids)."""
-    from tokenizers import Tokenizer, models
+def placeholder_tokenizer(vocab_size: int = 4) -> Any:
+    """A tokenizer for shape-only models: four special tokens, then token id ``i`` is the word ``t<i>``
+    (``"t17 t905"`` encodes to ``[17, 905]`` and back), so that text prompts and outputs carry ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3} | {f"t{i}": i for i in range(4, vocab_size)}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
+        tokenizer_object=words,
         unk_token="<unk>",
         bos_token="<s>",
         eos_token="</s>",

@@ -46,12 +46,13 @@ def benchmark(
     mask = torch.ones_like(ids)
     params = [RowParams()] * batch_size
     caps = [new_tokens] * batch_size
+    kv_cache = "dynamic" if mode == "eager" else "static"  # eager: transformers' default generate path
     lm.pop_calls()
     for _ in range(warmup):  # compiled mode compiles here: its cost is the warm-up's excess over a timed call
-        lm.generate_rows(ids, mask, params, caps, (), min_new_tokens=new_tokens, mode=mode)
+        lm.generate_rows(ids, mask, params, caps, (), min_new_tokens=new_tokens, mode=mode, kv_cache=kv_cache)
     warm = lm.pop_calls()
     for _ in range(repeats):
-        lm.generate_rows(ids, mask, params, caps, (), min_new_tokens=new_tokens, mode=mode)
+        lm.generate_rows(ids, mask, params, caps, (), min_new_tokens=new_tokens, mode=mode, kv_cache=kv_cache)
     calls = lm.pop_calls()
     for c in calls:
         if c.new_tokens != batch_size * new_tokens:
@@ -67,6 +68,7 @@ def benchmark(
         "repeats": repeats,
         "decoding": "greedy, fixed length",
         "mode": mode,
+        "kv_cache": kv_cache,
         "compiled_how": lm.compiled.get("how") if mode == "compiled" else None,
         "warmup_wall_ms": [c.wall_ms for c in warm],
         "ttft_ms": Summary.of([c.ttft_ms for c in calls if c.ttft_ms is not None]).to_dict(),

@@ -216,3 +216,25 @@ def test_score_nll_dedupes_without_changing_values(tiny_lm_factory) -> None:
     for a, b in zip(together, alone, strict=True):
         assert (math.isnan(a) and math.isnan(b)) or abs(a - b) < 1e-4
     assert together[0] == together[2] and math.isnan(together[4]) and together[0] > 0
+
+
+def test_grid_batched_cells_have_the_metrics_of_unbatched_ones(tiny_model, tmp_path) -> None:
+    """Every grid point keeps its own records and metrics; batching changes calls, not results."""
+    text = one_model(tiny_model, "[fp32]", "[0, 0.8, 1.2]").replace("speed: {", "speed: {enabled: false, ")
+    runs = {}
+    for batched in (True, False):
+        out = tmp_path / str(batched)
+        _runner(text + f"grid_batching: {str(batched).lower()}\n", out).run()
+        runs[batched] = {r.label: r for r in RunStore(out).load_records().values() if r.kind == "eval"}
+    assert set(runs[True]) == set(runs[False]) and len(runs[True]) == 3 * 2 * 2  # temperatures x top_k x tasks
+    for label, a in runs[True].items():
+        b = runs[False][label]
+        assert a.status == b.status == "ok"
+        assert (a.measurements["grid_batched"], b.measurements["grid_batched"]) == (True, False)
+        assert [g["text"] for g in a.generations] == [g["text"] for g in b.generations], label
+        assert a.sample_metrics == b.sample_metrics and a.metrics.keys() == b.metrics.keys(), label
+        for name, m in a.metrics.items():
+            assert m == pytest.approx(b.metrics[name], nan_ok=True), (label, name)
+    # one evaluation per task served all six grid points; unbatched, one per cell
+    assert {r.measurements["evaluation"]["cells"] for r in runs[True].values()} == {6}
+    assert {r.measurements["evaluation"]["cells"] for r in runs[False].values()} == {1}

@@ -203,3 +203,67 @@ def test_stats_count_real_tokens_not_padding(tiny_lm_factory) -> None:
     assert call.decode_ms_per_step is None or call.decode_ms_per_step > 0
     assert call.peak_memory_bytes > 100 * 2**20 and call.peak_memory_kind.startswith("cpu_rss")
     assert not math.isnan(call.wall_ms)
+
+
+def test_static_kv_cache_gives_the_texts_of_the_dynamic_one(tiny_lm_factory) -> None:
+    """``kv_cache="static"`` (the CUDA default) preallocates the cache and shares the prefill
+    through it; outputs match the dynamic cache's (the same fp32 rounding bound as above)."""
+    dynamic = tiny_lm_factory(batch_size=16, kv_cache="dynamic")
+    static = tiny_lm_factory(batch_size=16, kv_cache="static")
+    assert (dynamic.kv_cache, static.kv_cache) == ("dynamic", "static")
+    reqs = _requests(POINTS)
+    a = dynamic.generate_until(reqs, disable_tqdm=True)
+    static.pop_calls()
+    b = static.generate_until(reqs, disable_tqdm=True)
+    assert _token_diff_rate(a, b, dynamic.tokenizer) <= 0.02
+    assert a[: len(CONTEXTS)] == b[: len(CONTEXTS)]
+    alone = tiny_lm_factory(batch_size=1, kv_cache="static")  # no shared prefill: generate fills it
+    c = alone.generate_until(reqs[: len(CONTEXTS)], disable_tqdm=True)
+    assert c == a[: len(CONTEXTS)]
+    assert all(call.rows > len(CONTEXTS) for call in static.pop_calls())  # rows of several points shared a call
+
+
+def test_out_of_memory_splits_the_call_and_later_calls_plan_fewer_rows(tiny_lm_factory, monkeypatch) -> None:
+    lm = tiny_lm_factory(batch_size=15, kv_cache="dynamic")  # an instance of its own: max_rows changes
+    reqs = _requests(POINTS[:2])
+    expected = lm.generate_until(reqs, disable_tqdm=True)
+    real = lm._generate_rows
+
+    def small_memory(input_ids, *args, **kwargs):
+        if input_ids.shape[0] > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(lm, "_generate_rows", small_memory)
+    lm.pop_calls()
+    assert lm.generate_until(reqs, disable_tqdm=True) == expected  # same rows, smaller calls
+    rows = [c.rows for c in lm.pop_calls()]
+    assert max(rows) <= 3 and lm.max_rows == max(rows)  # halved until it fitted
+    assert lm.rows_per_call(100) == lm.max_rows  # later calls start at the size that fitted
+    lm.generate_until(reqs, disable_tqdm=True)
+    assert max(c.rows for c in lm.pop_calls()) == lm.max_rows
+
+
+def test_kv_bytes_per_token_is_what_a_cache_holds(tiny_lm_factory) -> None:
+    from harness_ext.backend import kv_bytes_per_token
+
+    lm = tiny_lm_factory()
+    ids = torch.tensor([[5, 6, 7, 8, 9], [9, 8, 7, 6, 5]])
+    with torch.no_grad():
+        cache = lm.model(input_ids=ids, use_cache=True).past_key_values
+    held = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    assert held == kv_bytes_per_token(lm.model.config, lm.model.dtype) * ids.numel()
+
+
+def test_rows_per_call_fits_the_kv_cache_in_free_cuda_memory(tiny_lm_factory, monkeypatch) -> None:
+    from harness_ext.backend import kv_bytes_per_token
+
+    lm = tiny_lm_factory(batch_size=64, kv_cache="static")
+    config = lm.model.config
+    per_row = kv_bytes_per_token(config, lm.model.dtype) * 100 + 6 * 4 * config.vocab_size
+    monkeypatch.setattr(lm, "_device", torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * per_row, 20 * per_row))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 3 * per_row)  # torch's cache is free too
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: per_row)
+    assert lm.rows_per_call(100) == int(0.9 * 12 * per_row // per_row) == 10
+    assert lm.rows_per_call(1) == 64  # short rows: the batch size binds

@@ -91,3 +91,13 @@ def test_compiled_refusals_come_before_any_work() -> None:
         check_mode("compiled", {"quant": "nf4", "name": "nf4"}, "cpu")
     with pytest.raises(SpecError, match="eager or compiled"):
         check_mode("fast", {"quant": "none"}, "cpu")
+
+
+def test_placeholder_tokenizer_writes_token_ids_as_words() -> None:
+    from harness_ext.models import placeholder_tokenizer
+
+    tok = placeholder_tokenizer(1000)
+    assert tok.encode("t17 t905  t999", add_special_tokens=False) == [17, 905, 999]
+    assert tok.decode([17, 905, 2], skip_special_tokens=True) == "t17 t905"
+    assert tok.encode("t1000 hello", add_special_tokens=False) == [tok.unk_token_id] * 2  # outside the vocab
+    assert (tok.pad_token_id, tok.eos_token_id) == (3, 2)
