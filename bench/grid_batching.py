@@ -11,9 +11,12 @@ decode cost per step of both kinds of pass, and the share of tokens that differ 
 (sampling is batch-invariant up to rounding). A shape model (random weights) gets random prompts of
 ``--prompt-tokens`` token ids; its placeholder tokenizer writes token i as the word ``t<i>``.
 
-    python bench/grid_batching.py --model smollm2-135m --device cpu --threads 2 --prompts 16
+The README's figures came from (CPU, then the lent H100):
+
+    python bench/grid_batching.py --model smollm2-135m --quant fp32 --device cpu --threads 2 --prompts 16 \
+        --max-new 16 64
     python bench/grid_batching.py --shape llama-2-7b --device cuda --prompts 64 --max-new 64 128 \
-        --kv-cache dynamic static --profile
+        --kv-cache static dynamic --repeats 2 --profile
 """
 
 from __future__ import annotations
@@ -26,13 +29,9 @@ import time
 from pathlib import Path
 
 import torch
+from _common import add_model_options, pin_threads, sync  # bench/ is the script's folder: on sys.path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def requests(prompts: list[str], points: list[dict], seed: int = 0) -> list:
@@ -48,11 +47,8 @@ def requests(prompts: list[str], points: list[dict], seed: int = 0) -> list:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group()
-    src.add_argument("--model", default="smollm2-135m", help="pretrained model (hub id, folder, built-in)")
+    add_model_options(ap, quant="fp16", model_group=src)
     src.add_argument("--shape", help="a shape from specs/shapes (random weights, e.g. llama-2-7b)")
-    ap.add_argument("--quant", default="fp16", help="scheme (fp32, fp16, bf16, int8, nf4, fp4, ...)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 0.3, 0.7, 1.0, 1.5])
     ap.add_argument("--top-k", type=int, nargs="+", default=[10, 50])
@@ -65,8 +61,7 @@ def main() -> int:
     )
     ap.add_argument("--profile", action="store_true", help="profile one more batched pass: top kernels by time")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    pin_threads(args)
 
     from harness_ext.backend import HFQuantLM
     from harness_ext.tasks.loaders import DATA_DIR, read_jsonl

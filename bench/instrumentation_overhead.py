@@ -17,22 +17,20 @@ import time
 from pathlib import Path
 
 import torch
+from _common import add_model_options, pin_threads, sync  # bench/ is the script's folder: on sys.path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--quant", default="fp32")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--threads", type=int, default=1)
+    add_model_options(ap, threads=1)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    pin_threads(args)
 
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
@@ -71,8 +69,7 @@ def main() -> int:
                 ),
                 stopping_criteria=StoppingCriteriaList([stops]),
             )
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
+        sync(args.device)
 
     def instrumented() -> None:
         lm.generate_rows(ids, mask, params, caps, (), min_new_tokens=args.new)

@@ -22,23 +22,20 @@ import time
 from pathlib import Path
 
 import torch
+from _common import add_model_options, pin_threads  # bench/ is the script's folder: on sys.path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--quant", default="fp32")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--threads", type=int, default=None)
+    add_model_options(ap)
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--temperatures", type=float, nargs="+", default=[0.3, 0.7, 1.0, 1.5])
     ap.add_argument("--top-k", type=int, nargs="+", default=[10, 50])
     ap.add_argument("--se", type=float, default=0.05, help="target standard error of a per-prompt estimate")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    pin_threads(args)
 
     from harness_ext import probes
     from harness_ext.backend import HFQuantLM

@@ -610,6 +610,7 @@ class HFQuantLM(HFLM):
                 peak_memory_bytes=peak.bytes,
                 peak_memory_kind=peak.kind,
                 device=str(device),
+                kv_cache="static" if mode == "compiled" else kv_cache,
                 step_ms=steps,
             )
         )

@@ -182,6 +182,7 @@ class GenerateStats:
     peak_memory_bytes: int | None
     peak_memory_kind: str
     device: str
+    kv_cache: str | None = None  # the KV cache generation ran with: static or dynamic
     step_ms: list[float] = field(default_factory=list, repr=False)
 
     def to_dict(self, with_steps: bool = False) -> dict[str, Any]:

@@ -362,7 +362,7 @@ class Runner:
         calls = lm.pop_calls()
         shared = {
             "grid_batched": bool(getattr(lm, "grid_batching", False)),
-            "kv_cache": lm.kv_cache if lm.mode == "eager" else "static",
+            "kv_cache": calls[0].kv_cache if calls else None,  # null: the evaluation generated nothing
             "evaluation": {
                 "cells": len(cells),
                 "wall_s": wall,

@@ -46,7 +46,7 @@ def benchmark(
     mask = torch.ones_like(ids)
     params = [RowParams()] * batch_size
     caps = [new_tokens] * batch_size
-    kv_cache = "dynamic" if mode == "eager" else "static"  # eager: transformers' default generate path
+    kv_cache = "dynamic"  # eager: transformers' default generate path (compiled mode always uses a static one)
     lm.pop_calls()
     for _ in range(warmup):  # compiled mode compiles here: its cost is the warm-up's excess over a timed call
         lm.generate_rows(ids, mask, params, caps, (), min_new_tokens=new_tokens, mode=mode, kv_cache=kv_cache)
@@ -68,7 +68,7 @@ def benchmark(
         "repeats": repeats,
         "decoding": "greedy, fixed length",
         "mode": mode,
-        "kv_cache": kv_cache,
+        "kv_cache": calls[0].kv_cache if calls else None,
         "compiled_how": lm.compiled.get("how") if mode == "compiled" else None,
         "warmup_wall_ms": [c.wall_ms for c in warm],
         "ttft_ms": Summary.of([c.ttft_ms for c in calls if c.ttft_ms is not None]).to_dict(),

@@ -231,6 +231,7 @@ def test_grid_batched_cells_have_the_metrics_of_unbatched_ones(tiny_model, tmp_p
         b = runs[False][label]
         assert a.status == b.status == "ok"
         assert (a.measurements["grid_batched"], b.measurements["grid_batched"]) == (True, False)
+        assert a.measurements["kv_cache"] == b.measurements["kv_cache"] == "dynamic"  # the CPU default
         assert [g["text"] for g in a.generations] == [g["text"] for g in b.generations], label
         assert a.sample_metrics == b.sample_metrics and a.metrics.keys() == b.metrics.keys(), label
         for name, m in a.metrics.items():

@@ -74,6 +74,8 @@ def test_modes_on_cpu_run_record_and_refuse_clearly(tiny_model, tmp_path) -> Non
         compiled.measurements["mode"] == "compiled" and "compiles the forward" in compiled.measurements["compiled_how"]
     )
     assert compiled.load["source"]["shape"]["model_type"] == "llama"
+    assert compiled.measurements["kv_cache"] == "static"  # what the calls ran with, from their stats
+    assert records[("fp32", "eager")].measurements["kv_cache"] == "dynamic"  # eager speed: transformers' default
     assert compiled.load["layer_types"].get("Linear", 0) > 0
     nf4 = records[("nf4", "eager")]
     assert nf4.load["layer_types"]["Linear4bit"] == 14  # random weights, really quantized on load
