@@ -55,7 +55,7 @@ def main() -> int:
     reps = math.ceil(0.25 / args.se**2)
 
     t0 = time.perf_counter()
-    logits = probes.next_token_logits(lm.model, ids, lm.tokenizer.pad_token_id or 0, lm.device, batch_size=64)
+    logits = probes.next_token_logits(lm.model, ids, lm.device)
     exact = probes.probe_metrics(logits, torch.tensor(gold), points)
     probe_s = time.perf_counter() - t0
 

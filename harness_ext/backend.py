@@ -48,7 +48,7 @@ from harness_ext import models as sources
 from harness_ext.errors import ModelLoadError, SpecError, UnsupportedSchemeError
 from harness_ext.measure import Clock, GenerateStats, StepTimer, summarize_marks, track_peak_memory
 from harness_ext.quant import BUILTIN_SCHEMES, Scheme, check_supported, from_pretrained_kwargs
-from harness_ext.sampling import RowParams, RowSampler, row_key
+from harness_ext.sampling import RowParams, RowSampler, SamplingError, check_sampling, row_key
 
 log = logging.getLogger(__name__)
 
@@ -721,16 +721,18 @@ class HFQuantLM(HFLM):
         return [o if o is not None else "" for o in out]
 
     def _row_params(self, kw: dict[str, Any], context: str, sample_index: int) -> tuple[RowParams, int]:
+        """A request's sampling settings as :class:`RowParams`; invalid values are refused, never
+        replaced by a default (``top_p=0`` must not become "off")."""
         cap = int(kw.get("max_gen_toks", kw.get("max_new_tokens", self.max_gen_toks)))
-        temperature = float(kw.get("temperature", 0.0) or 0.0)
+        temperature = _given(kw, "temperature", 0.0)
+        top_k = kw.get("top_k")
+        top_k = int(top_k) if top_k is not None else None
+        top_p = _given(kw, "top_p", 1.0)
+        penalty = _given(kw, "repetition_penalty", 1.0)
+        check_sampling(temperature, top_k, top_p, penalty)
         if kw.get("do_sample") is False:
             temperature = 0.0  # do_sample=False is greedy whatever the temperature
-        top_k = kw.get("top_k")
-        top_k = int(top_k) if top_k not in (None, 0) else None
-        top_p = float(kw.get("top_p", 1.0) or 1.0)
-        penalty = float(kw.get("repetition_penalty", 1.0) or 1.0)
-        if temperature < 0 or not 0 < top_p <= 1 or penalty <= 0 or (top_k is not None and top_k < 0):
-            raise SpecError(f"invalid sampling settings {kw}")
+        top_k = top_k or None  # top_k=0 is "off", as in transformers
         if temperature == 0.0:  # greedy: the stream and the other warpers cannot matter
             return RowParams(0.0, None, 1.0, penalty, 0), cap
         seed = int(kw.get("seed", self.default_seed))
@@ -742,6 +744,17 @@ class HFQuantLM(HFLM):
         text = postprocess_generated_text(self.tok_decode(tokens), stop=until, think_end_token=None)
         self.cache_hook.add_partial("generate_until", inst.args, text)
         return Generation(text, len(tokens), finish == "cap", finish)
+
+
+def _given(kw: dict[str, Any], name: str, default: float) -> float:
+    """``kw[name]`` as a float, ``default`` only where it is absent or None (never where it is 0)."""
+    value = kw.get(name)
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise SamplingError(f"{name} must be a number, not {value!r}") from None
 
 
 def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:

@@ -9,7 +9,10 @@ grid point follows exactly from the same ``z``: the probability that one sample 
 distribution at the same settings are computed in closed form, with no Monte-Carlo error. T = 0 is
 greedy: a one-hot distribution on the argmax, so the gold probability is the greedy hit (0 or 1).
 
-The transforms are the ones generation uses (:func:`harness_ext.sampling.warp`), in fp32.
+Each prompt runs alone through the model (one unpadded forward pass, so no other prompt and no
+padding can move its logits: quantized kernels are not batch-invariant), and the logits are kept in
+fp32. The transforms are the ones generation uses (:func:`harness_ext.sampling.warp`), applied in
+float64: probabilities, entropy, total variation and KL are float64 sums over the vocabulary.
 KL divergence is reported only where both distributions keep the full vocabulary (T > 0, no top-k,
 no top-p); after truncation the supports differ and KL is infinite, so total variation (always
 finite, symmetric, in [0, 1]) is the distance used everywhere.
@@ -25,7 +28,7 @@ from typing import Any
 
 import torch
 
-from harness_ext.sampling import apply_repetition_penalty, warp
+from harness_ext.sampling import apply_repetition_penalty, check_sampling, warp
 
 METRICS = ("p_gold", "entropy", "top1_agree", "tv", "kl")
 
@@ -36,6 +39,9 @@ class ProbePoint:
     top_k: int | None
     top_p: float
     repetition_penalty: float
+
+    def __post_init__(self) -> None:
+        check_sampling(self.temperature, self.top_k, self.top_p, self.repetition_penalty)
 
     def label(self) -> str:
         k = "-" if self.top_k is None else str(self.top_k)
@@ -54,50 +60,48 @@ def grid_points(grid: dict[str, Sequence[Any]]) -> list[ProbePoint]:
     ]
 
 
-@torch.no_grad()
-def next_token_logits(
-    model: Any, input_ids: Sequence[Sequence[int]], pad_id: int, device: torch.device | str, batch_size: int = 16
-) -> torch.Tensor:
-    """fp32 logits of the token after each prompt, ``[n_prompts, vocab]``, on the CPU.
+#: How the probe's forward passes run and in what precision its distributions are computed (for the record).
+FORWARD = "one prompt per pass, unpadded"
+DTYPE = "float64"
 
-    Prompts are right-padded and each row's logits read at its last real token, so padding never
-    enters a row's attention (causal mask) and the result is the unpadded forward pass.
+
+@torch.no_grad()
+def next_token_logits(model: Any, input_ids: Sequence[Sequence[int]], device: torch.device | str) -> torch.Tensor:
+    """Logits of the token after each prompt, ``[n_prompts, vocab]``, as fp32 on the CPU.
+
+    Each prompt runs alone, one forward pass of exactly its own tokens: no padding, no other rows.
+    Batching would move a row's logits: int8 (LLM.int8) picks its outlier columns from the whole
+    batch and 4-bit kernels round differently for other batch shapes, so a batched probe would
+    depend on the spec's batch size. The upcast to fp32 is exact for fp32, fp16 and bf16 outputs.
     """
-    out = []
-    order = sorted(range(len(input_ids)), key=lambda i: -len(input_ids[i]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        width = max(len(input_ids[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, i in enumerate(idx):
-            ids[r, : len(input_ids[i])] = torch.tensor(input_ids[i])
-            mask[r, : len(input_ids[i])] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        last = (mask.sum(1) - 1).to(logits.device)
-        out.append((idx, logits[torch.arange(len(idx), device=logits.device), last].float().cpu()))
-    result = torch.empty(len(input_ids), out[0][1].shape[-1], dtype=torch.float32)
-    for idx, block in out:
-        result[idx] = block
-    return result
+    rows = []
+    for ids in input_ids:
+        logits = model(input_ids=torch.tensor([list(ids)], dtype=torch.long, device=device)).logits
+        rows.append(logits[0, -1].float().cpu())
+    return torch.stack(rows)
 
 
 def distribution(
     logits: torch.Tensor, point: ProbePoint, seen: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probabilities, log-probabilities) of the next token at ``point``; one-hot when greedy."""
-    z = logits.float()
+    """float64 (probabilities, log-probabilities) of the next token at ``point``; one-hot when greedy.
+
+    The transforms are generation's own (:func:`~harness_ext.sampling.warp`), applied to the logits
+    upcast to float64, so that sums over a vocabulary of tens of thousands of tokens keep ~1e-15
+    relative precision.
+    """
+    z = logits.double()
     if point.repetition_penalty != 1.0 and seen is not None:
-        z = apply_repetition_penalty(z, seen, torch.full((z.shape[0],), point.repetition_penalty))
+        z = apply_repetition_penalty(z, seen, torch.full((z.shape[0],), point.repetition_penalty, dtype=z.dtype))
     if point.temperature == 0.0:
         probs = torch.zeros_like(z).scatter_(1, z.argmax(dim=-1, keepdim=True), 1.0)
         return probs, torch.log(probs)
     n = z.shape[0]
     warped = warp(
         z,
-        torch.full((n,), point.temperature),
+        torch.full((n,), point.temperature, dtype=z.dtype),
         torch.full((n,), point.top_k or 0, dtype=torch.long),
-        torch.full((n,), point.top_p),
+        torch.full((n,), point.top_p, dtype=z.dtype),
     )
     logp = torch.log_softmax(warped, dim=-1)
     return logp.exp(), logp
@@ -111,8 +115,11 @@ def probe_metrics(
     seen: torch.Tensor | None = None,
     chunk: int = 64,
 ) -> dict[ProbePoint, dict[str, list[float]]]:
-    """Per point, per prompt: p_gold, entropy (nats), top1_agree, tv and kl against ``reference``
-    logits (same prompts) at the same settings. Without a reference the last three are NaN."""
+    """Per point, per prompt, from the float64 distributions of :func:`distribution`: ``p_gold`` (the
+    probability that one sample is ``gold``), ``entropy`` (nats), and against the ``reference``
+    logits (same prompts) at the same settings ``top1_agree`` (same argmax), ``tv`` (total
+    variation) and ``kl`` (KL(reference ‖ this), only where neither distribution is truncated or
+    greedy; NaN elsewhere). Without a reference the last three are NaN."""
     results: dict[ProbePoint, dict[str, list[float]]] = {p: {m: [] for m in METRICS} for p in points}
     for start in range(0, logits.shape[0], chunk):
         sl = slice(start, start + chunk)

@@ -404,8 +404,7 @@ class Runner:
             )
             ids.append(ctx)
             gold.append(cont[0])
-        pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-        logits = probes.next_token_logits(lm.model, ids, pad, lm.device, batch_size=self.spec.batch_size)
+        logits = probes.next_token_logits(lm.model, ids, lm.device)
         ref_scheme = self.spec.reference_scheme(cell.model)
         reference = None
         if ref_scheme is not None and ref_scheme.name == cell.scheme.name:
@@ -438,6 +437,8 @@ class Runner:
                 "prompts": len(docs),
                 "wall_s": time.perf_counter() - t0,
                 "reference": ref_scheme.name if ref_scheme else None,
+                "forward": probes.FORWARD,
+                "dtype": probes.DTYPE,
                 "single_token_targets": sum(
                     len(lm.tok_encode(" " + d["target"], add_special_tokens=False)) == 1 for d in docs
                 ),

@@ -24,7 +24,28 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor
 
+from harness_ext.errors import SpecError
+
 _MASK32 = 0xFFFFFFFF
+
+
+class SamplingError(SpecError):
+    """A sampling setting outside its range (from a spec, ``--gen_kwargs`` or a task's ``generation_kwargs``)."""
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float, repetition_penalty: float) -> None:
+    """Refuse settings that have no meaning, in one line, instead of quietly reading them as "off"."""
+    if not temperature >= 0:
+        raise SamplingError(f"temperature must be >= 0 (0 is greedy), not {temperature!r}")
+    if top_k is not None and top_k < 0:
+        raise SamplingError(f"top_k must be >= 0 (0 or null is off), not {top_k!r}")
+    if not 0 < top_p <= 1:
+        raise SamplingError(
+            f"top_p must be in (0, 1] (1 is off), not {top_p!r}: top_p=0 would keep no token; "
+            "for greedy decoding use temperature 0 or top_k 1"
+        )
+    if not repetition_penalty > 0:
+        raise SamplingError(f"repetition_penalty must be > 0 (1 is off), not {repetition_penalty!r}")
 
 
 @dataclass(frozen=True)
@@ -36,6 +57,9 @@ class RowParams:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     key: int = 0  # 32-bit stream key; see :func:`row_key`
+
+    def __post_init__(self) -> None:
+        check_sampling(self.temperature, self.top_k, self.top_p, self.repetition_penalty)
 
     @property
     def greedy(self) -> bool:
@@ -74,8 +98,9 @@ def apply_repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: 
 
 def warp(scores: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     """Temperature, then top-k (ties kept, as in HF), then top-p (HF's rule, one token kept at
-    least) per row; returns fp32 logits with removed tokens at ``-inf``. Rows must have T > 0."""
-    logits = scores.float() / temperature[:, None]
+    least) per row; returns logits with removed tokens at ``-inf``, in fp32 — or in float64 when
+    ``scores`` are float64 (the probe's exact distributions). Rows must have T > 0."""
+    logits = scores.to(torch.promote_types(scores.dtype, torch.float32)) / temperature[:, None]
     k_max = int(top_k.max()) if top_k.numel() else 0
     if k_max > 0:
         v = logits.shape[-1]

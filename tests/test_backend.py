@@ -130,3 +130,46 @@ def test_cli_hands_over_to_lm_eval(tiny_model, tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "exact_match" in proc.stdout
     assert list(out.rglob("results_*.json"))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"do_sample": True, "temperature": 0.7, "top_p": 0},
+        {"do_sample": True, "temperature": 0.7, "top_p": 0.0},
+        {"do_sample": True, "temperature": 0.7, "top_p": -0.5},
+        {"do_sample": True, "temperature": 0.7, "top_p": 1.5},
+        {"do_sample": False, "top_p": 0},  # refused even where greedy would ignore it
+        {"do_sample": True, "temperature": 0.7, "repetition_penalty": 0},
+        {"do_sample": True, "temperature": -1},
+    ],
+)
+def test_sampling_settings_out_of_range_are_refused_not_turned_off(kw, tiny_lm_factory) -> None:
+    """``top_p: 0`` used to become 1.0 ("off"), the opposite of what was asked: now it is refused."""
+    from harness_ext.errors import SpecError
+
+    lm = tiny_lm_factory("fp32")
+    with pytest.raises(SpecError, match=next(k for k in ("top_p", "repetition_penalty", "temperature") if k in kw)):
+        lm._row_params(dict(kw), "ctx", 0)
+
+
+def test_top_p_in_range_and_top_k_zero_still_work(tiny_lm_factory) -> None:
+    lm = tiny_lm_factory("fp32")
+    params, _ = lm._row_params({"do_sample": True, "temperature": 0.7, "top_p": 0.5, "top_k": 0}, "ctx", 0)
+    assert params.top_p == 0.5 and params.top_k is None and params.temperature == 0.7
+
+
+def test_lm_eval_gen_kwargs_top_p_zero_is_one_line_error(tiny_model, capsys) -> None:
+    """Through ``harness-ext lm-eval ... --gen_kwargs top_p=0``: exit 2 and our one line, no run."""
+    from harness_ext.cli import main
+
+    code = main(
+        [
+            "lm-eval", "run", "--model", "hf-quant", "--model_args", f"pretrained={tiny_model},quant=fp32",
+            "--device", "cpu", "--tasks", "quant_nextword", "--include_path", str(TASKS_DIR), "--limit", "2",
+            "--gen_kwargs", "do_sample=True,temperature=0.7,top_p=0",
+        ]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "harness-ext: error: top_p must be in (0, 1]" in err and "Traceback" not in err

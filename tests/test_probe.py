@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pytest
 import torch
 
 from harness_ext.probes import ProbePoint, distribution, grid_points, next_token_logits, probe_metrics, seen_tokens
+from harness_ext.runner import Runner, plan
 from harness_ext.sampling import draw, uniforms
+from harness_ext.spec import parse_spec
 
 GRID = {"temperature": [0.0, 1e-4, 0.7, 1.5], "top_k": [None, 1, 10], "top_p": [1.0, 0.9], "repetition_penalty": [1.0]}
 
@@ -35,7 +41,10 @@ def test_top_k_one_is_one_hot_for_every_scheme() -> None:
             assert metrics["entropy"] == [0.0] * z.shape[0]
             assert metrics["p_gold"] == [1.0] * z.shape[0]
             probs, _ = distribution(z, p, None)
-            assert torch.equal(probs.sum(-1), torch.ones(z.shape[0])) and int((probs > 0).sum()) == z.shape[0]
+            assert (
+                torch.equal(probs.sum(-1), torch.ones(z.shape[0], dtype=probs.dtype))
+                and int((probs > 0).sum()) == z.shape[0]
+            )
 
 
 def test_tv_zero_to_itself_and_symmetric() -> None:
@@ -63,7 +72,7 @@ def test_probe_matches_monte_carlo_sampling() -> None:
 
     warped = warp(z.expand(n, -1), torch.full((n,), 0.8), torch.full((n,), 10), torch.full((n,), 0.95))
     idx = draw(warped, uniforms(torch.arange(n), 1))
-    freq = torch.bincount(idx, minlength=30).float() / n
+    freq = torch.bincount(idx, minlength=30).double() / n
     assert torch.allclose(freq, probs[0], atol=0.01)
 
 
@@ -78,13 +87,117 @@ def test_repetition_penalty_changes_only_seen_tokens() -> None:
         assert torch.allclose(unseen, unseen[0].expand_as(unseen), rtol=1e-5)  # only renormalised
         seen_ratio = ratio[row][seen[row]]
         assert not torch.allclose(seen_ratio, unseen[0].expand_as(seen_ratio), rtol=1e-3)  # penalised
-    assert torch.allclose(b.sum(-1), torch.ones(2))
+    assert b.dtype == torch.float64 and torch.allclose(b.sum(-1), torch.ones(2, dtype=torch.float64))
 
 
-def test_padded_batch_equals_single_prompts(tiny_lm_factory) -> None:
+PROBE_SPEC = """\
+name: probe-batching
+models:
+  - {{name: a, pretrained: "{model}"}}
+schemes: [fp32, {scheme}]
+sampling:
+  temperature: [0, 0.7, 1.3]
+  top_k: [null, 5]
+  top_p: [1.0, 0.9]
+  repetition_penalty: [1.0, 1.3]
+  max_new_tokens: [4]
+tasks: []
+probe: {{limit: 12}}
+speed: {{enabled: false}}
+batch_size: {batch_size}
+threads: 1
+"""
+
+
+def _probe_records(model: Path, scheme: str, batch_size: int, lms: dict[str, Any], out: Path) -> list[dict[str, Any]]:
+    """The runner's probe cells (reference first, then ``scheme``) at spec batch size ``batch_size``."""
+    text = PROBE_SPEC.format(model=model, scheme=scheme, batch_size=batch_size)
+    runner = Runner(parse_spec(text), text, progress=False, output_dir=out)
+    cells = sorted((c for c in plan(runner.spec, "cpu") if c.kind == "probe"), key=lambda c: c.scheme.name != "fp32")
+    return [runner._probe(lms[c.scheme.name], c, {}) for c in cells]
+
+
+@pytest.mark.parametrize("scheme", ["nf4", "int8"])
+def test_probe_does_not_depend_on_the_spec_batch_size(scheme, tiny_model, tiny_lm_factory, tmp_path) -> None:
+    """Quantized kernels give a row other logits in another batch (LLM.int8 picks outlier columns
+    from the whole batch): the probe runs each prompt alone, so its figures are identical whatever
+    the spec's batch size."""
+    lms = {"fp32": tiny_lm_factory("fp32"), scheme: tiny_lm_factory(scheme)}
+    runs = {bs: _probe_records(tiny_model, scheme, bs, lms, tmp_path / str(bs)) for bs in (1, 3, 8)}
+    for bs in (3, 8):
+        for got, want in zip(runs[bs], runs[1], strict=True):
+            assert got["points"] == want["points"]
+            assert got["sample_metrics"] == want["sample_metrics"]
+    measured = runs[1][1]["measurements"]
+    assert measured["forward"] == "one prompt per pass, unpadded" and measured["dtype"] == "float64"
+
+
+def _numpy_metrics(z: np.ndarray, zr: np.ndarray, gold: int, seen: np.ndarray, p: ProbePoint) -> dict[str, float]:
+    """p_gold, entropy, tv and kl of one prompt at ``p``, recomputed in numpy float64 from the logits."""
+
+    def dist(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float64)
+        if p.repetition_penalty != 1.0:
+            x = np.where(seen, np.where(x > 0, x / p.repetition_penalty, x * p.repetition_penalty), x)
+        if p.temperature == 0:
+            out = np.zeros_like(x)
+            out[np.argmax(x)] = 1.0
+            return out
+        x = x / p.temperature
+        keep = np.ones_like(x, dtype=bool)
+        if p.top_k is not None:
+            keep &= x >= np.sort(x)[-p.top_k]
+        if p.top_p < 1.0:
+            x_k = np.where(keep, x, -np.inf)
+            order = np.argsort(x_k, kind="stable")  # ascending, as HF's top-p
+            probs = np.exp(x_k[order] - x_k.max())
+            cum = np.cumsum(probs / probs.sum())
+            drop = cum <= 1.0 - p.top_p
+            drop[-1] = False
+            keep[order[drop]] = False
+        x = np.where(keep, x, -np.inf)
+        e = np.exp(x - x.max())
+        return e / e.sum()
+
+    q, r = dist(z), dist(zr)
+    nz = q > 0
+    out = {
+        "p_gold": q[gold],
+        "entropy": -np.sum(q[nz] * np.log(q[nz])),
+        "tv": 0.5 * np.abs(q - r).sum(),
+        "kl": math.nan,
+    }
+    if p.temperature > 0 and not p.truncated:
+        rz = r > 0
+        out["kl"] = np.sum(r[rz] * (np.log(r[rz]) - np.log(q[rz])))
+    return out
+
+
+def test_probe_metrics_match_an_independent_float64_recomputation() -> None:
+    z, zr = _logits(n=12, v=50, seed=7), _logits(n=12, v=50, seed=8)
+    gold = torch.arange(12) % 50
+    ids = [[i, (3 * i) % 50, 7] for i in range(12)]
+    seen = seen_tokens(ids, 50)
+    grid = {
+        "temperature": [0.0, 0.3, 1.0, 2.0],
+        "top_k": [None, 4],
+        "top_p": [1.0, 0.8],
+        "repetition_penalty": [1.0, 1.5],
+    }
+    res = probe_metrics(z, gold, grid_points(grid), reference=zr, seen=seen)
+    for p, metrics in res.items():
+        for i in range(12):
+            want = _numpy_metrics(z[i].numpy(), zr[i].numpy(), int(gold[i]), seen[i].numpy(), p)
+            for name, value in want.items():
+                got = metrics[name][i]
+                assert (math.isnan(got) and math.isnan(value)) or abs(got - value) < 1e-9, (p, i, name, got, value)
+
+
+def test_probe_logits_are_each_prompts_unpadded_forward(tiny_lm_factory) -> None:
     lm = tiny_lm_factory()
     prompts = [lm.tok_encode(t) for t in ["the capital of france is", "salt and", "once upon a time there was a"]]
-    batched = next_token_logits(lm.model, prompts, lm.tokenizer.pad_token_id, "cpu", batch_size=3)
+    logits = next_token_logits(lm.model, prompts, "cpu")
     for i, ids in enumerate(prompts):
-        single = next_token_logits(lm.model, [ids], lm.tokenizer.pad_token_id, "cpu", batch_size=1)
-        assert torch.allclose(batched[i], single[0], atol=1e-4)
+        with torch.no_grad():
+            alone = lm.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+        assert torch.equal(logits[i], alone)
