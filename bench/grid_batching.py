@@ -81,10 +81,9 @@ def main() -> int:
     lm = HFQuantLM(quant=args.quant, device=args.device, batch_size=args.prompts, model_dtype=model_dtype, **kwargs)
     lm.show_progress = False
     if args.shape:
-        from harness_ext.speed import synthetic_prompts
+        from harness_ext.speed import special_token_ids, synthetic_prompts
 
-        tok = lm.tokenizer
-        special = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id}
+        special = special_token_ids(lm.tokenizer)
         ids = synthetic_prompts(lm.model.config.vocab_size, args.prompts, args.prompt_tokens, special)
         prompts = [" ".join(f"t{i}" for i in row) for row in ids.tolist()]
     else:

@@ -36,7 +36,7 @@ def main() -> int:
 
     from harness_ext.backend import HFQuantLM, RowStops
     from harness_ext.sampling import RowParams, RowSampler
-    from harness_ext.speed import synthetic_prompts
+    from harness_ext.speed import special_token_ids, synthetic_prompts
 
     lm = HFQuantLM(pretrained=args.model, quant=args.quant, device=args.device, batch_size=args.batch)
     tok = lm.tokenizer
@@ -44,7 +44,7 @@ def main() -> int:
         lm.model.get_input_embeddings().weight.shape[0],
         args.batch,
         args.prompt,
-        {tok.eos_token_id, tok.pad_token_id, tok.bos_token_id} - {None},
+        special_token_ids(tok),
     ).to(args.device)
     mask = torch.ones_like(ids)
     params = [RowParams(0.8, 50, 1.0, 1.0, i) for i in range(args.batch)]

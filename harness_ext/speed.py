@@ -15,10 +15,19 @@ from harness_ext.measure import Summary, is_cuda
 from harness_ext.sampling import RowParams
 
 
+def special_token_ids(tokenizer: Any) -> set[int]:
+    """Every id that is not an ordinary token: the tokenizer's special ids and every added token
+    marked special (Gemma 3 has 6,249 of them — control and unused tokens — beyond bos/eos/pad/unk)."""
+    special = {i for i in tokenizer.all_special_ids if i is not None}
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    return special | {i for i, token in added.items() if getattr(token, "special", False)}
+
+
 def synthetic_prompts(
     vocab: int, batch_size: int, prompt_tokens: int, special_ids: set[int], seed: int = 0
 ) -> torch.Tensor:
-    """``[batch, prompt_tokens]`` random token ids (no special tokens), reproducible from ``seed``."""
+    """``[batch, prompt_tokens]`` random token ids below ``vocab``, none in ``special_ids``, reproducible
+    from ``seed``."""
     allowed = torch.tensor([i for i in range(vocab) if i not in special_ids])
     g = torch.Generator().manual_seed(seed)
     return allowed[torch.randint(0, len(allowed), (batch_size, prompt_tokens), generator=g)]
@@ -39,10 +48,8 @@ def benchmark(
     ``bandwidth`` (bytes/s, CUDA) adds the weight-streaming floor: weight bytes / bandwidth per
     decode step, and the ratio of the measured decode step to it.
     """
-    tok = lm.tokenizer
-    special = {i for i in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id) if i is not None}
     vocab = lm.model.get_input_embeddings().weight.shape[0]
-    ids = synthetic_prompts(vocab, batch_size, prompt_tokens, special)
+    ids = synthetic_prompts(vocab, batch_size, prompt_tokens, special_token_ids(lm.tokenizer))
     mask = torch.ones_like(ids)
     params = [RowParams()] * batch_size
     caps = [new_tokens] * batch_size
