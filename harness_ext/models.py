@@ -8,12 +8,14 @@ file's SHA-256, and every scheme loads from that folder.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,45 @@ def builtin_gguf(name: str) -> Path:
     return path
 
 
+#: GGUF tensor types that hold weights unquantized; any other type (Q4_K, Q8_0, ...) is a quantization.
+UNQUANTIZED_GGUF_TYPES = frozenset({"F64", "F32", "F16", "BF16"})
+
+
+@functools.lru_cache(maxsize=16)
+def _gguf_tensor_types(path: str, size: int, mtime_ns: int) -> tuple[tuple[str, int], ...]:
+    from gguf import GGUFReader
+
+    counts = Counter(t.tensor_type.name for t in GGUFReader(path).tensors)
+    return tuple(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def gguf_tensor_types(gguf: Path) -> dict[str, int]:
+    """Tensors per type as the GGUF file's own metadata declares them, most frequent first, e.g.
+    ``{"Q4_1": 210, "F32": 61, "Q8_0": 1}``: what the dequantized "unquantized" weights really were."""
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError("loading GGUF checkpoints needs the gguf package: pip install gguf")
+    st = gguf.stat()
+    try:
+        return dict(_gguf_tensor_types(str(gguf.resolve()), st.st_size, st.st_mtime_ns))
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot read the GGUF metadata of {gguf}: {type(e).__name__}: {e}") from e
+
+
+def gguf_caveat(tensor_types: dict[str, int] | None) -> str | None:
+    """The sentence a report owes its reader when a GGUF's weights were quantized; None otherwise."""
+    quantized = [t for t in (tensor_types or {}) if t not in UNQUANTIZED_GGUF_TYPES]
+    if not quantized:
+        return None
+    return (
+        f"the unquantized reference is dequantized from a {'/'.join(quantized)} GGUF: it carries that "
+        "quantization's error"
+    )
+
+
+def _gguf_origin(gguf: Path, folder: Path, **extra: Any) -> dict[str, Any]:
+    return {**extra, "gguf": str(gguf), "converted": str(folder), "gguf_tensor_types": gguf_tensor_types(gguf)}
+
+
 def resolve(
     pretrained: str, gguf_file: str | None = None, revision: str | None = None, tokenizer: str | None = None
 ) -> ModelSource:
@@ -75,7 +116,7 @@ def resolve(
             str(folder),
             None,
             tokenizer,
-            {"builtin": pretrained, "gguf": str(gguf), "converted": str(folder)},
+            _gguf_origin(gguf, folder, builtin=pretrained),
             BUILTIN_MODELS[pretrained]["note"],
         )
     if gguf_file is not None:
@@ -83,13 +124,10 @@ def resolve(
         if not gguf.is_file():
             raise ModelLoadError(f"GGUF file {gguf} not found (gguf_file is a path, or a file inside `pretrained`)")
         folder = convert_gguf(gguf)
+        origin = _gguf_origin(gguf, folder)
+        caveat = gguf_caveat(origin["gguf_tensor_types"])
         return ModelSource(
-            str(folder),
-            None,
-            tokenizer,
-            {"gguf": str(gguf), "converted": str(folder)},
-            f"converted from GGUF {gguf.name}: if its weights were quantized, the unquantized "
-            "reference is their dequantized form",
+            str(folder), None, tokenizer, origin, f"converted from GGUF {gguf.name}" + (f": {caveat}" if caveat else "")
         )
     local = Path(pretrained).expanduser()
     if local.exists():

@@ -265,12 +265,23 @@ def _none_if_nan(v: Any) -> Any:
 
 
 def describe_source(source: dict[str, Any]) -> str:
-    """Where the weights came from, without the paths of the machine that ran the study."""
-    if "builtin" in source:
-        gguf = Path(str(source.get("gguf", ""))).name
-        return f"built-in {source['builtin']} ({gguf}, dequantized to a safetensors cache)"
+    """Where the weights came from, without the paths of the machine that ran the study; for a GGUF
+    whose weights were quantized, the caveat that the "unquantized" reference carries that error."""
+    from harness_ext.models import gguf_caveat
+
     if "gguf" in source:
-        return f"GGUF {Path(str(source['gguf'])).name} (dequantized)"
+        gguf = Path(str(source.get("gguf", ""))).name
+        where = (
+            f"built-in {source['builtin']} ({gguf}, dequantized to a safetensors cache)"
+            if "builtin" in source
+            else f"GGUF {gguf} (dequantized)"
+        )
+        types = source.get("gguf_tensor_types")
+        if not types:
+            return where  # recorded before harness_ext read the file's tensor types
+        counts = ", ".join(f"{n} {t}" for t, n in types.items())
+        caveat = gguf_caveat(types)
+        return f"{where}, tensors: {counts}" + (f"; {caveat}" if caveat else "")
     if "shape" in source:
         s = source["shape"]
         return (
