@@ -46,7 +46,17 @@ from transformers import (
 
 from harness_ext import models as sources
 from harness_ext.errors import ModelLoadError, SpecError, UnsupportedSchemeError
-from harness_ext.measure import Clock, GenerateStats, StepTimer, summarize_marks, track_peak_memory
+from harness_ext.measure import (
+    Clock,
+    GenerateStats,
+    StepTimer,
+    cuda_devices,
+    model_devices,
+    summarize_marks,
+    synchronize,
+    track_peak_memory,
+    weight_bytes_by_device,
+)
 from harness_ext.quant import BUILTIN_SCHEMES, Scheme, check_supported, from_pretrained_kwargs
 from harness_ext.sampling import RowParams, RowSampler, SamplingError, check_sampling, row_key
 
@@ -105,6 +115,9 @@ class LoadInfo:
     scheme: dict[str, Any]
     model_type: str | None = None
     original_generation_config: dict[str, Any] = field(default_factory=dict)
+    devices: list[str] = field(default_factory=list)  # where the weights are, in the order layers run
+    weight_bytes_by_device: dict[str, int] = field(default_factory=dict)
+    load_peak_by_device: dict[str, int] | None = None  # CUDA: each device's own peak while loading
 
 
 def scheme_from_args(quant: str | Scheme, **fields: Any) -> Scheme:
@@ -186,7 +199,8 @@ def load_model(
         )
     except Exception as e:
         raise ModelLoadError(f"cannot load the tokenizer of {pretrained!r}: {_one_line(e)}") from e
-    with track_peak_memory(device) as peak:
+    load_devices = _load_devices(device, device_map)
+    with track_peak_memory(load_devices) as peak:
         t0 = time.perf_counter()
         try:
             model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -196,10 +210,16 @@ def load_model(
             raise ModelLoadError(f"cannot load {pretrained!r} as {scheme.name}: {_one_line(e)}") from e
         if not scheme.quantized and device_map is None:
             model.to(device)
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(cuda_devices(load_devices))
         load_s = time.perf_counter() - t0
     return model, tok, _finish_load(model, config, scheme, device, load_s, peak, source.origin, source.note)
+
+
+def _load_devices(device: str, device_map: str | None) -> list[torch.device]:
+    """The devices a load may touch: every visible GPU with ``device_map="auto"``, else ``device``."""
+    if device_map == "auto" and torch.cuda.is_available():
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    return [torch.device(device)]
 
 
 def _build_shape(shape: dict[str, Any], scheme: Scheme, device: str) -> tuple[Any, Any, LoadInfo]:
@@ -209,8 +229,7 @@ def _build_shape(shape: dict[str, Any], scheme: Scheme, device: str) -> tuple[An
     with track_peak_memory(device) as peak:
         t0 = time.perf_counter()
         model = sources.random_model(config, from_pretrained_kwargs(scheme), device)
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(cuda_devices(device))
         load_s = time.perf_counter() - t0
     return model, tok, _finish_load(model, config, scheme, device, load_s, peak, {"shape": shape}, sources.SHAPE_NOTE)
 
@@ -247,6 +266,9 @@ def _finish_load(
         scheme=scheme.model_dump(mode="json"),
         model_type=getattr(config, "model_type", None),
         original_generation_config={k: v for k, v in original_gc.items() if isinstance(v, (int, float, str, bool))},
+        devices=[str(d) for d in model_devices(model)],
+        weight_bytes_by_device=weight_bytes_by_device(model),
+        load_peak_by_device=peak.by_device,
     )
 
 
@@ -424,6 +446,7 @@ class HFQuantLM(HFLM):
             **kwargs,
         )
         self.load_info = load_info
+        self.model_devices = model_devices(self.model)  # what every measurement syncs and reads
         self.mode = check_mode(mode, self._scheme_fields(), str(self.device))
         if kv_cache not in ("auto", "dynamic", "static"):
             raise SpecError(f"kv_cache must be auto, dynamic or static, not {kv_cache!r}")
@@ -547,7 +570,7 @@ class HFQuantLM(HFLM):
         starts = prompt_len - attention_mask.sum(dim=1)
         eos_ids = self._eos_ids()
         stopper = RowStops(self.tokenizer, stops, eos_ids, caps, prompt_len, device)
-        clock = Clock(device)
+        clock = Clock(self.model_devices)
         config = GenerationConfig(
             do_sample=False,
             num_beams=1,
@@ -565,7 +588,7 @@ class HFQuantLM(HFLM):
         else:
             config.disable_compile = True  # a static cache must not make transformers compile an eager pass
         processors = LogitsProcessorList([StepTimer(clock), RowSampler(params, prompt_len, starts, device)])
-        with track_peak_memory(device) as peak, torch.no_grad():
+        with track_peak_memory(self.model_devices) as peak, torch.no_grad():
             clock.mark()
             cache = (
                 self._prefill_cache(input_ids, attention_mask, prompt_len + max(caps), kv_cache)
@@ -611,6 +634,7 @@ class HFQuantLM(HFLM):
                 peak_memory_kind=peak.kind,
                 device=str(device),
                 kv_cache="static" if mode == "compiled" else kv_cache,
+                peak_memory_by_device=peak.by_device,
                 step_ms=steps,
             )
         )

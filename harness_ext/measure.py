@@ -1,9 +1,15 @@
 """Measuring speed and memory: trackers as context managers and plain result dataclasses.
 
-- On CUDA, times come from CUDA events read after one synchronize; on the CPU from ``perf_counter``.
+- Everything CUDA is measured on the *model's* devices (:func:`model_devices`), never on whatever
+  device happens to be current: ``device: cuda:1`` is timed and measured on cuda:1, and a model
+  spread by ``device_map="auto"`` over several GPUs is measured on each of them.
+- On one CUDA device, times come from CUDA events on that device's stream, read after one
+  synchronize; on several, from ``perf_counter`` after synchronizing every one of them (a step is
+  done only when its last layer is); on the CPU from ``perf_counter``.
 - Per-token decode time comes from a logits processor that stamps each generation step (the first
   stamp ends the prefill); its stamps are reset for every call.
-- Peak memory: CUDA ``max_memory_allocated`` after a reset; on the CPU the process's peak RSS
+- Peak memory: CUDA ``max_memory_allocated`` of each device after a reset, per device and summed
+  (each device's own peak: the sum bounds the total from above); on the CPU the process's peak RSS
   (``VmHWM``) after resetting it through ``/proc/self/clear_refs`` — where that reset is not
   possible the figure is the process-lifetime peak and is labelled so.
 """
@@ -67,35 +73,80 @@ def _quantile(sorted_vals: Sequence[float], q: float) -> float:
     return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
 
 
-# -- clocks -------------------------------------------------------------------------------------
+# -- devices -------------------------------------------------------------------------------------
 def is_cuda(device: torch.device | str) -> bool:
     return torch.device(device).type == "cuda"
 
 
-class Clock:
-    """Marks on one timeline: CUDA events on a GPU, ``perf_counter`` otherwise.
+def _concrete(device: torch.device | str) -> torch.device:
+    """``cuda`` with its index made explicit (the current device's), so that devices compare equal."""
+    d = torch.device(device)
+    if d.type == "cuda" and d.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return d
 
-    ``mark()`` is cheap on both (no synchronize); ``elapsed_ms()`` synchronizes once.
+
+def model_devices(model: Any) -> list[torch.device]:
+    """The devices holding the model's weights, in the order its modules first use them (the
+    parameters' and buffers' own devices; weights offloaded to ``meta`` are skipped)."""
+    seen: dict[torch.device, None] = {}
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        if t.device.type != "meta":
+            seen.setdefault(_concrete(t.device), None)
+    return list(seen)
+
+
+def cuda_devices(devices: torch.device | str | Sequence[torch.device | str]) -> list[torch.device]:
+    """The CUDA devices among ``devices`` (one device or several), indices explicit, in order."""
+    many = [devices] if isinstance(devices, (str, torch.device)) else list(devices)
+    return list(dict.fromkeys(_concrete(d) for d in many if is_cuda(d)))
+
+
+def synchronize(devices: Sequence[torch.device]) -> None:
+    """Wait for the queued work of every device in ``devices`` (``torch.cuda.synchronize()`` alone
+    waits for the current device only)."""
+    for d in devices:
+        torch.cuda.synchronize(d)
+
+
+def weight_bytes_by_device(model: Any) -> dict[str, int]:
+    """Bytes of parameters and buffers per device (``get_memory_footprint``'s count, split by device)."""
+    out: dict[str, int] = {}
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        key = str(_concrete(t.device))
+        out[key] = out.get(key, 0) + t.nelement() * t.element_size()
+    return out
+
+
+# -- clocks -------------------------------------------------------------------------------------
+class Clock:
+    """Marks on one timeline: CUDA events on the stream of the one CUDA device, ``perf_counter``
+    after synchronizing all of them when there are several, ``perf_counter`` on the CPU.
+
+    ``mark()`` is cheap with events or on the CPU (no synchronize); ``elapsed_ms()`` synchronizes.
     """
 
-    def __init__(self, device: torch.device | str):
-        self.cuda = is_cuda(device)
+    def __init__(self, devices: torch.device | str | Sequence[torch.device | str]):
+        self.devices = cuda_devices(devices)
+        self.events = len(self.devices) == 1
+        self.cuda = bool(self.devices)
         self.marks: list[Any] = []
 
     def mark(self) -> None:
-        if self.cuda:
+        if self.events:
             ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
+            ev.record(torch.cuda.current_stream(self.devices[0]))
             self.marks.append(ev)
-        else:
-            self.marks.append(time.perf_counter())
+            return
+        synchronize(self.devices)
+        self.marks.append(time.perf_counter())
 
     def elapsed_ms(self) -> list[float]:
         """Milliseconds of every mark since the first one."""
         if not self.marks:
             return []
-        if self.cuda:
-            torch.cuda.synchronize()
+        if self.events:
+            synchronize(self.devices)
             first = self.marks[0]
             return [first.elapsed_time(m) for m in self.marks]
         return [(m - self.marks[0]) * 1e3 for m in self.marks]
@@ -139,22 +190,28 @@ def _reset_rss_peak() -> bool:
 
 @dataclass
 class MemoryPeak:
-    """Peak memory over a ``with`` block. ``kind``: cuda_allocated, cpu_rss or cpu_rss_lifetime."""
+    """Peak memory over a ``with`` block. ``kind``: cuda_allocated, cpu_rss or cpu_rss_lifetime.
+
+    On CUDA ``bytes`` is the sum over the devices of each one's peak, ``by_device`` the peaks."""
 
     kind: str = ""
     bytes: int | None = None
+    by_device: dict[str, int] | None = None
 
 
 @contextlib.contextmanager
-def track_peak_memory(device: torch.device | str) -> Iterator[MemoryPeak]:
-    """Record the peak memory of the block into the yielded :class:`MemoryPeak`."""
+def track_peak_memory(devices: torch.device | str | Sequence[torch.device | str]) -> Iterator[MemoryPeak]:
+    """Record the peak memory of the block on ``devices`` (the model's) into the yielded :class:`MemoryPeak`."""
     peak = MemoryPeak()
-    if is_cuda(device):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    gpus = cuda_devices(devices)
+    if gpus:
+        synchronize(gpus)
+        for d in gpus:
+            torch.cuda.reset_peak_memory_stats(d)
         yield peak
-        torch.cuda.synchronize()
-        peak.kind, peak.bytes = "cuda_allocated", int(torch.cuda.max_memory_allocated())
+        synchronize(gpus)
+        peak.by_device = {str(d): int(torch.cuda.max_memory_allocated(d)) for d in gpus}
+        peak.kind, peak.bytes = "cuda_allocated", sum(peak.by_device.values())
         return
     reset = _reset_rss_peak()
     yield peak
@@ -179,10 +236,11 @@ class GenerateStats:
     ttft_ms: float | None  # start of generate -> end of the first forward (prefill)
     decode_ms_per_step: float | None  # median of the step intervals
     decode_ms_per_step_mean: float | None
-    peak_memory_bytes: int | None
+    peak_memory_bytes: int | None  # on CUDA: the sum over the model's devices
     peak_memory_kind: str
     device: str
     kv_cache: str | None = None  # the KV cache generation ran with: static or dynamic
+    peak_memory_by_device: dict[str, int] | None = None  # CUDA: each of the model's devices' own peak
     step_ms: list[float] = field(default_factory=list, repr=False)
 
     def to_dict(self, with_steps: bool = False) -> dict[str, Any]:
@@ -203,25 +261,34 @@ def summarize_marks(marks_ms: Sequence[float]) -> tuple[float | None, list[float
 
 # -- bandwidth floor ----------------------------------------------------------------------------
 def measure_copy_bandwidth(device: torch.device | str, nbytes: int = 1 << 30, repeats: int = 10) -> float:
-    """Device-to-device copy bandwidth in bytes/s (read + write counted), median of ``repeats``
-    after a warm-up. CUDA only: this is the denominator of the weight-streaming floor."""
+    """Device-to-device copy bandwidth of ``device`` in bytes/s (read + write counted), median of
+    ``repeats`` after a warm-up. CUDA only: the denominator of the weight-streaming floor."""
     if not is_cuda(device):
         raise ValueError("copy bandwidth is measured on CUDA devices only")
+    device = _concrete(device)
     src = torch.empty(nbytes // 2, dtype=torch.float16, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    torch.cuda.synchronize()
+    torch.cuda.synchronize(device)
+    stream = torch.cuda.current_stream(device)
     times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        dst.copy_(src)
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    del src, dst
-    torch.cuda.empty_cache()
+    with torch.cuda.device(device):  # the copies and the events on the same device
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record(stream)
+            dst.copy_(src)
+            end.record(stream)
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end) / 1e3)
+        del src, dst
+        torch.cuda.empty_cache()
     return 2 * nbytes / statistics.median(times)
+
+
+def floor_ms_per_step(weight_bytes: dict[str, int], bandwidth: dict[str, float]) -> dict[str, float]:
+    """Per CUDA device, the time to stream its weights once at its bandwidth (ms). A decode step
+    runs the layers one after another, so the step's floor is the sum of these."""
+    return {d: b / bandwidth[d] * 1e3 for d, b in weight_bytes.items() if d in bandwidth}
 
 
 def cpu_threads() -> int:

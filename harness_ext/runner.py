@@ -448,9 +448,13 @@ class Runner:
     # -- speed cells ---------------------------------------------------------------------------
     def _speed(self, lm: Any, cell: Cell) -> dict[str, Any]:
         from harness_ext import speed
+        from harness_ext.measure import cuda_devices, model_devices
 
-        if torch.device(self.device).type == "cuda" and self._bandwidth is None:
-            self._bandwidth = measure_copy_bandwidth(self.device)
+        # the floor needs the bandwidth of every GPU the model is on, each measured once per run
+        self._bandwidth = self._bandwidth or {}
+        for d in cuda_devices(model_devices(lm.model)):
+            if str(d) not in self._bandwidth:
+                self._bandwidth[str(d)] = measure_copy_bandwidth(d)
         p = cell.params
         result = speed.benchmark(
             lm,

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from harness_ext.measure import Summary, is_cuda
+from harness_ext.measure import Summary, cuda_devices, floor_ms_per_step, model_devices, weight_bytes_by_device
 from harness_ext.sampling import RowParams
 
 
@@ -40,13 +40,14 @@ def benchmark(
     new_tokens: int,
     warmup: int = 1,
     repeats: int = 3,
-    bandwidth: float | None = None,
+    bandwidth: dict[str, float] | float | None = None,
     mode: str = "eager",
 ) -> dict[str, Any]:
     """Time ``repeats`` fixed-length generations after ``warmup`` ones; return medians and spread.
 
-    ``bandwidth`` (bytes/s, CUDA) adds the weight-streaming floor: weight bytes / bandwidth per
-    decode step, and the ratio of the measured decode step to it.
+    ``bandwidth`` (bytes/s per CUDA device, or one figure for all of them) adds the weight-streaming
+    floor of a decode step — the sum over the model's devices of the weight bytes on that device over
+    its bandwidth (the layers run one after another) — and the measured decode step over it.
     """
     vocab = lm.model.get_input_embeddings().weight.shape[0]
     ids = synthetic_prompts(vocab, batch_size, prompt_tokens, special_token_ids(lm.tokenizer))
@@ -86,6 +87,7 @@ def benchmark(
         ).to_dict(),
         "wall_ms": Summary.of([c.wall_ms for c in calls]).to_dict(),
         "peak_memory_bytes": max((c.peak_memory_bytes or 0) for c in calls) or None,
+        "peak_memory_by_device": _peak_by_device(calls),
         "peak_memory_kind": calls[0].peak_memory_kind if calls else "",
         "threads": torch.get_num_threads(),
         "calls": [c.to_dict(with_steps=False) for c in calls],
@@ -96,12 +98,46 @@ def benchmark(
         out["load_s"] = info.load_s
         out["load_peak_bytes"] = info.load_peak_bytes
         out["load_peak_kind"] = info.load_peak_kind
-    if bandwidth and info is not None and is_cuda(lm.device):
-        floor_ms = info.weight_bytes / bandwidth * 1e3
-        out["bandwidth_bytes_per_s"] = bandwidth
-        out["floor_ms_per_token"] = floor_ms
-        out["decode_over_floor"] = decode.median / floor_ms
+    if bandwidth and info is not None:
+        out |= weight_streaming_floor(lm.model, info.weight_bytes, bandwidth, decode.median)
     return out
+
+
+def _peak_by_device(calls: list[Any]) -> dict[str, int] | None:
+    """Per device, its highest peak over the timed calls (CUDA only)."""
+    out: dict[str, int] = {}
+    for c in calls:
+        for d, b in (c.peak_memory_by_device or {}).items():
+            out[d] = max(out.get(d, 0), b)
+    return out or None
+
+
+def weight_streaming_floor(
+    model: Any, weight_bytes: int, bandwidth: dict[str, float] | float, decode_ms: float
+) -> dict[str, Any]:
+    """The decode step's floor on the model's CUDA devices: each device streams its share of the
+    weights at its own bandwidth, one device after another. Empty without CUDA devices."""
+    gpus = [str(d) for d in cuda_devices(model_devices(model))]
+    if not gpus:
+        return {}
+    bw = bandwidth if isinstance(bandwidth, dict) else dict.fromkeys(gpus, float(bandwidth))
+    missing = [d for d in gpus if d not in bw]
+    if missing:
+        raise ValueError(f"no copy bandwidth measured for {', '.join(missing)}")
+    split = weight_bytes_by_device(model)
+    counted = sum(split.values())
+    # shares of the load's weight footprint (the figure the record reports), split as the tensors are
+    on_gpu = {d: weight_bytes * split.get(d, 0) / counted for d in gpus} if counted else {}
+    per_device = floor_ms_per_step(on_gpu, bw)
+    floor_ms = sum(per_device.values())
+    return {
+        "bandwidth_bytes_per_s": sum(on_gpu.values()) / floor_ms * 1e3 if floor_ms else None,
+        "bandwidth_bytes_per_s_by_device": {d: bw[d] for d in gpus},
+        "weight_bytes_by_device": {d: int(b) for d, b in on_gpu.items()},
+        "floor_ms_by_device": per_device,
+        "floor_ms_per_token": floor_ms,
+        "decode_over_floor": decode_ms / floor_ms if floor_ms else None,
+    }
 
 
 def metrics_of(result: dict[str, Any]) -> dict[str, dict[str, float | None]]:
