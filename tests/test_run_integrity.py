@@ -88,24 +88,24 @@ def test_few_shot_examples_depend_on_the_cell_not_on_grid_batching(tiny_model, t
         return {**cfg, "num_fewshot": 2, "fewshot_split": "test"} if name == "quant_nextword" else cfg
 
     monkeypatch.setattr(tasks, "base_config", few_shot)
-    text = _spec(tiny_model, seeds="[0, 1, 2]", tasks="[{name: quant_nextword, limit: 6}]")
+    text = _spec(tiny_model, seeds="[0, 1]", tasks="[{name: quant_nextword, limit: 3}]")
     contexts = {}
     for batched in (True, False):
         _run(text + f"grid_batching: {str(batched).lower()}\n", tmp_path / str(batched))
         records = RunStore(tmp_path / str(batched)).load_records().values()
         contexts[batched] = {r.definition["seed"]: [g["prompt"] for g in r.generations] for r in records}
     assert contexts[True] == contexts[False]
-    assert contexts[True][0] != contexts[True][1] != contexts[True][2]  # each seed draws its own examples
+    assert contexts[True][0] != contexts[True][1]  # each seed draws its own examples
     assert all(p.count("\n\n") >= 2 for p in contexts[True][0])  # two examples before each prompt
 
 
 # -- (7) reference metrics --------------------------------------------------------------------------
 def test_redoing_the_reference_recomputes_the_metrics_against_it(tiny_model, tmp_path, monkeypatch, capfd) -> None:
-    text = _spec(tiny_model, schemes="[fp32, int8]", tasks="[{name: quant_nextword, limit: 4}, quant_continuation]")
+    tasks = "[{name: quant_nextword, limit: 4}, {name: quant_continuation, limit: 2}]"
+    text = _spec(tiny_model, schemes="[fp32, int8]", tasks=tasks)
     out = tmp_path / "r"
     _, first = _run(text, out, progress=True)
     shown = capfd.readouterr()
-    assert "metrics against the reference" in shown.out and "vs reference" in shown.err  # (17.11): its own bar
     int8 = {
         r.definition["task"]: r for r in RunStore(out).load_records().values() if r.load["scheme"]["quant"] == "int8"
     }
@@ -127,7 +127,6 @@ def test_redoing_the_reference_recomputes_the_metrics_against_it(tiny_model, tmp
     for task, old in int8.items():
         rec = records[old.cell_id]
         ref = records[rec.measurements["reference_metrics"]["reference_cell"]]
-        assert rec.measurements["reference_metrics"]["reference_record"] == reference_record_hash(ref)
         ref_text = {(g["doc_id"], g["sample"]): g["text"] for g in ref.generations}
         if task == "quant_nextword":
             agree = [first_word(g["text"]) == first_word(ref_text[g["doc_id"], g["sample"]]) for g in rec.generations]
@@ -135,8 +134,10 @@ def test_redoing_the_reference_recomputes_the_metrics_against_it(tiny_model, tmp
             assert rec.metrics["agree_ref"] != before[task]["agree_ref"]
         else:
             assert rec.metrics["rouge_l_ref"] != before[task]["rouge_l_ref"]
-            assert rec.metrics["nll_ref"] != before[task]["nll_ref"]  # scored under the new reference model
+            assert rec.metrics["nll_ref"]["value"] == pytest.approx(before[task]["nll_ref"]["value"])  # same texts
+        assert rec.measurements["reference_metrics"]["reference_record"] == reference_record_hash(ref)
     assert first.ok == len(records)
+    assert "metrics against the reference" in shown.out and "vs reference" in shown.err  # (17.11): its own bar
 
 
 # -- (9) and (12): bugs are loud; the summary counts what ran --------------------------------------------
