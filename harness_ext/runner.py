@@ -159,6 +159,7 @@ class Runner:
         self._bandwidth: float | None = None
         self._pbar: Any = None
         self.ran: dict[str, Record] = {}  # the records this invocation wrote, by cell id
+        self._tracebacks_shown: set[str] = set()
         self.time_limit_s = time_limit_s
         self.only = only or {}
         self.redo = redo  # recompute the selected cells even where a finished record exists
@@ -329,8 +330,11 @@ class Runner:
         if self._pbar is not None:
             self._pbar.update(1)
         self._note(_summary_line(rec), failure=rec.status != "ok")
-        if rec.traceback is not None:  # a bug, not a failed measurement: loud, with its traceback
-            _stderr(f"warning: {rec.label}: unexpected error (a bug in harness_ext or a library?)\n{rec.traceback}")
+        if rec.traceback is not None:  # a bug, not a failed measurement: loud, with its traceback (once)
+            _stderr(f"warning: {rec.label}: unexpected error (a bug in harness_ext or a library?)")
+            if rec.traceback not in self._tracebacks_shown:
+                self._tracebacks_shown.add(rec.traceback)
+                _stderr(rec.traceback)
 
     def _note(self, line: str, failure: bool = False) -> None:
         """A line per cell under the progress bar; without it, failures still reach stderr."""

@@ -164,7 +164,8 @@ def test_a_bug_keeps_its_traceback_and_fails_the_run_loudly(tiny_model, tmp_path
     assert code == 1
     assert "cells: 3 (ran: 0 ok, 2 failed; 1 already done; 0 still missing)" in shown.out
     assert "2 cells failed on an unexpected error — a bug; tracebacks in the records" in shown.err
-    assert shown.err.count("Traceback (most recent call last)") == 2 and "KeyError: 'no such key'" in shown.err
+    assert shown.err.count("unexpected error (a bug") == 2  # a line per cell, the same traceback once
+    assert shown.err.count("Traceback (most recent call last)") == 1 and "KeyError: 'no such key'" in shown.err
     failed = [r for r in RunStore(out).load_records().values() if r.status == "failed"]
     assert len(failed) == 2 and all("KeyError" in r.error and "in bug" in r.traceback for r in failed)
 
