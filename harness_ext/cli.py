@@ -183,11 +183,15 @@ def _run_spec(
     result = runner.run()
     print(f"run directory: {result.run_dir}")
     print(
-        f"cells: {result.cells} ({result.skipped} already done, {result.ok} ok, {result.failed} failed); "
+        f"cells: {result.cells} (ran: {result.ok} ok, {result.failed} failed; {result.skipped} already done; "
+        f"{result.missing} still missing); "
         f"model loads: {len(result.loads)} (+{len(result.scoring_loads)} reference scoring)"
     )
-    for p in result.problems:
-        print(f"warning: {p}", file=sys.stderr)
+    if result.unexpected:
+        print(
+            f"harness-ext: {result.unexpected} cells failed on an unexpected error — a bug; tracebacks in the records",
+            file=sys.stderr,
+        )
     if result.interrupted:
         print("interrupted: finished cells are stored; run the same command again to resume", file=sys.stderr)
         return 130

@@ -34,13 +34,20 @@ class LocalExecutor:
             runner._check_time()
             runner._run_pair(cells, records, task_params)
 
-    def score(self, runner: Runner, model: ModelSpec, ref: Any, pairs: list[tuple[str, str]]) -> list[float] | None:
-        """Mean NLL of each (prompt, text) under the model's reference; None if it cannot load."""
+    def score(
+        self,
+        runner: Runner,
+        model: ModelSpec,
+        ref: Any,
+        pairs: list[tuple[str, str]],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[float] | None:
+        """Mean NLL of each (prompt, text) under the model's reference; ``progress(done, total)`` per batch."""
         from harness_ext.runner import score_nll
 
         scorer = runner.load_lm(model, ref, scoring=True)
         try:
-            return score_nll(scorer, pairs, batch_size=runner.spec.batch_size)
+            return score_nll(scorer, pairs, batch_size=runner.spec.batch_size, progress=progress)
         finally:
             del scorer
 
@@ -191,7 +198,15 @@ class RayExecutor:
                 ray.cancel(ref, force=True)
             raise
 
-    def score(self, runner: Runner, model: ModelSpec, ref: Any, pairs: list[tuple[str, str]]) -> list[float] | None:
+    def score(
+        self,
+        runner: Runner,
+        model: ModelSpec,
+        ref: Any,
+        pairs: list[tuple[str, str]],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[float] | None:
+        """As :meth:`LocalExecutor.score`, in one Ray task (no progress from it: it runs remotely)."""
         ray = self._init(runner)
         res = self.resources(runner, model, ref)
         payload = {

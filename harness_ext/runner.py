@@ -18,6 +18,7 @@ import gc
 import logging
 import math
 import statistics
+import sys
 import time
 import traceback
 from collections import defaultdict
@@ -43,12 +44,19 @@ REFERENCE_METRICS = {"quant_nextword": ("agree_ref",), "quant_continuation": ("r
 
 @dataclass
 class RunResult:
+    """What one invocation did. ``ok``/``failed``: cells that ran in this invocation (``unexpected``:
+    those of the failed that hit a bug, with a traceback in their record); ``skipped``: cells already
+    finished before it (not run again); ``missing``: cells still without a finished record.
+    ``ok + failed + skipped + missing == cells``."""
+
     run_dir: Path
     cells: int
     skipped: int
     ok: int
     failed: int
     wall_s: float
+    missing: int = 0
+    unexpected: int = 0
     loads: list[tuple[str, str]] = field(default_factory=list)
     scoring_loads: list[tuple[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -92,6 +100,22 @@ def prepare_tasks(spec: StudySpec) -> dict[str, dict[str, Any]]:
         except ValueError as e:
             raise SpecError(f"task {t.name!r}: {e}") from None
         out[t.name] = {"generative": otype == "generate_until", "base": t.name, "output_type": otype}
+        out[t.name].update(_stock_task_identity(t.name))
+    return out
+
+
+def _stock_task_identity(name: str) -> dict[str, Any]:
+    """What of a stock lm-eval task's config can change its results beyond its name: the task's
+    version (lm-eval bumps it when the prompt or scoring changes) and its default few-shot count."""
+    from harness_ext.tasks import base_config
+
+    cfg = base_config(name) or {}
+    out: dict[str, Any] = {}
+    version = (cfg.get("metadata") or {}).get("version")
+    if version is not None:
+        out["task_version"] = version
+    if cfg.get("num_fewshot") is not None:
+        out["num_fewshot"] = cfg["num_fewshot"]
     return out
 
 
@@ -134,6 +158,8 @@ class Runner:
         self.scoring_loads: list[tuple[str, str]] = []
         self._bandwidth: float | None = None
         self._pbar: Any = None
+        self.ran: dict[str, Record] = {}  # the records this invocation wrote, by cell id
+        self._tracebacks_shown: set[str] = set()
         self.time_limit_s = time_limit_s
         self.only = only or {}
         self.redo = redo  # recompute the selected cells even where a finished record exists
@@ -186,21 +212,26 @@ class Runner:
         task_params = prepare_tasks(self.spec)
         cells = expand(self.spec, torch.device(self.device).type, task_params)
         records = self.store.load_records()  # first: a run directory of a newer version is left untouched
+        problems = list(self.store.problems)
         self.invocation = self.store.begin(self.spec_text, environment.capture(self.argv))
-        for p in self.store.problems:
-            log.warning("%s", p)
+        for p in problems:  # an unreadable record is recomputed; say so where a user sees it
+            print(f"warning: {p}", file=sys.stderr)
         done = {c.id for c in cells if c.id in records and records[c.id].status == "ok"}
         todo = [c for c in cells if self._selected(c) and (self.redo or c.id not in done)]
-        skipped = sum(self._selected(c) and c.id in done for c in cells) if not self.redo else 0
         pairs: dict[tuple[str, str], list[Cell]] = defaultdict(list)
         for c in todo:
             pairs[c.pair].append(c)
+        self.ran = {}
         interrupted = timed_out = False
         self._deadline = start + self.time_limit_s if self.time_limit_s else None
         self._pbar = tqdm(total=len(todo), desc="cells", unit="cell", disable=not self.progress, dynamic_ncols=True)
         try:
             with _quiet_lm_eval():
-                self.executor.run_pairs(self, dict(pairs), records, task_params)
+                try:
+                    self.executor.run_pairs(self, dict(pairs), records, task_params)
+                finally:
+                    self._pbar.close()
+                    self._pbar = None
                 self._check_time()
                 self._reference_metrics(cells, records)
         except KeyboardInterrupt:
@@ -208,23 +239,26 @@ class Runner:
         except TimeLimitReached:
             timed_out = True
         finally:
-            self._pbar.close()
             current = {c.id for c in cells}
             final = self.store.load_records()
             self.store.export_tables(
                 [r for r in final.values() if r.cell_id in current], self.spec_text, extra=run_summary(self.spec, cells)
             )
-        final_current = [final[c.id] for c in cells if c.id in final]
+        ran = [self.ran[c.id] for c in cells if c.id in self.ran]
+        finished = {c.id for c in cells if c.id in final and final[c.id].status == "ok"}
+        skipped = len(finished - set(self.ran))
         return RunResult(
             run_dir=self.store.root,
             cells=len(cells),
             skipped=skipped,
-            ok=sum(r.status == "ok" for r in final_current),
-            failed=sum(r.status == "failed" for r in final_current),
+            ok=sum(r.status == "ok" for r in ran),
+            failed=sum(r.status == "failed" for r in ran),
+            missing=len(cells) - len(ran) - skipped,
+            unexpected=sum(r.status == "failed" and r.traceback is not None for r in ran),
             wall_s=time.perf_counter() - start,
             loads=self.loads,
             scoring_loads=self.scoring_loads,
-            problems=self.store.problems,
+            problems=list(dict.fromkeys(problems + self.store.problems)),
             interrupted=interrupted,
             timed_out=timed_out,
         )
@@ -236,10 +270,11 @@ class Runner:
         try:
             lm = self.load_lm(model, scheme)
         except Exception as e:  # the whole pair fails: record every cell with the reason
-            reason = _reason(e)
-            self._note(f"load failed: {model.label} / {scheme.name}: {reason}", failure=True)
+            failure = failure_fields(e)
+            self._note(f"load failed: {model.label} / {scheme.name}: {failure['error']}", failure=True)
+            failure["error"] = f"load failed: {failure['error']}"
             for c in cells:
-                self._save(Record(**self._base(c, started), status="failed", error=f"load failed: {reason}"), records)
+                self._save(Record(**self._base(c, started), status="failed", **failure), records)
             return
         load = asdict(lm.load_info) if lm.load_info else None
         try:
@@ -273,8 +308,7 @@ class Runner:
             fields = work()
             rec = Record(**self._base(cell, started), status="ok", load=load, **fields)
         except Exception as e:
-            rec = Record(**self._base(cell, started), status="failed", error=_reason(e), load=load)
-            log.debug("cell failed\n%s", traceback.format_exc())
+            rec = Record(**self._base(cell, started), status="failed", load=load, **failure_fields(e))
         self._save(rec, records)
 
     def _base(self, cell: Cell, started: str) -> dict[str, Any]:
@@ -292,9 +326,15 @@ class Runner:
         rec.finished_at = now()
         self.store.write(rec)
         records[rec.cell_id] = rec
+        self.ran[rec.cell_id] = rec
         if self._pbar is not None:
             self._pbar.update(1)
         self._note(_summary_line(rec), failure=rec.status != "ok")
+        if rec.traceback is not None:  # a bug, not a failed measurement: loud, with its traceback (once)
+            _stderr(f"warning: {rec.label}: unexpected error (a bug in harness_ext or a library?)")
+            if rec.traceback not in self._tracebacks_shown:
+                self._tracebacks_shown.add(rec.traceback)
+                _stderr(rec.traceback)
 
     def _note(self, line: str, failure: bool = False) -> None:
         """A line per cell under the progress bar; without it, failures still reach stderr."""
@@ -336,6 +376,7 @@ class Runner:
                         repeats=c.params["repeats"] if c.point is not None else None,
                     )
                 )
+                _pin_fewshot_seed(objs[-1], c.seed or 0)
                 variants[name] = c
             seed = cells[0].seed or 0
             lm.pop_calls()
@@ -354,10 +395,9 @@ class Runner:
             )
             wall = time.perf_counter() - t0
         except Exception as e:
-            reason = _reason(e)
-            log.debug("eval failed\n%s", traceback.format_exc())
+            failure = failure_fields(e)
             for c in cells:
-                self._save(Record(**self._base(c, started), status="failed", error=reason, load=load), records)
+                self._save(Record(**self._base(c, started), status="failed", load=load, **failure), records)
             return
         calls = lm.pop_calls()
         shared = {
@@ -378,7 +418,7 @@ class Runner:
             try:
                 fields = split_results(results, name)
             except Exception as e:
-                self._save(Record(**self._base(c, started), status="failed", error=_reason(e), load=load), records)
+                self._save(Record(**self._base(c, started), status="failed", load=load, **failure_fields(e)), records)
                 continue
             fields["measurements"] = {
                 **shared,
@@ -469,41 +509,93 @@ class Runner:
         return {"metrics": speed.metrics_of(result), "measurements": result}
 
     # -- metrics against the reference ---------------------------------------------------------
+    def _reference_cell(self, cell: Cell) -> Cell | None:
+        """The reference scheme's cell with the same task, point and seed (None: no reference)."""
+        ref = self.spec.reference_scheme(cell.model)
+        if ref is None:
+            return None
+        resolved = ref.resolve(cell.model.dtype)
+        return Cell(cell.kind, cell.model, resolved, cell.device, cell.task, cell.point, cell.seed, cell.params)
+
+    def _needs_reference_metrics(self, cell: Cell, records: dict[str, Record]) -> bool:
+        """A finished eval cell of our tasks whose reference metrics are missing or were computed
+        against another reference record than the one stored now (the reference was redone)."""
+        if cell.kind != "eval" or cell.task.kind not in REFERENCE_METRICS:
+            return False
+        rec, ref_cell = records.get(cell.id), self._reference_cell(cell)
+        if rec is None or rec.status != "ok" or ref_cell is None:
+            return False
+        ref_rec = records.get(ref_cell.id)
+        if ref_rec is None or ref_rec.status != "ok":
+            return False
+        used = rec.measurements.get("reference_metrics") or {}
+        return used.get("reference_record") != reference_record_hash(ref_rec)
+
     def _reference_metrics(self, cells: list[Cell], records: dict[str, Record]) -> None:
         """Add agreement with the reference's outputs and NLL under the reference model."""
         by_model: dict[str, list[Cell]] = defaultdict(list)
         for c in cells:
-            if c.kind == "eval" and c.task.kind in REFERENCE_METRICS:
-                rec = records.get(c.id)
-                if rec is not None and rec.status == "ok" and not rec.measurements.get("reference_metrics"):
-                    by_model[c.model.label].append(c)
-        for model in self.spec.models:
-            todo = by_model.get(model.label)
-            ref = self.spec.reference_scheme(model)
-            if not todo or ref is None:
-                continue
-            ref_resolved = ref.resolve(model.dtype)
-            needs_nll = [c for c in todo if c.task.kind == "quant_continuation"]
-            # every continuation of the model scored in one pass: shared texts and prefixes once
-            pairs = [(g["prompt"] or "", g["text"]) for c in needs_nll for g in records[c.id].generations]
-            scores = None
-            if pairs:
-                try:
-                    scores = iter(self.executor.score(self, model, ref, pairs))
-                except Exception as e:
-                    self._note(f"reference scoring failed for {model.label}: {_reason(e)}; NLL left out", failure=True)
-                gc.collect()
-            for c in todo:
-                rec = records[c.id]
-                nll = (
-                    [next(scores) for _ in rec.generations] if scores and c.task.kind == "quant_continuation" else None
-                )
-                ref_cell = Cell(c.kind, c.model, ref_resolved, c.device, c.task, c.point, c.seed, c.params)
-                ref_rec = records.get(ref_cell.id)
-                if ref_rec is None or ref_rec.status != "ok":
-                    continue  # no reference output for this cell: nothing to compare with
-                add_reference_metrics(rec, ref_rec, c.task.kind, nll, is_reference=c.id == ref_cell.id)
-                self.store.write(rec)
+            if self._needs_reference_metrics(c, records):
+                by_model[c.model.label].append(c)
+        if not by_model:
+            return
+        todo_all = [c for cs in by_model.values() for c in cs]
+        self._note(
+            f"metrics against the reference: agreement of {len(todo_all)} cells with the reference's outputs, and "
+            "the NLL of every continuation under the reference model (one more load of each reference)"
+        )
+        bar = tqdm(total=len(todo_all), desc="vs reference", unit="cell", disable=not self.progress, dynamic_ncols=True)
+        try:
+            for model in self.spec.models:
+                todo = by_model.get(model.label)
+                ref = self.spec.reference_scheme(model)
+                if todo and ref is not None:
+                    self._reference_metrics_of(model, ref, todo, records, bar)
+        finally:
+            bar.close()
+
+    def _reference_metrics_of(
+        self, model: ModelSpec, ref: Any, todo: list[Cell], records: dict[str, Record], bar: Any
+    ) -> None:
+        needs_nll = [c for c in todo if c.task.kind == "quant_continuation"]
+        # every continuation of the model scored in one pass: shared texts and prefixes once
+        pairs = [(g["prompt"] or "", g["text"]) for c in needs_nll for g in records[c.id].generations]
+        scores = None
+        if pairs:
+            bar.set_postfix_str(f"scoring {len(pairs)} texts under {model.label} {ref.name}")
+            try:
+                scores = iter(self.executor.score(self, model, ref, pairs, progress=_bar_progress(bar)))
+            except Exception as e:
+                self._note(f"reference scoring failed for {model.label}: {_reason(e)}; NLL left out", failure=True)
+                if not expected_failure(e):
+                    _stderr("".join(traceback.format_exception(e)))
+            gc.collect()
+            bar.set_postfix_str("")
+        for c in todo:
+            rec = records[c.id]
+            nll = [next(scores) for _ in rec.generations] if scores and c.task.kind == "quant_continuation" else None
+            ref_cell = self._reference_cell(c)
+            add_reference_metrics(rec, records[ref_cell.id], c.task.kind, nll, is_reference=c.id == ref_cell.id)
+            self.store.write(rec)
+            bar.update(1)
+
+
+def _bar_progress(bar: Any) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback that shows scoring batches in a bar's postfix."""
+
+    def update(done: int, total: int) -> None:
+        bar.set_postfix_str(f"scoring: {done}/{total} sequences")
+
+    return update
+
+
+def reference_record_hash(ref: Record) -> str:
+    """What the metrics against a reference depend on in its record: its cell and its outputs."""
+    from harness_ext.spec import content_hash
+
+    return content_hash(
+        {"cell_id": ref.cell_id, "texts": [[g["doc_id"], g["sample"], g["text"]] for g in ref.generations]}
+    )
 
 
 def run_summary(spec: StudySpec, cells: list[Cell]) -> dict[str, Any]:
@@ -541,52 +633,78 @@ def probe_artifact(cell: Cell, scheme: str | None = None) -> str:
 
 
 # -- helpers -------------------------------------------------------------------------------------
+def metric_key(metric: str, filt: str, filters: set[str]) -> str:
+    """Our name of an lm-eval metric under a filter: the bare metric name when the filter is lm-eval's
+    default (``none``) or the only one the task reports the metric under; else lm-eval's own key
+    ``<metric>,<filter>`` — so the filters of a multi-filter task (gsm8k's strict-match and
+    flexible-extract) stay distinct metrics everywhere downstream."""
+    return metric if filt == "none" or filters == {filt} else f"{metric},{filt}"
+
+
 def split_results(results: dict[str, Any], name: str) -> dict[str, Any]:
     """One cell's share of a ``simple_evaluate`` result: lm-eval's dict restricted to the variant,
-    aggregate metrics, per-prompt metrics and the generated texts."""
+    aggregate metrics, per-prompt metrics and the generated texts (metric names: :func:`metric_key`)."""
     res = results["results"][name]
     samples = results.get("samples", {}).get(name, [])
-    metrics: dict[str, dict[str, float | None]] = {}
     n = results.get("n-samples", {}).get(name, {}).get("effective")
+    filters: dict[str, set[str]] = defaultdict(set)  # metric -> the filters it is reported under
+    for key in res:
+        if "," in key and "_stderr" not in key:
+            metric, filt = key.split(",", 1)
+            filters[metric].add(filt)
+    for s in samples:
+        for m in s.get("metrics") or []:
+            filters[m].add(s.get("filter", "none"))
+    metrics: dict[str, dict[str, float | None]] = {}
     for key, value in res.items():
         if "," not in key or "_stderr" in key:
             continue
         metric, filt = key.split(",", 1)
         stderr = res.get(f"{metric}_stderr,{filt}")
-        metrics[metric] = {
+        metrics[metric_key(metric, filt, filters[metric])] = {
             "value": _finite(value),
             "stderr": _finite(stderr) if isinstance(stderr, (int, float)) else None,
             "n": n,
             "lo": None,
             "hi": None,
         }
-    sample_metrics, generations = [], []
+    by_doc: dict[Any, dict[str, Any]] = {}  # one row per prompt, every filter's metrics in it
+    generations: list[dict[str, Any]] = []
+    texts_of: set[Any] = set()
     for s in samples:
-        names = s.get("metrics") or []
-        sample_metrics.append({"doc_id": s["doc_id"], **{m: _finite(s.get(m)) for m in names}})
-        context = _context_of(s)
-        resps = s.get("resps") or []
-        flat = (
-            resps[0]
-            if resps and isinstance(resps[0], list) and len(resps) == 1
-            else [r[0] if isinstance(r, list) else r for r in resps]
-        )
-        for k, text in enumerate(flat):
-            if not isinstance(text, str):
-                continue
-            generations.append(
-                {
-                    "doc_id": s["doc_id"],
-                    "sample": k,
-                    "prompt": context,
-                    "text": str(text),
-                    "new_tokens": getattr(text, "new_tokens", None),
-                    "finish": getattr(text, "finish", None),
-                }
-            )
+        filt = s.get("filter", "none")
+        row = by_doc.setdefault(s["doc_id"], {"doc_id": s["doc_id"]})
+        row.update({metric_key(m, filt, filters[m]): _finite(s.get(m)) for m in s.get("metrics") or []})
+        if s["doc_id"] in texts_of:
+            continue  # the same responses again under another filter: the texts once
+        texts_of.add(s["doc_id"])
+        generations.extend(_generations_of(s))
     keep = {k: {name: v[name]} for k, v in results.items() if isinstance(v, dict) and name in v}
     keep["config"] = results.get("config")
-    return {"metrics": metrics, "sample_metrics": sample_metrics, "generations": generations, "lm_eval": keep}
+    return {"metrics": metrics, "sample_metrics": list(by_doc.values()), "generations": generations, "lm_eval": keep}
+
+
+def _generations_of(sample: dict[str, Any]) -> list[dict[str, Any]]:
+    """The generated texts of one logged lm-eval sample (its raw responses, before any filter)."""
+    context = _context_of(sample)
+    resps = sample.get("resps") or []
+    flat = (
+        resps[0]
+        if resps and isinstance(resps[0], list) and len(resps) == 1
+        else [r[0] if isinstance(r, list) else r for r in resps]
+    )
+    return [
+        {
+            "doc_id": sample["doc_id"],
+            "sample": k,
+            "prompt": context,
+            "text": str(text),
+            "new_tokens": getattr(text, "new_tokens", None),
+            "finish": getattr(text, "finish", None),
+        }
+        for k, text in enumerate(flat)
+        if isinstance(text, str)
+    ]
 
 
 def _context_of(sample: dict[str, Any]) -> str | None:
@@ -607,6 +725,11 @@ def add_reference_metrics(rec: Record, ref: Record, kind: str, nll: list[float] 
     under the reference model (``nll``, one per generation, from :func:`score_nll`). Updates ``rec``."""
     from harness_ext.tasks.metrics import first_word, rouge_l
 
+    stale = (rec.measurements.get("reference_metrics") or {}).get("metrics") or []
+    for m in stale:  # recomputed below from this reference (or left out if it cannot be)
+        rec.metrics.pop(m, None)
+        for row in rec.sample_metrics:
+            row.pop(m, None)
     ref_text = {(g["doc_id"], g["sample"]): g["text"] for g in ref.generations}
     per_doc: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     if not is_reference:
@@ -631,28 +754,45 @@ def add_reference_metrics(rec: Record, ref: Record, kind: str, nll: list[float] 
     rec.sample_metrics = list(by_doc.values())
     for m in names:
         rec.metrics[m] = _mean_sem([s.get(m) for s in rec.sample_metrics])
-    rec.measurements["reference_metrics"] = {"reference_cell": ref.cell_id, "metrics": names, "at": now()}
+    rec.measurements["reference_metrics"] = {
+        "reference_cell": ref.cell_id,
+        "reference_record": reference_record_hash(ref),
+        "metrics": names,
+        "at": now(),
+    }
+
+
+def encode_pair(lm: Any, prompt: str, text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Context and continuation tokens as lm-eval's loglikelihood splits them
+    (``TemplateLM._encode_pair``: the prompt's trailing spaces go with the text, the whole is
+    encoded once); an empty prompt becomes the model's prefix token, as in lm-eval."""
+    if not prompt:
+        return (lm.prefix_token_id,), tuple(lm.tok_encode(text, add_special_tokens=False))
+    ctx, cont = lm._encode_pair(prompt, text)
+    return tuple(ctx), tuple(cont)
 
 
 @torch.no_grad()
-def score_nll(lm: Any, pairs: list[tuple[str, str]], batch_size: int = 16) -> list[float]:
+def score_nll(
+    lm: Any,
+    pairs: list[tuple[str, str]],
+    batch_size: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[float]:
     """Mean negative log-likelihood (nats/token) of each continuation given its prompt under ``lm``'s
-    model; NaN for an empty continuation.
+    model; NaN for an empty continuation. ``progress(done, total)`` is called after each batch.
 
     Each distinct token sequence is scored once: identical texts (greedy rows shared across top-k
     and seeds) and continuations that are a prefix of a longer one for the same prompt (a short
-    max_new_tokens cut of the same stream) reuse the longer sequence's per-token log-probabilities.
+    max_new_tokens cut of the same stream) reuse the longer sequence's per-token log-probabilities —
+    only where the longer sequence fits the model's window, so that the prefix's tokens see the
+    same context as when scored alone. A sequence longer than the window keeps its last tokens.
     """
-    encoded = []
-    for prompt, text in pairs:
-        ctx = lm.tok_encode(prompt)
-        whole = lm.tok_encode(prompt + text)
-        cont = whole[len(ctx) :] if whole[: len(ctx)] == ctx else lm.tok_encode(text, add_special_tokens=False)
-        encoded.append((tuple(ctx), tuple(cont)))
+    encoded = [encode_pair(lm, prompt, text) for prompt, text in pairs]
     # the longest continuation per prompt covers every continuation that is its prefix
     cover: dict[tuple[int, ...], list[tuple[int, ...]]] = defaultdict(list)
     for ctx, cont in sorted(set(encoded), key=lambda e: -len(e[1])):
-        if cont and not any(long[: len(cont)] == cont for long in cover[ctx]):
+        if cont and not any(_covers(long, cont, ctx, lm.max_length) for long in cover[ctx]):
             cover[ctx].append(cont)
     jobs = [(ctx, cont) for ctx, conts in cover.items() for cont in conts]
     token_logp: dict[tuple[tuple[int, ...], tuple[int, ...]], list[float]] = {}
@@ -669,20 +809,30 @@ def score_nll(lm: Any, pairs: list[tuple[str, str]], batch_size: int = 16) -> li
             mask[r, : len(q)] = 1
         logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits
         for r, (ctx, cont) in enumerate(batch):
-            n = min(len(cont), len(seqs[r]) - 1)
+            n = min(len(cont), len(seqs[r]) - 1)  # the continuation's last n tokens are in the window
             end = len(seqs[r])
             targets = torch.tensor(seqs[r][end - n :], device=logits.device)
             logp = torch.log_softmax(logits[r, end - n - 1 : end - 1].float(), -1)  # the continuation's rows only
             token_logp[(ctx, cont)] = logp.gather(1, targets[:, None]).squeeze(1).tolist()
+        if progress is not None:
+            progress(min(start + batch_size, len(jobs)), len(jobs))
     out = []
     for ctx, cont in encoded:
         if not cont:
             out.append(math.nan)
             continue
-        long = next(c for c in cover[ctx] if c[: len(cont)] == cont)
-        lp = token_logp[(ctx, long)][-len(long) :][: len(cont)]
+        long = next(c for c in cover[ctx] if _covers(c, cont, ctx, lm.max_length))
+        lp = token_logp[(ctx, long)]
+        if long != cont:  # a prefix of a sequence that fits the window: its log-probs are the first ones
+            lp = lp[: len(cont)]
         out.append(-sum(lp) / len(lp))
     return out
+
+
+def _covers(long: tuple[int, ...], cont: tuple[int, ...], ctx: tuple[int, ...], window: int) -> bool:
+    """Whether ``cont``'s log-probs can be read off ``long``'s: the same sequence, or a prefix of a
+    sequence scored whole (no token of it cut off by the window)."""
+    return long == cont or (long[: len(cont)] == cont and len(ctx) + len(long) <= window)
 
 
 def _finite(v: Any) -> float | None:
@@ -699,6 +849,27 @@ def _mean_sem(values: list[Any]) -> dict[str, float | None]:
         return {"value": None, "stderr": None, "n": 0, "lo": None, "hi": None}
     sem = statistics.stdev(vals) / math.sqrt(len(vals)) if len(vals) > 1 else None
     return {"value": statistics.fmean(vals), "stderr": sem, "n": len(vals), "lo": None, "hi": None}
+
+
+def expected_failure(e: BaseException) -> bool:
+    """Failures a cell may meet without a bug: out of memory, our own errors (unsupported scheme, a
+    task's data, a model that cannot load), a task's data error, the file system or the network."""
+    from harness_ext.tasks.loaders import TaskDataError
+
+    return isinstance(e, (torch.OutOfMemoryError, MemoryError, HarnessExtError, TaskDataError, OSError))
+
+
+def failure_fields(e: BaseException) -> dict[str, str | None]:
+    """A failed record's ``error`` (one line) and, for an unexpected error (a bug), its ``traceback``."""
+    tb = None if expected_failure(e) else "".join(traceback.format_exception(e))
+    if tb is None:
+        log.debug("cell failed\n%s", "".join(traceback.format_exception(e)))
+    return {"error": _reason(e), "traceback": tb}
+
+
+def _stderr(text: str) -> None:
+    """A message on stderr that does not break the progress bar."""
+    tqdm.write(text, file=sys.stderr)
 
 
 def _reason(e: BaseException) -> str:
@@ -719,6 +890,29 @@ def _summary_line(rec: Record) -> str:
     return f"ok     {rec.label}: " + ", ".join(f"{k}={v:.4g}" for k, v in show)
 
 
+def _pin_fewshot_seed(task: Any, seed: int) -> None:
+    """Seed a task's few-shot draw with its own cell's seed. ``simple_evaluate`` seeds every task
+    of a call with its one ``fewshot_random_seed``; a grid-batched call holds cells of several
+    seeds, and each must draw the examples it would draw alone."""
+    set_seed = task.set_fewshot_seed
+    set_seed(seed=seed)
+    task.set_fewshot_seed = lambda seed_=None, **_: set_seed(seed=seed)
+
+
+def _git_hash_quietly() -> str | None:
+    """lm-eval's ``get_git_commit_hash`` without its ``fatal: not a git repository`` on stderr
+    (its ``git describe`` inherits stderr; outside a git checkout that line reaches the terminal)."""
+    import os
+    import subprocess
+
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    try:
+        return subprocess.check_output(["git", "describe", "--always"], stderr=subprocess.DEVNULL).strip().decode()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return get_commit_from_path(os.getcwd())
+
+
 @contextlib.contextmanager
 def _quiet_lm_eval() -> Iterator[None]:
     """lm-eval logs a warning and draws a progress bar per task variant: keep its errors only, and
@@ -726,10 +920,12 @@ def _quiet_lm_eval() -> Iterator[None]:
     import functools
 
     import lm_eval.api.task as lm_eval_task
+    import lm_eval.evaluator as lm_eval_evaluator
     import transformers
 
     logger = logging.getLogger("lm_eval")
     level, task_tqdm = logger.level, lm_eval_task.tqdm
+    git_hash, lm_eval_evaluator.get_git_commit_hash = lm_eval_evaluator.get_git_commit_hash, _git_hash_quietly
     if not log.isEnabledFor(logging.DEBUG):
         logger.setLevel(logging.ERROR)
         lm_eval_task.tqdm = functools.partial(task_tqdm, disable=True)
@@ -739,4 +935,5 @@ def _quiet_lm_eval() -> Iterator[None]:
     finally:
         logger.setLevel(level)
         lm_eval_task.tqdm = task_tqdm
+        lm_eval_evaluator.get_git_commit_hash = git_hash
         transformers.utils.logging.enable_progress_bar()

@@ -184,10 +184,14 @@ class ModelSpec(_Strict):
         return "".join(c if c.isalnum() or c in "._-" else "-" for c in base) or "model"
 
     def identity(self) -> dict[str, Any]:
-        """What makes two model entries load the same weights (hashed into cells)."""
-        return self.model_dump(
+        """What makes two model entries load the same weights (hashed into cells). ``shape`` is added
+        only for shape models, so that the ids of models with weights stay as they were."""
+        out = self.model_dump(
             include={"pretrained", "revision", "gguf_file", "tokenizer", "dtype", "trust_remote_code"}
         )
+        if self.shape is not None:
+            out["shape"] = self.shape
+        return out
 
 
 class TaskSpec(_Strict):
@@ -544,8 +548,19 @@ def expand(spec: StudySpec, device: str, task_params: dict[str, dict[str, Any]] 
                 for mode in spec.speed.modes:
                     for bs in spec.speed.batch_sizes:
                         sp = spec.speed.model_dump(exclude={"enabled", "batch_sizes", "modes"})
+                        # CPU timings move with the thread count; on a GPU they do not (a key only when set)
+                        threads = {"threads": spec.threads} if spec.threads and device == "cpu" else {}
                         cells.append(
-                            Cell("speed", model, rs, device, None, None, None, {"batch_size": bs, "mode": mode, **sp})
+                            Cell(
+                                "speed",
+                                model,
+                                rs,
+                                device,
+                                None,
+                                None,
+                                None,
+                                {"batch_size": bs, "mode": mode, **sp, **threads},
+                            )
                         )
     return cells
 

@@ -78,6 +78,7 @@ class Record(BaseModel):
     definition: dict[str, Any]
     status: Literal["ok", "failed"]
     error: str | None = None
+    traceback: str | None = None  # failed on an unexpected error (a bug): the traceback, for the report
     started_at: str
     finished_at: str
     invocation: str
@@ -188,7 +189,7 @@ class RunStore:
         return inv
 
     def write(self, record: Record) -> None:
-        atomic_write(self.records_dir / f"{record.cell_id}.json", dumps(record.model_dump(mode="python")))
+        atomic_write(self.records_dir / f"{record.cell_id}.json", dumps(record_dict(record)))
 
     def artifact(self, name: str) -> Path:
         """Path of an artifact file (its parent created); ``name`` must stay inside artifacts/."""
@@ -230,11 +231,17 @@ class RunStore:
                 self.problems.append(f"{path.name}: unreadable ({type(e).__name__}); the cell will be recomputed")
                 continue
             version = data.get("record_version") if isinstance(data, dict) else None
-            if isinstance(version, int) and version > RECORD_VERSION:
+            if type(version) is int and version > RECORD_VERSION:
                 raise StoreError(
                     f"{path}: written by a newer harness_ext (record version {version} > {RECORD_VERSION}); "
                     "upgrade harness_ext or use another output_dir"
                 )
+            if type(version) is not int or version != RECORD_VERSION:  # "1", 1.0, true: not written by us
+                self.problems.append(
+                    f"{path.name}: unreadable (record_version {version!r} is not {RECORD_VERSION}); "
+                    "the cell will be recomputed"
+                )
+                continue
             try:
                 rec = Record.model_validate(data)
             except ValidationError as e:
@@ -244,6 +251,12 @@ class RunStore:
                 continue
             if rec.cell_id != path.stem:
                 self.problems.append(f"{path.name}: holds cell {rec.cell_id}; the cell will be recomputed")
+                continue
+            if definition_hash(rec.definition) != rec.cell_id:
+                self.problems.append(
+                    f"{path.name}: unreadable (its definition does not hash to its cell id: edited by hand?); "
+                    "the cell will be recomputed"
+                )
                 continue
             out[rec.cell_id] = rec
         return out
@@ -290,6 +303,19 @@ class RunStore:
         }
         atomic_write(paths["run.json"], dumps(run))
         return paths
+
+
+def definition_hash(definition: dict[str, Any]) -> str:
+    """The cell id a definition hashes to (:func:`harness_ext.spec.content_hash`)."""
+    from harness_ext.spec import content_hash
+
+    return content_hash(definition)
+
+
+def record_dict(record: Record) -> dict[str, Any]:
+    """A record as stored. ``traceback`` is left out when empty, so that records without one stay
+    byte-identical to those written before the field existed."""
+    return record.model_dump(mode="python", exclude={"traceback"} if record.traceback is None else None)
 
 
 class MemoryStore:

@@ -1,0 +1,203 @@
+"""A run's results are what they claim: cell identity, few-shot draws, fresh reference metrics,
+bugs told apart from failed measurements, counts of what ran, a quiet stderr."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness_ext.cli import main
+from harness_ext.runner import Runner, reference_record_hash
+from harness_ext.spec import expand, parse_spec
+from harness_ext.store import RunStore
+from harness_ext.tasks.metrics import first_word
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _spec(model: Path, **extra: str) -> str:
+    lines = {
+        "name": "integrity",
+        "models": f'[{{name: a, pretrained: "{model}"}}]',
+        "schemes": "[fp32]",
+        "sampling": "{temperature: [0], max_new_tokens: [4]}",
+        "tasks": "[{name: quant_nextword, limit: 3}]",
+        "probe": "{enabled: false}",
+        "speed": "{enabled: false}",
+        "threads": "1",
+        **extra,
+    }
+    return "".join(f"{k}: {v}\n" for k, v in lines.items())
+
+
+def _run(text: str, out: Path, **kw) -> tuple[Runner, object]:
+    runner = Runner(parse_spec(text), text, output_dir=out, **{"progress": False, **kw})
+    return runner, runner.run()
+
+
+# -- (2) identity ---------------------------------------------------------------------------------
+SHAPE = """\
+name: shapes
+models:
+  - name: s
+    shape: {model_type: llama, vocab_size: 64, hidden_size: HIDDEN, intermediate_size: 64,
+            num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 2}
+schemes: [fp32]
+speed: {batch_sizes: [1]}
+THREADS
+"""
+
+
+def _speed_ids(text: str, device: str = "cpu") -> list[str]:
+    return [c.id for c in expand(parse_spec(text), device) if c.kind == "speed"]
+
+
+def test_a_changed_shape_or_cpu_thread_count_is_a_new_cell() -> None:
+    def spec(hidden: int = 32, threads: str = "") -> str:
+        return SHAPE.replace("HIDDEN", str(hidden)).replace("THREADS", threads)
+
+    assert _speed_ids(spec()) != _speed_ids(spec(hidden=48))
+    assert _speed_ids(spec()) != _speed_ids(spec(threads="threads: 2"))  # CPU timings follow the threads
+    on_gpu = [_speed_ids(spec(threads=f"threads: {n}"), "cuda") for n in (1, 2)]
+    assert on_gpu[0] == on_gpu[1] == _speed_ids(spec(), "cuda")  # a GPU's do not
+
+
+def test_ids_of_cells_with_weights_stay_those_of_the_committed_demo() -> None:
+    """Identity fields are added only where they were missing: the committed demo's eval and probe
+    cells keep their ids (its speed cells, on 2 CPU threads, are new cells)."""
+    from harness_ext.runner import plan
+    from harness_ext.spec import load_spec
+
+    committed = {c["cell_id"] for c in json.loads((REPO / "reports/demo/data/run.json").read_text())["expected_cells"]}
+    cells = plan(load_spec(REPO / "specs/demo.yaml"))
+    assert {c.id for c in cells if c.kind != "speed"} <= committed
+    assert not {c.id for c in cells if c.kind == "speed"} & committed
+
+
+# -- (5) few-shot draws -----------------------------------------------------------------------------
+def test_few_shot_examples_depend_on_the_cell_not_on_grid_batching(tiny_model, tmp_path, monkeypatch) -> None:
+    from harness_ext import tasks
+
+    base_config = tasks.base_config
+
+    def few_shot(name: str):  # quant_nextword as a 2-shot task drawing its examples from its own docs
+        cfg = base_config(name)
+        return {**cfg, "num_fewshot": 2, "fewshot_split": "test"} if name == "quant_nextword" else cfg
+
+    monkeypatch.setattr(tasks, "base_config", few_shot)
+    text = _spec(tiny_model, seeds="[0, 1]", tasks="[{name: quant_nextword, limit: 3}]")
+    contexts = {}
+    for batched in (True, False):
+        _run(text + f"grid_batching: {str(batched).lower()}\n", tmp_path / str(batched))
+        records = RunStore(tmp_path / str(batched)).load_records().values()
+        contexts[batched] = {r.definition["seed"]: [g["prompt"] for g in r.generations] for r in records}
+    assert contexts[True] == contexts[False]
+    assert contexts[True][0] != contexts[True][1]  # each seed draws its own examples
+    assert all(p.count("\n\n") >= 2 for p in contexts[True][0])  # two examples before each prompt
+
+
+# -- (7) reference metrics --------------------------------------------------------------------------
+def test_redoing_the_reference_recomputes_the_metrics_against_it(tiny_model, tmp_path, monkeypatch, capfd) -> None:
+    tasks = "[{name: quant_nextword, limit: 4}, {name: quant_continuation, limit: 2}]"
+    text = _spec(tiny_model, schemes="[fp32, int8]", tasks=tasks)
+    out = tmp_path / "r"
+    _, first = _run(text, out, progress=True)
+    shown = capfd.readouterr()
+    int8 = {
+        r.definition["task"]: r for r in RunStore(out).load_records().values() if r.load["scheme"]["quant"] == "int8"
+    }
+    before = {t: r.metrics for t, r in int8.items()}
+
+    runner = Runner(parse_spec(text), text, progress=False, output_dir=out, only={"scheme": {"fp32"}}, redo=True)
+    load = runner.load_lm
+
+    def perturbed(model, scheme, scoring=False):  # the reference, redone, now says something else
+        lm = load(model, scheme, scoring=scoring)
+        if not scoring:
+            with torch.no_grad():
+                lm.model.lm_head.weight.copy_(torch.roll(lm.model.lm_head.weight, 7, dims=0))
+        return lm
+
+    monkeypatch.setattr(runner, "load_lm", perturbed)
+    runner.run()
+    records = RunStore(out).load_records()
+    for task, old in int8.items():
+        rec = records[old.cell_id]
+        ref = records[rec.measurements["reference_metrics"]["reference_cell"]]
+        ref_text = {(g["doc_id"], g["sample"]): g["text"] for g in ref.generations}
+        if task == "quant_nextword":
+            agree = [first_word(g["text"]) == first_word(ref_text[g["doc_id"], g["sample"]]) for g in rec.generations]
+            assert rec.metrics["agree_ref"]["value"] == pytest.approx(sum(agree) / len(agree))
+            assert rec.metrics["agree_ref"] != before[task]["agree_ref"]
+        else:
+            assert rec.metrics["rouge_l_ref"] != before[task]["rouge_l_ref"]
+            assert rec.metrics["nll_ref"]["value"] == pytest.approx(before[task]["nll_ref"]["value"])  # same texts
+        assert rec.measurements["reference_metrics"]["reference_record"] == reference_record_hash(ref)
+    assert first.ok == len(records)
+    assert "metrics against the reference" in shown.out and "vs reference" in shown.err  # (17.11): its own bar
+
+
+# -- (9) and (12): bugs are loud; the summary counts what ran --------------------------------------------
+def _speed_spec(model: Path) -> str:
+    return _spec(model, speed="{batch_sizes: [1, 2], prompt_tokens: 4, new_tokens: 2, warmup: 0, repeats: 3}")
+
+
+def test_a_bug_keeps_its_traceback_and_fails_the_run_loudly(tiny_model, tmp_path, monkeypatch, capsys) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(_speed_spec(tiny_model))
+    out = tmp_path / "r"
+    assert main(["run", str(spec), "--output-dir", str(out), "--no-progress"]) == 0
+    first = capsys.readouterr().out
+    assert "cells: 3 (ran: 3 ok, 0 failed; 0 already done; 0 still missing)" in first
+
+    from harness_ext import speed
+
+    def bug(*a, **k):
+        return {}["no such key"]
+
+    monkeypatch.setattr(speed, "benchmark", bug)
+    code = main(["run", str(spec), "--output-dir", str(out), "--no-progress", "--only", "kind=speed", "--redo"])
+    shown = capsys.readouterr()
+    assert code == 1
+    assert "cells: 3 (ran: 0 ok, 2 failed; 1 already done; 0 still missing)" in shown.out
+    assert "2 cells failed on an unexpected error — a bug; tracebacks in the records" in shown.err
+    assert shown.err.count("unexpected error (a bug") == 2  # a line per cell, the same traceback once
+    assert shown.err.count("Traceback (most recent call last)") == 1 and "KeyError: 'no such key'" in shown.err
+    failed = [r for r in RunStore(out).load_records().values() if r.status == "failed"]
+    assert len(failed) == 2 and all("KeyError" in r.error and "in bug" in r.traceback for r in failed)
+
+
+def test_an_expected_failure_stays_a_failed_cell(tiny_model, tmp_path, monkeypatch, capsys) -> None:
+    from harness_ext import speed
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(speed, "benchmark", oom)
+    _, result = _run(_speed_spec(tiny_model), tmp_path / "r")
+    assert (result.ok, result.failed, result.unexpected, result.missing) == (1, 2, 0, 0)
+    failed = [r for r in RunStore(tmp_path / "r").load_records().values() if r.status == "failed"]
+    assert all(r.traceback is None and "out of memory" in r.error for r in failed)
+    assert "Traceback" not in capsys.readouterr().err
+    stored = json.loads(next((tmp_path / "r" / "records").glob(f"{failed[0].cell_id}.json")).read_text())
+    assert "traceback" not in stored  # records without one keep the format they had
+
+
+def test_only_and_redo_count_what_ran(tiny_model, tmp_path) -> None:
+    text = _speed_spec(tiny_model)
+    _run(text, tmp_path / "r")
+    _, result = _run(text, tmp_path / "r", only={"kind": {"speed"}}, redo=True)
+    assert (result.ok, result.failed, result.skipped, result.missing) == (2, 0, 1, 0)
+    _, result = _run(text + "seeds: [0, 1]\n", tmp_path / "r", only={"kind": {"speed"}})
+    assert (result.ok, result.skipped, result.missing) == (0, 3, 1)  # seed 1's eval cell is still to run
+
+
+# -- (17.13) a quiet stderr -------------------------------------------------------------------------
+def test_no_git_error_outside_a_git_checkout(tiny_model, tmp_path, monkeypatch, capfd) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    _run(_spec(tiny_model), tmp_path / "r")
+    assert "fatal:" not in capfd.readouterr().err
