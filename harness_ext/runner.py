@@ -210,10 +210,16 @@ class Runner:
         finally:
             self._pbar.close()
             current = {c.id for c in cells}
-            final = self.store.load_records()
-            self.store.export_tables(
-                [r for r in final.values() if r.cell_id in current], self.spec_text, extra=run_summary(self.spec, cells)
-            )
+            try:
+                final = self.store.load_records()
+                self.store.export_tables(
+                    [r for r in final.values() if r.cell_id in current],
+                    self.spec_text,
+                    extra=run_summary(self.spec, cells),
+                )
+            finally:
+                if hasattr(self.store, "release"):
+                    self.store.release()  # the writer lock taken by begin()
         final_current = [final[c.id] for c in cells if c.id in final]
         return RunResult(
             run_dir=self.store.root,
