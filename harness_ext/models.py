@@ -119,10 +119,13 @@ def convert_gguf(gguf: Path) -> Path:
     """Dequantize a GGUF checkpoint once into ``<cache>/gguf/<sha256[:16]>`` (safetensors + tokenizer).
 
     The folder appears atomically (built in a temporary folder, then renamed), so a killed
-    conversion leaves nothing half-written behind.
+    conversion leaves no half-written target; its temporary folder is removed by the next call
+    (:func:`remove_stale_conversions`).
     """
     digest = file_sha256(gguf)
     target = cache_dir() / "gguf" / digest[:16]
+    if target.parent.is_dir():
+        remove_stale_conversions(target.parent)
     if (target / "harness_ext.json").is_file():
         return target
     if importlib.util.find_spec("gguf") is None:
@@ -132,7 +135,6 @@ def convert_gguf(gguf: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_conversions(target.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".convert-{os.getpid()}@{_host()}-", dir=target.parent))
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
