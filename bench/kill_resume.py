@@ -38,9 +38,10 @@ Run it (about 30 s per trial on 2 cores)::
     /work/venv/bin/python bench/kill_resume.py                # 20 trials, seed 0
     /work/venv/bin/python bench/kill_resume.py --trials 3 --seed 1 --keep /tmp/kr
 
-It prints one row per trial (run kill, then report kill) and exits 1 if any trial fails. The trials run a copy of ``harness_ext/``
-taken when the bench starts (on ``PYTHONPATH``), so that edits made to the working tree while it runs
-cannot mix two versions of the code into one run directory; ``--live`` runs the working tree instead.
+It prints one row per trial (run kill, then report kill) and exits 1 if any trial fails. The trials
+run a copy of ``harness_ext/`` taken when the bench starts (on ``PYTHONPATH``), so that edits made to
+the working tree while it runs cannot mix two versions of the code into one run directory; ``--live``
+runs the working tree instead.
 """
 
 from __future__ import annotations

@@ -48,9 +48,8 @@ def is_hub_id(model: ModelSpec, name: str) -> bool:
 
     if name in BUILTIN_MODELS or (model.gguf_file and name == model.pretrained):
         return False
-    if Path(name).expanduser().exists() or name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
-        return False
-    return True
+    is_path = Path(name).expanduser().exists() or name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+    return not is_path
 
 
 def check_hub(spec: StudySpec) -> None:

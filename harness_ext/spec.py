@@ -55,9 +55,7 @@ TopK = Annotated[
 ]
 TopP = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False, strict=True, description="nucleus mass; 1.0 = off")]
 MaxNewTokens = Annotated[int, Field(ge=1, le=8192, strict=True)]
-RepetitionPenalty = Annotated[
-    float, Field(gt=0.0, le=10.0, allow_inf_nan=False, strict=True, description="1.0 = off")
-]
+RepetitionPenalty = Annotated[float, Field(gt=0.0, le=10.0, allow_inf_nan=False, strict=True, description="1.0 = off")]
 
 
 class SamplingPoint(_Strict):

@@ -281,7 +281,9 @@ def test_validate_explains_a_pinned_axis(tiny_model, tmp_path, capsys) -> None:
     assert cli.main(["validate", str(spec)]) == 0
     out = capsys.readouterr().out
     assert "4 sampling point(s) x 2 task(s) x 1 seed(s)" in out
-    assert "quant_nextword: 1 x 2 x 1 = 2  (max_new_tokens pinned to 3 for this task: 4 grid points collapse to 2)" in out
+    assert (
+        "quant_nextword: 1 x 2 x 1 = 2  (max_new_tokens pinned to 3 for this task: 4 grid points collapse to 2)" in out
+    )
     assert "quant_continuation: 1 x 4 x 1 = 4" in out
     assert "6 eval" in out  # 2 + 4, not 1 x 4 x 2 x 1 = 8
 
