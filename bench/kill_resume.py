@@ -14,6 +14,13 @@ state as an uninterrupted run:
   added (``measurements.reference_metrics`` and the metric names it lists, in ``metrics`` and in
   ``sample_metrics``).
 
+Then it kills the report: ``harness-ext report DIR --output-dir DIR-report`` is SIGKILLed at a random
+moment (uniform between 0.2 s and the duration of one uninterrupted report) and rendered again to the
+end. Reporting only reads the run directory, so every file of it must be byte-identical before and
+after, the second render must exit 0 and leave a complete ``index.html``, and no ``.tmp`` file may be
+in the run directory. (A kill mid-write may leave a ``.tmp`` in the report's own folder: counted in
+the ``rtmp`` column; the page itself is renamed into place whole or not at all.)
+
 Each trial runs the study in a fresh folder in a subprocess
 (``python -m harness_ext.cli run SPEC --output-dir DIR --no-progress``), kills it with SIGKILL after a
 delay drawn uniformly between 0.5 s and the duration of one uninterrupted run (measured once, first),
@@ -31,9 +38,10 @@ Run it (about 30 s per trial on 2 cores)::
     /work/venv/bin/python bench/kill_resume.py                # 20 trials, seed 0
     /work/venv/bin/python bench/kill_resume.py --trials 3 --seed 1 --keep /tmp/kr
 
-It prints one row per trial and exits 1 if any trial fails. The trials run a copy of ``harness_ext/``
-taken when the bench starts (on ``PYTHONPATH``), so that edits made to the working tree while it runs
-cannot mix two versions of the code into one run directory; ``--live`` runs the working tree instead.
+It prints one row per trial (run kill, then report kill) and exits 1 if any trial fails. The trials
+run a copy of ``harness_ext/`` taken when the bench starts (on ``PYTHONPATH``), so that edits made to
+the working tree while it runs cannot mix two versions of the code into one run directory; ``--live``
+runs the working tree instead.
 """
 
 from __future__ import annotations
@@ -93,6 +101,52 @@ def start(spec: Path, out: Path, log: Path, work: Path) -> subprocess.Popen[byte
     cmd = [sys.executable, "-m", "harness_ext.cli", "run", str(spec), "--output-dir", str(out), "--no-progress"]
     with log.open("ab") as f:
         return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=work, env=child_env(work))
+
+
+def start_report(out: Path, report: Path, log: Path, work: Path) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "harness_ext.cli", "report", str(out), "--output-dir", str(report)]
+    with log.open("ab") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=work, env=child_env(work))
+
+
+def wait(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return -9
+
+
+def digest(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> bytes): what reporting must leave untouched."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def kill_report(out: Path, report: Path, log: Path, work: Path, kill_at: float) -> tuple[int, list[str]]:
+    """SIGKILL a report of ``out`` after ``kill_at`` s, render it again; (stray .tmp in the report
+    folder, problems)."""
+    before = digest(out)
+    t0 = time.perf_counter()
+    proc = start_report(out, report, log, work)
+    while proc.poll() is None and time.perf_counter() - t0 < kill_at:
+        time.sleep(0.01)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    problems = []
+    if digest(out) != before:
+        problems.append("the killed report changed the run directory")
+    stray = len(tmp_files(report))
+    code = wait(start_report(out, report, log, work), timeout=600)
+    if code != 0:
+        problems.append(f"report exit code {code}")
+    index = report / "index.html"
+    if not index.is_file() or not index.read_text(encoding="utf-8").rstrip().endswith("</html>"):
+        problems.append("no complete index.html after the second report")
+    if digest(out) != before:
+        problems.append("the report changed the run directory")
+    return stray, problems
 
 
 def run_to_end(spec: Path, out: Path, log: Path, work: Path, timeout: float) -> tuple[int, float]:
@@ -219,7 +273,19 @@ def main(argv: list[str] | None = None) -> int:
             keep = True
             return 1
 
-        header = f"{'trial':>5}  {'kill at':>8}  {'at kill':>7}  {'after':>5}  {'tmp':>3}  result"
+        t0 = time.perf_counter()
+        rcode = wait(start_report(base, work / "uninterrupted-report", work / "uninterrupted.log", work), 600)
+        report_s = time.perf_counter() - t0
+        print(f"uninterrupted report: {report_s:.1f} s, exit {rcode}", flush=True)
+        if rcode != 0:
+            print(f"the uninterrupted report failed; see {work / 'uninterrupted.log'}")
+            keep = True
+            return 1
+
+        header = (
+            f"{'trial':>5}  {'kill at':>8}  {'at kill':>7}  {'after':>5}  {'tmp':>3}  "
+            f"{'report kill':>11}  {'rtmp':>4}  result"
+        )
         print(header)
         print("-" * len(header), flush=True)
         failures = 0
@@ -242,11 +308,18 @@ def main(argv: list[str] | None = None) -> int:
             problems = [f"resume exit code {code}"] if code != 0 else []
             problems += check(out, cell_ids, before)
             after = len(snapshot(out))
+            report_kill_at = rng.uniform(0.2, report_s)
+            rtmp, report_problems = kill_report(out, work / f"trial-{trial:02d}-report", log, work, report_kill_at)
+            problems += report_problems
             result = "ok" if not problems else "FAIL: " + "; ".join(problems)
             if finished_first and not problems:
                 result = "ok (finished before the kill)"
             failures += bool(problems)
-            print(f"{trial:>5}  {kill_at:>7.2f}s  {len(before):>7}  {after:>5}  {stale:>3}  {result}", flush=True)
+            print(
+                f"{trial:>5}  {kill_at:>7.2f}s  {len(before):>7}  {after:>5}  {stale:>3}  "
+                f"{report_kill_at:>10.2f}s  {rtmp:>4}  {result}",
+                flush=True,
+            )
             if problems:
                 print(f"       log: {log}")
         print(f"{args.trials - failures}/{args.trials} trials ok")

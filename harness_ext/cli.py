@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from importlib import resources
@@ -42,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a spec into its run directory (resumes: finished cells are skipped)")
     r.add_argument("spec", help="study spec (YAML)")
     r.add_argument("--output-dir", help="run directory (default: the spec's output_dir, else runs/<name>)")
-    r.add_argument("--report", action="store_true", help="render the report when the run ends")
+    r.add_argument(
+        "--report", action="store_true", help="render the report when the run ends (default: RUN_DIR/report)"
+    )
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument(
         "--only",
@@ -62,12 +65,16 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     d = sub.add_parser("demo", help="run the packaged demo spec (SmolLM2-135M on the CPU) and render its report")
-    d.add_argument("--output-dir", help="run directory (default runs/demo)")
+    d.add_argument("--output-dir", help="run directory (default runs/demo; the report goes to its report/)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     rp = sub.add_parser("report", help="render the HTML report of a run directory (no model, no GPU needed)")
-    rp.add_argument("run_dir", help="run directory, or a folder holding its tables/ (e.g. reports/demo/data)")
-    rp.add_argument("--output-dir", help="where index.html goes (default: the spec's report.output_dir)")
+    rp.add_argument("run_dir", help="run directory, or a folder holding its tables (e.g. reports/demo/data)")
+    rp.add_argument(
+        "--output-dir",
+        help="where index.html goes (default: the spec's report.output_dir, else RUN_DIR/report; "
+        "for a folder of tables, runs/<study>/report). Nothing in RUN_DIR itself is written",
+    )
 
     s = sub.add_parser("schema", help="write the JSON Schema of study specs (for editor completion)")
     s.add_argument("-o", "--output", help="file to write (default: stdout)")
@@ -144,6 +151,34 @@ def _demo(args: argparse.Namespace, argv: list[str]) -> int:
 ONLY_KEYS = ("model", "scheme", "kind", "task", "mode", "batch")
 
 
+def check_only(only: dict[str, set[str]], spec) -> None:
+    """Refuse an ``--only`` value the spec does not have (it would select nothing and exit 0)."""
+    known = only_values(spec)
+    for key, values in only.items():
+        unknown = sorted(values - known[key])
+        if unknown:
+            have = ", ".join(sorted(known[key])) or "none in this spec"
+            raise SpecError(f"--only {key}={','.join(unknown)}: not in the spec; its {key} values: {have}")
+
+
+def only_values(spec) -> dict[str, set[str]]:
+    """What each ``--only`` key can select in ``spec``."""
+    weights = any(not m.speed_only for m in spec.models)
+    kinds = {
+        "eval": weights and bool(spec.tasks),
+        "probe": weights and spec.probe.enabled and spec.sampling is not None,
+        "speed": spec.speed.enabled,
+    }
+    return {
+        "model": {m.label for m in spec.models},
+        "scheme": {s.name for s in spec.scheme_list},
+        "kind": {k for k, present in kinds.items() if present},
+        "task": {t.name for t in spec.task_list},
+        "mode": {spec.mode, *(spec.speed.modes if spec.speed.enabled else [])},
+        "batch": {str(b) for b in spec.speed.batch_sizes} if spec.speed.enabled else set(),
+    }
+
+
 def parse_only(items: list[str]) -> dict[str, set[str]]:
     """``["scheme=fp16,nf4", "mode=eager"]`` -> {"scheme": {"fp16", "nf4"}, "mode": {"eager"}}."""
     out: dict[str, set[str]] = {}
@@ -166,10 +201,14 @@ def _run_spec(
     only: dict[str, set[str]] | None = None,
     redo: bool = False,
 ) -> int:
+    from harness_ext import preflight
     from harness_ext.runner import Runner
 
-    if time_limit_min is not None and time_limit_min <= 0:
+    if time_limit_min is not None and not (math.isfinite(time_limit_min) and time_limit_min > 0):
         raise SpecError(f"--time-limit must be a positive number of minutes, not {time_limit_min:g}")
+    check_only(only or {}, spec)
+    preflight.check_device(spec)
+    preflight.check_hub(spec)
     runner = Runner(
         spec,
         text,
@@ -202,7 +241,7 @@ def _run_spec(
         from harness_ext.report import render
 
         t0 = time.perf_counter()
-        out = render(result.run_dir, spec.report_dir if output_dir is None else None)
+        out = render(result.run_dir, spec.report.output_dir, warn=_warn)
         print(f"report: {out} (rendered in {time.perf_counter() - t0:.1f} s)")
     print(f"wall time: {result.wall_s / 60:.1f} min")
     return 1 if result.failed else 0
@@ -211,9 +250,13 @@ def _run_spec(
 def _report(args: argparse.Namespace, argv: list[str]) -> int:
     from harness_ext.report import render
 
-    out = render(Path(args.run_dir), Path(args.output_dir) if args.output_dir else None)
+    out = render(Path(args.run_dir), Path(args.output_dir) if args.output_dir else None, warn=_warn)
     print(f"report: {out}")
     return 0
+
+
+def _warn(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr)
 
 
 def _schema(args: argparse.Namespace, argv: list[str]) -> int:

@@ -13,8 +13,11 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,10 +157,13 @@ def convert_gguf(gguf: Path) -> Path:
     """Dequantize a GGUF checkpoint once into ``<cache>/gguf/<sha256[:16]>`` (safetensors + tokenizer).
 
     The folder appears atomically (built in a temporary folder, then renamed), so a killed
-    conversion leaves nothing half-written behind.
+    conversion leaves no half-written target; its temporary folder is removed by the next call
+    (:func:`remove_stale_conversions`).
     """
     digest = file_sha256(gguf)
     target = cache_dir() / "gguf" / digest[:16]
+    if target.parent.is_dir():
+        remove_stale_conversions(target.parent)
     if (target / "harness_ext.json").is_file():
         return target
     if importlib.util.find_spec("gguf") is None:
@@ -167,7 +173,7 @@ def convert_gguf(gguf: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".convert-{os.getpid()}@{_host()}-", dir=target.parent))
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -194,6 +200,47 @@ def convert_gguf(gguf: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+#: A conversion folder older than this is stale whoever made it (another host's, a reused pid).
+STALE_CONVERSION_S = 24 * 3600
+
+
+def remove_stale_conversions(folder: Path) -> list[Path]:
+    """Remove the temporary folders (``.convert-<pid>@<host>-*``) of conversions whose process is
+    gone: a SIGKILL during a conversion leaves one (hundreds of MB) that nothing else removes.
+    A folder of a live process on this host is another conversion at work and is left alone unless
+    it is a day old (as is one of another host, or without the pid in its name)."""
+    removed = []
+    for tmp in folder.glob(".convert-*"):
+        if tmp.is_dir() and _conversion_is_stale(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+def _conversion_is_stale(tmp: Path) -> bool:
+    owner = re.match(r"\.convert-(\d+)@(.+)-[^-]+$", tmp.name)
+    if owner and owner.group(2) == _host() and not _pid_alive(int(owner.group(1))):
+        return True
+    try:  # whoever made it, a day is longer than any conversion (and covers a reused pid)
+        return time.time() - tmp.stat().st_mtime > STALE_CONVERSION_S
+    except OSError:
+        return False
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 # -- shape-only models: random weights for speed and memory --------------------------------------
@@ -256,7 +303,12 @@ def shape_model_args(name: str, spec_file: str | Path | None = None) -> dict[str
     """``HFQuantLM`` arguments of a named shape of ``specs/paper_speed.yaml`` (for the benchmarks)."""
     from harness_ext.spec import load_spec
 
-    path = Path(spec_file) if spec_file else Path(__file__).resolve().parent.parent / "specs" / "paper_speed.yaml"
+    if spec_file is None:  # the packaged copy (harness_ext.specs): works from a checkout and from a wheel
+        from importlib import resources
+
+        with resources.as_file(resources.files("harness_ext.specs").joinpath("paper_speed.yaml")) as packaged:
+            return shape_model_args(name, packaged)
+    path = Path(spec_file)
     for m in load_spec(path).models:
         if m.label == name and m.shape:
             return {"pretrained": None, "shape": m.shape}

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import re
-import shutil
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,10 @@ import pandas as pd
 
 from harness_ext import analysis
 from harness_ext.analysis import Estimate, Study
+from harness_ext.errors import StoreError
 from harness_ext.store import atomic_write
+
+log = logging.getLogger(__name__)
 
 QUALITY_METRICS = [  # (metric, kind, label, higher is better, format)
     ("p_gold", "probe", "next word: P(gold) (probe)", True, ".3f"),
@@ -41,54 +45,150 @@ FIGURE_METRICS = ["p_gold", "tv", "exact_match", "distinct_2", "rouge_l_ref", "n
 PALETTE = ["#1b6ca8", "#d1495b", "#2e8b57", "#edae49", "#6c4f9c", "#00798c", "#8d6a4f", "#555555"]
 
 
-def render(run_dir: str | Path, output_dir: str | Path | None = None) -> Path:
+#: The input tables a report keeps beside it (``data/``), so that it can be re-rendered from there.
+TABLE_FILES = ("cells.csv", "cells.parquet", "samples.parquet", "generations.parquet", "run.json")
+#: Keys of run.json re-derived from the records (the rest comes from the spec, at run time).
+DERIVED_KEYS = ("record_version", "spec_text", "invocations", "loads", "problems")
+
+
+def render(
+    run_dir: str | Path, output_dir: str | Path | None = None, warn: Callable[[str], None] | None = None
+) -> Path:
     """Render ``index.html`` (plus CSV tables and a copy of the input tables in ``data/``) and
-    return its path. ``run_dir`` is a run directory or a folder holding its tables."""
-    refresh_tables(Path(run_dir))
-    study = Study.load(run_dir)
+    return its path. ``run_dir`` is a run directory or a folder holding its tables.
+
+    Reading only: nothing in ``run_dir`` is written (it may be read-only, or another process's).
+    A run directory's tables are re-derived from its records in memory; ``warn`` receives one line
+    per record that cannot be read (default: the log). Every output file is written atomically,
+    ``index.html`` last; a failure is one :class:`StoreError` line and leaves earlier files whole.
+    """
+    run_dir = Path(run_dir)
+    warn = warn or log.warning
+    files = input_tables(run_dir, warn)
+    study = _study_from(files, run_dir)
     opts = study.run.get("report") or {}
-    name = (study.run.get("study") or {}).get("name") or Path(run_dir).name
-    out = Path(output_dir or opts.get("output_dir") or f"reports/{name}")
-    out.mkdir(parents=True, exist_ok=True)
-    page, tables = build(study, opts)
-    for fname, frame in tables.items():
-        atomic_write(out / fname, frame.to_csv(index=False))
-    _copy_inputs(run_dir, out / "data")
-    atomic_write(out / "index.html", page)
+    out = Path(output_dir or opts.get("output_dir") or default_report_dir(run_dir, study.run))
+    page, tables = _build_page(study, opts, run_dir)
+    outputs = {fname: frame.to_csv(index=False).encode() for fname, frame in tables.items()}
+    src = run_dir / "tables" if (run_dir / "tables").is_dir() else run_dir
+    if _resolved(out / "data") != _resolved(src):
+        outputs |= {f"data/{fname}": data for fname, data in files.items()}
+    outputs["index.html"] = page.encode()  # last: a complete page means complete inputs beside it
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"cannot create the report folder {out}: {e.strerror or e}") from None
+    for fname, data in outputs.items():
+        atomic_write(out / fname, data)
     return out / "index.html"
 
 
-def refresh_tables(run_dir: Path) -> None:
-    """Re-derive a run directory's tables from its records (the contract), keeping the spec-derived
-    facts of its ``run.json`` (expected cells, references, report options). A folder of tables alone
-    (e.g. a report's ``data/``) is left as it is."""
+def default_report_dir(run_dir: Path, run: dict[str, Any]) -> Path:
+    """``RUN/report`` for a run directory; ``runs/<study>/report`` for a folder of tables alone
+    (e.g. a committed report's ``data/``, which must not be written over)."""
+    if (run_dir / "records").is_dir() or (run_dir / "tables").is_dir():
+        return run_dir / "report"
+    name = (run.get("study") or {}).get("name") or run_dir.name
+    return Path("runs") / str(name) / "report"
+
+
+def input_tables(run_dir: Path, warn: Callable[[str], None]) -> dict[str, bytes]:
+    """The report's input tables as file contents, without writing anything.
+
+    A run directory with records: derived from them (the contract), keeping the spec-derived facts
+    of its ``tables/run.json`` (expected cells, references, report options); unreadable records are
+    left out and each is passed to ``warn``. A folder of tables alone (a report's ``data/``), or a
+    run directory whose records are gone: its tables as they are."""
     from harness_ext.store import RunStore
 
-    run_json = run_dir / "tables" / "run.json"
-    if not (run_dir / "records").is_dir() or not run_json.is_file():
-        return
-    extra = json.loads(run_json.read_text(encoding="utf-8"))
+    tables = run_dir / "tables" if (run_dir / "tables").is_dir() else run_dir
+    run = read_run_json(tables)
+    records_dir = run_dir / "records"
+    if not (records_dir.is_dir() and any(records_dir.glob("*.json"))):
+        return {f: _read_bytes(tables / f) for f in TABLE_FILES if (tables / f).is_file()}
     store = RunStore(run_dir)
     records = store.load_records()
-    expected = {c["cell_id"] for c in extra.get("expected_cells") or []}
-    derived = ("record_version", "spec_text", "invocations", "loads", "problems")
-    store.export_tables(
-        [r for r in records.values() if not expected or r.cell_id in expected],
-        extra.get("spec_text"),
-        extra={k: v for k, v in extra.items() if k not in derived},
-    )
+    for problem in store.problems:
+        warn(f"{run_dir / 'records'}: {problem}")
+    expected = {c["cell_id"] for c in run.get("expected_cells") or [] if isinstance(c, dict)}
+    kept = [r for r in records.values() if not expected or r.cell_id in expected]
+    return derived_tables(store, kept, run)
 
 
-def _copy_inputs(run_dir: str | Path, dest: Path) -> None:
-    """Keep the report's inputs next to it so that it can be re-rendered from the report folder."""
-    src = Path(run_dir)
-    src = src / "tables" if (src / "tables").is_dir() else src
-    if src.resolve() == dest.resolve():
-        return
-    dest.mkdir(parents=True, exist_ok=True)
-    for fname in ("cells.csv", "cells.parquet", "samples.parquet", "generations.parquet", "run.json"):
-        if (src / fname).is_file():
-            shutil.copyfile(src / fname, dest / fname)
+def derived_tables(store: Any, records: list[Any], run: dict[str, Any]) -> dict[str, bytes]:
+    """The bytes of ``tables/*`` as :meth:`RunStore.export_tables` would write them from ``records``."""
+    from harness_ext import store as st
+
+    cells = pd.DataFrame(st.cell_rows(records), columns=[*st.CELL_COLUMNS, *st.VALUE_COLUMNS])
+    samples = pd.DataFrame(st.sample_rows(records), columns=[*st.SAMPLE_COLUMNS])
+    gens = pd.DataFrame(st.generation_rows(records), columns=[*st.GENERATION_COLUMNS])
+    derived = {
+        "record_version": st.RECORD_VERSION,
+        "spec_text": run.get("spec_text"),
+        "invocations": store.invocations(),
+        "loads": st._loads(records),
+        "problems": store.problems,
+    }
+    return {
+        "cells.csv": cells.to_csv(index=False).encode(),
+        "cells.parquet": _parquet_bytes(cells),
+        "samples.parquet": _parquet_bytes(samples),
+        "generations.parquet": _parquet_bytes(gens),
+        "run.json": st.dumps({**derived, **{k: v for k, v in run.items() if k not in DERIVED_KEYS}}).encode(),
+    }
+
+
+def read_run_json(tables: Path) -> dict[str, Any]:
+    """``tables/run.json`` as a mapping, or one :class:`StoreError` line saying what is wrong with it."""
+    path = tables / "run.json"
+    if not path.is_file():
+        raise StoreError(f"{path} is missing: the run never finished writing its tables; run the study again")
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StoreError(f"{path} cannot be read ({type(e).__name__}: {e}); run the study again") from None
+    if not isinstance(run, dict):
+        raise StoreError(f"{path} is not a JSON object; run the study again")
+    return run
+
+
+def _study_from(files: dict[str, bytes], run_dir: Path) -> Study:
+    """Load the tables from their bytes (through a private temporary folder, as the run wrote them)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="harness-ext-report-") as tmp:
+        for fname, data in files.items():
+            Path(tmp, fname).write_bytes(data)
+        try:
+            return Study.load(tmp)
+        except StoreError:
+            raise StoreError(f"{run_dir} holds no run tables (tables/cells.parquet); run the study first") from None
+        except (OSError, ValueError, ImportError) as e:  # a truncated parquet file: pyarrow's errors are ValueErrors
+            raise StoreError(f"the tables of {run_dir} cannot be read ({type(e).__name__}: {e})") from None
+
+
+def _build_page(study: Study, opts: dict[str, Any], run_dir: Path) -> tuple[str, dict[str, pd.DataFrame]]:
+    try:
+        return build(study, opts)
+    except jinja2.UndefinedError as e:  # run.json lacks what the page needs
+        raise StoreError(f"{run_dir}: tables/run.json lacks what the report needs ({e}); run the study again") from None
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise StoreError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def _resolved(p: Path) -> Path:
+    return p.resolve() if p.exists() else p.absolute()
 
 
 # -- page ----------------------------------------------------------------------------------------
@@ -165,13 +265,24 @@ def build(study: Study, opts: dict[str, Any]) -> tuple[str, dict[str, pd.DataFra
     return page, tables
 
 
-_INVISIBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff]")
+_INVISIBLE = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff"
+    # bidirectional controls and invisible characters: text that displays as something else
+    # (``user\u202egnp.exe`` shows as ``userexe.png``) or hides characters
+    "\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
+)
 
 
 def visible(text: str) -> str:
-    """Control characters (which model output can contain) are not allowed in HTML: show them as
-    ``\\xNN`` text instead. Our own markup contains none, so the whole page can pass through."""
-    return _INVISIBLE.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
+    """Control characters (which model output can contain) are not allowed in HTML, and bidi controls
+    and invisible characters would make text read as other text: show each as ``\\xNN`` or ``\\uNNNN``
+    text instead. Our own markup contains none, so the whole page can pass through."""
+    return _INVISIBLE.sub(_escape_char, text)
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    code = ord(m.group(0))
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def _template(name: str) -> str:

@@ -240,10 +240,16 @@ class Runner:
             timed_out = True
         finally:
             current = {c.id for c in cells}
-            final = self.store.load_records()
-            self.store.export_tables(
-                [r for r in final.values() if r.cell_id in current], self.spec_text, extra=run_summary(self.spec, cells)
-            )
+            try:
+                final = self.store.load_records()
+                self.store.export_tables(
+                    [r for r in final.values() if r.cell_id in current],
+                    self.spec_text,
+                    extra=run_summary(self.spec, cells),
+                )
+            finally:
+                if hasattr(self.store, "release"):
+                    self.store.release()  # the writer lock taken by begin()
         ran = [self.ran[c.id] for c in cells if c.id in self.ran]
         finished = {c.id for c in cells if c.id in final and final[c.id].status == "ok"}
         skipped = len(finished - set(self.ran))

@@ -46,11 +46,16 @@ class _Strict(BaseModel):
 
 
 # The limits of each sampling axis, in one place: used by a point and by the grid's lists.
-Temperature = Annotated[float, Field(ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False, description="0 = greedy")]
-TopK = Annotated[PositiveInt | None, Field(description="keep the k most likely tokens; null = off")]
-TopP = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False, description="nucleus mass; 1.0 = off")]
-MaxNewTokens = Annotated[int, Field(ge=1, le=8192)]
-RepetitionPenalty = Annotated[float, Field(gt=0.0, le=10.0, allow_inf_nan=False, description="1.0 = off")]
+# Strict numbers: YAML's true/false and quoted strings are refused, not read as 1.0 / 0 / a number.
+Temperature = Annotated[
+    float, Field(ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False, strict=True, description="0 = greedy")
+]
+TopK = Annotated[
+    Annotated[int, Field(gt=0, strict=True)] | None, Field(description="keep the k most likely tokens; null = off")
+]
+TopP = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False, strict=True, description="nucleus mass; 1.0 = off")]
+MaxNewTokens = Annotated[int, Field(ge=1, le=8192, strict=True)]
+RepetitionPenalty = Annotated[float, Field(gt=0.0, le=10.0, allow_inf_nan=False, strict=True, description="1.0 = off")]
 
 
 class SamplingPoint(_Strict):
@@ -271,7 +276,7 @@ class ReportSpec(_Strict):
     """Options of the rendered report."""
 
     title: str | None = Field(None, max_length=200)
-    output_dir: str | None = Field(None, description="default: reports/<study name>")
+    output_dir: str | None = Field(None, description="default: report/ in the run directory")
     examples: int = Field(3, ge=0, le=20, description="example generations shown per scheme")
     equivalence_margin: float = Field(
         0.05, gt=0, le=1, description="claim (a): quality difference counted as 'alike' (absolute)"
@@ -321,7 +326,7 @@ class StudySpec(_Strict):
     probe: ProbeSpec = Field(default_factory=ProbeSpec)
     speed: SpeedSpec = Field(default_factory=SpeedSpec)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
-    batch_size: PositiveInt = Field(8, le=4096, description="rows per generate call")
+    batch_size: PositiveInt = Field(8, le=4096, strict=True, description="rows per generate call")
     mode: Mode = Field("eager", description="generation mode of the evaluation cells")
     executor: Literal["local", "ray"] = Field("local", description="run pairs here, or as Ray tasks on a cluster")
     ray: RaySpec = Field(default_factory=RaySpec)
@@ -430,7 +435,9 @@ class StudySpec(_Strict):
 
     @property
     def report_dir(self) -> Path:
-        return Path(self.report.output_dir or f"reports/{self.name}")
+        """The report's folder: ``report.output_dir``, else ``report/`` inside the run directory (so that
+        a demo or a study run from a checkout never writes over committed files)."""
+        return Path(self.report.output_dir) if self.report.output_dir else self.run_dir / "report"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -593,23 +600,83 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """Safe loader that refuses duplicate mapping keys (PyYAML silently keeps the last)."""
 
 
+#: Bounds that keep hostile YAML cheap: nesting depth (PyYAML's composer recurses per level) and the
+#: number of nodes the document holds once every alias is expanded (a "billion laughs" bomb is a few
+#: hundred bytes that expand to 10**9 nodes). A real spec has a few hundred nodes, 5 levels deep.
+MAX_YAML_DEPTH = 64
+MAX_YAML_NODES = 100_000
+
+
 def _compose(text: str, source: str) -> yaml.Node | None:
     try:
+        _check_yaml_shape(text, source)
         node = yaml.compose(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
-        problem_mark, context_mark = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        mark = context_mark or problem_mark
-        where = f"{source}:{mark.line + 1}" if mark else source
-        detail = f"{e.context} here; {problem}" if context_mark is not None and getattr(e, "context", None) else problem
-        if context_mark is not None and problem_mark is not None and problem_mark.line != context_mark.line:
-            detail += f" (line {problem_mark.line + 1})"
-        raise SpecError(f"{where}: malformed YAML: {detail}") from None
+        raise SpecError(f"{source}:{_yaml_error_detail(e)}") from None
+    except RecursionError:  # a backstop: _check_yaml_shape bounds the depth first
+        raise SpecError(f"{source}: malformed YAML: nested too deeply") from None
     _check_duplicate_keys(node, source)
     return node
 
 
-def _check_duplicate_keys(node: yaml.Node | None, source: str) -> None:
+def _yaml_error_detail(e: yaml.YAMLError) -> str:
+    """``LINE: malformed YAML: what`` of a PyYAML error (its context line, then the problem's)."""
+    problem_mark, context_mark = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = context_mark or problem_mark
+    where = f"{mark.line + 1}: " if mark else " "
+    detail = f"{e.context} here; {problem}" if context_mark is not None and getattr(e, "context", None) else problem
+    if context_mark is not None and problem_mark is not None and problem_mark.line != context_mark.line:
+        detail += f" (line {problem_mark.line + 1})"
+    return f"{where}malformed YAML: {detail}"
+
+
+def _check_yaml_shape(text: str, source: str) -> None:
+    """Refuse recursive aliases, deep nesting and alias bombs from the event stream, before any node
+    is built: one linear pass, no recursion. Each anchored node's expanded size is remembered, so an
+    alias costs one addition however large the node it names."""
+    sizes: dict[str, int] = {}  # anchor -> nodes of its value with aliases expanded
+    stack: list[list[Any]] = []  # open collections: [anchor, expanded nodes so far]
+    total = 0
+    for ev in yaml.parse(text, Loader=_UniqueKeyLoader):
+        line = ev.start_mark.line + 1 if ev.start_mark else None
+        if isinstance(ev, yaml.AliasEvent):
+            if any(frame[0] == ev.anchor for frame in stack):
+                raise SpecError(f"{_where(source, line)}: recursive YAML alias *{ev.anchor} (it contains itself)")
+            added = sizes.get(ev.anchor, 1)  # an undefined alias is the composer's error
+        elif isinstance(ev, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            if len(stack) >= MAX_YAML_DEPTH:
+                raise SpecError(f"{_where(source, line)}: YAML nested more than {MAX_YAML_DEPTH} levels deep")
+            stack.append([ev.anchor, 1])
+            continue
+        elif isinstance(ev, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            anchor, added = stack.pop()
+            if anchor is not None:
+                sizes[anchor] = added
+        elif isinstance(ev, yaml.ScalarEvent):
+            added = 1
+            if ev.anchor is not None:
+                sizes[ev.anchor] = 1
+        else:
+            continue
+        if stack:
+            stack[-1][1] += added
+        else:
+            total += added
+        if total + sum(frame[1] for frame in stack) > MAX_YAML_NODES:
+            raise SpecError(
+                f"{_where(source, line)}: the YAML expands to more than {MAX_YAML_NODES:,} values through its "
+                "aliases (an alias bomb?); a spec is far smaller"
+            )
+
+
+def _check_duplicate_keys(node: yaml.Node | None, source: str, checked: set[int] | None = None) -> None:
+    """Refuse duplicate and non-scalar mapping keys, in document order. Each node is checked once:
+    aliases share nodes, so an alias bomb costs no more than its text."""
+    checked = set() if checked is None else checked
+    if node is None or id(node) in checked:
+        return
+    checked.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for k, v in node.value:
@@ -617,14 +684,13 @@ def _check_duplicate_keys(node: yaml.Node | None, source: str) -> None:
                 raise SpecError(
                     f"{source}:{k.start_mark.line + 1}: mapping keys must be plain names, not a list or mapping"
                 )
-            key = k.value
-            if key in seen:
-                raise SpecError(f"{source}:{k.start_mark.line + 1}: key {key!r} appears twice in one mapping")
-            seen.add(key)
-            _check_duplicate_keys(v, source)
+            if k.value in seen:
+                raise SpecError(f"{source}:{k.start_mark.line + 1}: key {k.value!r} appears twice in one mapping")
+            seen.add(k.value)
+            _check_duplicate_keys(v, source, checked)
     elif isinstance(node, yaml.SequenceNode):
         for v in node.value:
-            _check_duplicate_keys(v, source)
+            _check_duplicate_keys(v, source, checked)
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
@@ -777,7 +843,9 @@ def _resolve_data_paths(spec: StudySpec, base: Path) -> StudySpec:
 
 
 def summarize(spec: StudySpec, cells: list[Cell]) -> str:
-    """The ``validate`` summary: counts per dimension and per kind."""
+    """The ``validate`` summary: counts per dimension and per kind, and where the eval count is not
+    the plain product of the dimensions, the reason per task (a pinned ``max_new_tokens`` collapses
+    that axis; a loglikelihood task has no sampling axes and one seed)."""
     pts = spec.sampling.expand() if spec.sampling else []
     kinds = {k: sum(c.kind == k for c in cells) for k in ("eval", "probe", "speed")}
     lines = [
@@ -785,9 +853,39 @@ def summarize(spec: StudySpec, cells: list[Cell]) -> str:
         f"({kinds['eval']} eval, {kinds['probe']} probe, {kinds['speed']} speed)",
         f"  {len(spec.models)} model(s) x {len(spec.schemes)} scheme(s) x {len(pts)} sampling point(s) "
         f"x {len(spec.tasks)} task(s) x {len(spec.seeds)} seed(s)",
+        *_eval_count_lines(spec, cells, len(pts)),
         f"  models:  {', '.join(m.label for m in spec.models)}",
         f"  schemes: {', '.join(s.name + ' = ' + s.describe() for s in spec.scheme_list)}",
         f"  tasks:   {', '.join(t.name for t in spec.task_list) or '(none: speed and memory only)'}",
         f"  run dir: {spec.run_dir}   report: {spec.report_dir}",
     ]
     return "\n".join(lines)
+
+
+def _eval_count_lines(spec: StudySpec, cells: list[Cell], grid_points: int) -> list[str]:
+    """How the eval cells add up, task by task: ``pairs x points x seeds`` with the reason wherever a
+    task has fewer points or seeds than the grid (so that the count never looks like an error)."""
+    evals = [c for c in cells if c.kind == "eval"]
+    if not evals:
+        return []
+    out = ["  eval cells per task (model/scheme pairs x sampling points x seeds):"]
+    for task in spec.task_list:
+        mine = [c for c in evals if c.task is not None and c.task.name == task.name]
+        if not mine:
+            continue
+        pairs = len({c.pair for c in mine})
+        points = len({c.point for c in mine})
+        seeds = len({c.seed for c in mine})
+        why = ""
+        if all(c.point is None for c in mine):
+            why = "  (loglikelihood task: no sampling axes, one seed)"
+        elif points < grid_points and task.max_new_tokens is not None:
+            why = (
+                f"  (max_new_tokens pinned to {task.max_new_tokens} for this task: "
+                f"{grid_points} grid points collapse to {points})"
+            )
+        out.append(f"    {task.name}: {pairs} x {points} x {seeds} = {len(mine)}{why}")
+    speed_only = [m.label for m in spec.models if m.speed_only]
+    if speed_only:
+        out.append(f"    (no eval cells for shape-only models: {', '.join(speed_only)})")
+    return out

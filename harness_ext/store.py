@@ -22,6 +22,7 @@ import datetime as _dt
 import json
 import math
 import os
+import socket
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,6 +33,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from harness_ext.errors import StoreError
 
 RECORD_VERSION = 1
+#: The writer lock of a run directory, and the note beside it naming its holder.
+LOCK_FILE = ".writer.lock"
+HOLDER_FILE = ".writer.json"
 #: Columns of tables/cells.* describing a cell (then metric, value, stderr, lo, hi, n).
 CELL_COLUMNS = (
     "cell_id",
@@ -171,22 +175,71 @@ class RunStore:
         self.tables_dir = self.root / "tables"
         self.artifacts_dir = self.root / "artifacts"
         self.problems: list[str] = []  # corrupt or unreadable records found by load_records
+        self._lock: Any = None  # the writer lock, held from begin() to release()
 
     # -- writing --------------------------------------------------------------------------------
     def begin(self, spec_text: str, environment: dict[str, Any]) -> str:
-        """Create the directory, store the spec and this invocation's environment; return its id."""
+        """Create the directory, take its writer lock, store the spec and this invocation's
+        environment; return its id. A second writer is refused with one line naming the holder."""
         try:
             self.records_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StoreError(f"cannot create the run directory {self.root}: {e.strerror or e}") from None
         if not os.access(self.root, os.W_OK):
             raise StoreError(f"the run directory {self.root} is not writable")
+        self.lock()
         inv = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
-        for stale in self.root.rglob(".*.tmp"):  # left by a killed writer: never read, now removed
+        for stale in self._stale_temporary_files():  # left by a killed writer: never read, now removed
             _unlink(stale)
         atomic_write(self.root / "spec.yaml", spec_text)
         atomic_write(self.root / "invocations" / f"{inv}.json", dumps({"invocation": inv, **environment}))
         return inv
+
+    def _stale_temporary_files(self) -> list[Path]:
+        """Temporary files of the run's own folders. Only called holding the lock, which proves that
+        no other writer is mid-write here (a report rendering into ``report/`` is left alone)."""
+        folders = (self.records_dir, self.tables_dir, self.artifacts_dir, self.root / "invocations")
+        return [*self.root.glob(".*.tmp"), *(p for f in folders if f.is_dir() for p in f.rglob(".*.tmp"))]
+
+    def lock(self) -> None:
+        """Take the run directory's writer lock (``.writer.lock``; who holds it: ``.writer.json``).
+
+        One run directory has one writer: a second ``run`` on it is refused at once rather than
+        computing the same cells and removing the first one's temporary files. The lock is the
+        operating system's (flock), so a killed holder releases it; :meth:`release` gives it back."""
+        if self._lock is not None:
+            return
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(self.root / LOCK_FILE, timeout=0, thread_local=False)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise StoreError(
+                f"the run directory {self.root} is in use by another run ({self.holder()}); "
+                "wait for it to finish, or give this run another --output-dir"
+            ) from None
+        except OSError as e:
+            raise StoreError(f"cannot lock the run directory {self.root}: {e.strerror or e}") from None
+        self._lock = lock
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": now()}
+        atomic_write(self.root / HOLDER_FILE, dumps(holder))
+
+    def release(self) -> None:
+        """Give the writer lock back (the holder note goes first, so it never names the next holder)."""
+        if self._lock is None:
+            return
+        _unlink(self.root / HOLDER_FILE)
+        self._lock.release()
+        self._lock = None
+
+    def holder(self) -> str:
+        """Who holds the writer lock, as written by the holder: ``pid N on HOST since TIME``."""
+        try:
+            info = json.loads((self.root / HOLDER_FILE).read_text(encoding="utf-8"))
+            return f"pid {info['pid']} on {info['host']} since {info['started_at']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "holder unknown"
 
     def write(self, record: Record) -> None:
         atomic_write(self.records_dir / f"{record.cell_id}.json", dumps(record_dict(record)))

@@ -283,6 +283,24 @@ def _schema_under_a_file(c: Ctx) -> list[str]:
     return ["schema", "-o", str(c.tmp / "a-file" / "s.json")]
 
 
+def _report_of(run_json: str | None) -> Callable[[Ctx], list[str]]:
+    """``report`` of a run directory whose tables/run.json is missing (None) or holds ``run_json``."""
+
+    def build(c: Ctx) -> list[str]:
+        (c.out / "tables").mkdir(parents=True)
+        (c.out / "tables" / "cells.csv").write_text("cell_id,kind,status\n")
+        if run_json is not None:
+            (c.out / "tables" / "run.json").write_text(run_json)
+        return ["report", str(c.out), "--output-dir", str(c.tmp / "report")]
+
+    return build
+
+
+#: a 9-level "billion laughs": 600 bytes that expand to 9**9 values
+LAUGHS = "x-l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"x-l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9)
+)
+
 GE, GT = "Input should be greater than or equal to", "Input should be greater than"
 LE = "Input should be less than or equal to"
 SAMPLING = "sampling:\n  temperature: [0]\n  max_new_tokens: [2]"
@@ -302,6 +320,10 @@ CASES: list[Any] = [
                None, "key 'enabled' appears twice"),
     Case("yaml_tag", run(rep("name: bad-input", "name: !include x.yaml")), 2, ("spec.yaml:1: ", "!include")),
     Case("yaml_complex_key", run(add("? [a, b]\n: 1\n")), 2, "spec.yaml:17: "),
+    spec_error("yaml_recursive_alias", add("x-r: &r [1, *r]\n"), 17, None, "recursive YAML alias *r"),
+    spec_error("yaml_500_nested_brackets", add("x-deep: " + "[" * 500 + "]" * 500 + "\n"), 17, None,
+               "YAML nested more than 64 levels deep"),
+    Case("yaml_billion_laughs", run(add(LAUGHS)), 2, ("spec.yaml:", "expands to more than 100,000 values")),
     # -- keys and types ------------------------------------------------------------------------------------------------
     spec_error("unknown_top_level_key", add("colour: blue\n"), 17, "colour", "unknown key 'colour'; allowed keys:"),
     spec_error("unknown_nested_key", rep("{enabled: false}\nprobe", "{enabled: false, turbo: 1}\nprobe"), 14,
@@ -325,6 +347,12 @@ CASES: list[Any] = [
     spec_error("top_k_0", axis("top_k: [0]"), 8, "sampling.top_k[0]", f"{GT} 0"),
     spec_error("max_new_tokens_0", rep("tokens: [2]", "tokens: [0]"), 7, "sampling.max_new_tokens[0]", f"{GE} 1"),
     spec_error("repetition_penalty_0", axis("repetition_penalty: [0]"), 8, "sampling.repetition_penalty[0]", f"{GT} 0"),
+    spec_error("temperature_true", temps("[true]"), 6, "sampling.temperature[0]", "Input should be a valid number"),
+    spec_error("top_k_true", axis("top_k: [true]"), 8, "sampling.top_k[0]", "Input should be a valid integer"),
+    spec_error("max_new_tokens_false", rep("tokens: [2]", "tokens: [false]"), 7, "sampling.max_new_tokens[0]",
+               "Input should be a valid integer"),
+    spec_error("batch_size_true", rep("batch_size: 2", "batch_size: true"), 11, "batch_size",
+               "Input should be a valid integer"),
     spec_error("seed_negative", rep("seeds: [0]", "seeds: [-1]"), 10, "seeds", "seed -1 out of range"),
     spec_error("empty_sampling_grid", rep(SAMPLING, "sampling: {}"), 5, "sampling", "the sampling grid is empty"),
     spec_error("points_and_axis_lists", axis("points: [{temperature: 0.5}]"), 5, "sampling",
@@ -357,6 +385,14 @@ CASES: list[Any] = [
     Case("spec_file_not_utf8", _spec_bytes(b"\xff\xfename: x\n"), 2, "spec.yaml: cannot read the spec"),
     Case("spec_path_is_a_folder", argv("validate", "{tmp}"), 2, "cannot read the spec: [Errno 21] Is a directory"),
     Case("unknown_option", argv("run", "{spec}", "--bogus"), 2, "unrecognized arguments: --bogus", lines=None),
+    Case("time_limit_nan", argv("run", "{spec}", "--time-limit", "nan"), 2, "--time-limit must be a positive number"),
+    Case("time_limit_inf", argv("run", "{spec}", "--time-limit", "inf"), 2, "--time-limit must be a positive number"),
+    Case("time_limit_negative", argv("run", "{spec}", "--time-limit", "-5"), 2, "--time-limit must be a positive"),
+    Case("only_value_not_in_spec", argv("run", "{spec}", "--only", "scheme=fp3"), 2,
+         "--only scheme=fp3: not in the spec; its scheme values: fp32"),
+    Case("only_kind_the_spec_lacks", argv("run", "{spec}", "--only", "kind=probe"), 2,
+         "--only kind=probe: not in the spec; its kind values: eval"),
+    Case("only_unknown_key", argv("run", "{spec}", "--only", "colour=red"), 2, "expected KEY=V1,V2 with KEY one of"),
     # -- tasks and their data ------------------------------------------------------------------------------------------
     Case("unknown_task", run(rep("[quant_nextword]", "[no_such_task_xyz]")), 2, "unknown task 'no_such_task_xyz'"),
     Case("data_file_missing", data(None), 2, "missing.jsonl: data file not found"),
@@ -370,7 +406,9 @@ CASES: list[Any] = [
     # -- models: the pair's cells are recorded as failed with the reason, the run exits 1 ------------------------------
     Case("model_path_missing", lambda c: c.run(model=c.tmp / "no" / "such"), 1, "does not exist", "record", None),
     Case("folder_not_a_model", lambda c: c.run(model=c.tmp), 1, MODEL_FOLDER, "record", None),
-    Case("device_cuda_without_gpu", _no_cuda, 1, "CUDA", "record", None),
+    Case("device_cuda_without_gpu", _no_cuda, 2, "device: cuda, but this machine has no CUDA GPU visible to torch"),
+    Case("hub_model_offline_not_in_cache", lambda c: c.run(model="nobody-xyz/no-such-model"), 1,
+         ("nobody-xyz/no-such-model: not in the local Hugging Face cache", "HF_HUB_OFFLINE is set")),
     Case("tokenizer_without_pad_token_works", lambda c: c.run(model=c.nopad), 0, None, "ok", None),
     # -- the run directory and the disk --------------------------------------------------------------------------------
     Case("record_from_newer_version", _newer_record, 1, ("record version 99", "upgrade harness_ext")),
@@ -382,6 +420,10 @@ CASES: list[Any] = [
     Case("schema_into_missing_folder_creates_it", argv("schema", "-o", "{tmp}/new/s.json"), 0, "new/s.json", "stdout"),
     Case("schema_under_a_file", _schema_under_a_file, 1, "cannot write in"),
     Case("schema_onto_a_folder", argv("schema", "-o", "{tmp}"), 1, "Is a directory"),
+    # -- reporting ---------------------------------------------------------------------------------------------------
+    Case("report_run_json_missing", _report_of(None), 1, "tables/run.json is missing"),
+    Case("report_run_json_not_json", _report_of("{"), 1, "tables/run.json cannot be read (JSONDecodeError"),
+    Case("report_run_json_not_an_object", _report_of("[]"), 1, "tables/run.json is not a JSON object"),
 ]
 # fmt: on
 
@@ -486,6 +528,26 @@ def test_newer_run_directory_is_left_untouched(tmp_path, tiny_model, monkeypatch
     assert res.code == 1 and "upgrade harness_ext" in res.err
     after = {p.relative_to(ctx.out): p.read_bytes() for p in ctx.out.rglob("*") if p.is_file()}
     assert after == before
+
+
+@pytest.mark.parametrize("offline", [True, False], ids=["HF_HUB_OFFLINE", "hub_unreachable"])
+def test_hub_model_without_the_hub_fails_fast_and_creates_nothing(
+    offline, tmp_path, tiny_model, monkeypatch, capsys, caplog
+) -> None:
+    """A hub id that is not cached: one line within seconds (not a minute of retries), no run directory."""
+    import time
+
+    ctx = Ctx(tmp_path, tiny_model, tiny_model, monkeypatch)
+    if not offline:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing answers
+    t0 = time.perf_counter()
+    res = invoke(ctx.run(model="nobody-xyz/no-such-model"), capsys, caplog)  # type: ignore[arg-type]
+    assert time.perf_counter() - t0 < 10
+    assert res.code == 1 and res.err.startswith("harness-ext: error: ") and res.err.count("\n") == 1, res.err
+    assert ("HF_HUB_OFFLINE is set" if offline else "http://127.0.0.1:9 cannot be reached") in res.err
+    assert not ctx.out.exists()
 
 
 # -- through a real subprocess: nothing but the one line reaches the terminal -----------------------------------------

@@ -1,0 +1,99 @@
+"""Checks made before a run creates its directory: is the device there, can the models be fetched.
+
+Without them a spec that asks for ``device: cuda`` on a machine without a GPU validates and then
+fails every cell with the same reason, and a hub id without network retries for minutes before
+failing; with them each is one line and nothing is written.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from harness_ext.errors import ModelLoadError, SpecError
+from harness_ext.spec import ModelSpec, StudySpec
+
+HUB_TIMEOUT_S = 3.0
+
+
+def check_device(spec: StudySpec) -> None:
+    """Refuse a CUDA device this machine does not have (local executor: Ray workers have their own)."""
+    if spec.executor != "local" or not spec.device.startswith("cuda"):
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(spec.device.partition(":")[2] or 0)
+    if count == 0:
+        raise SpecError(f"device: {spec.device}, but this machine has no CUDA GPU visible to torch; use device: cpu")
+    if index >= count:
+        raise SpecError(f"device: {spec.device}, but this machine has {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})")
+
+
+def hub_ids(spec: StudySpec) -> list[str]:
+    """The models (and tokenizers) that will be fetched from the Hugging Face hub."""
+    ids: list[str] = []
+    for m in spec.models:
+        for name in (m.pretrained, m.tokenizer):
+            if name and is_hub_id(m, name) and name not in ids:
+                ids.append(name)
+    return ids
+
+
+def is_hub_id(model: ModelSpec, name: str) -> bool:
+    """What :func:`harness_ext.models.resolve` would fetch from the hub (not a built-in, a GGUF file or a path)."""
+    from harness_ext.models import BUILTIN_MODELS
+
+    if name in BUILTIN_MODELS or (model.gguf_file and name == model.pretrained):
+        return False
+    is_path = Path(name).expanduser().exists() or name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+    return not is_path
+
+
+def check_hub(spec: StudySpec) -> None:
+    """Fail fast, in one line, when a hub model is not in the local cache and cannot be fetched:
+    ``HF_HUB_OFFLINE`` is set, or the hub does not answer within a few seconds. A cached model, or a
+    reachable hub, passes (the download itself is left to transformers)."""
+    missing = [i for i in hub_ids(spec) if not _cached(i)]
+    if not missing:
+        return
+    names = ", ".join(missing)
+    if _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE"):
+        raise ModelLoadError(
+            f"{names}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set; download it first "
+            "(unset HF_HUB_OFFLINE) or point `pretrained` at a local folder"
+        )
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    if not _reachable(endpoint):
+        raise ModelLoadError(
+            f"{names}: not in the local Hugging Face cache, and {endpoint} cannot be reached; "
+            "connect to the network or point `pretrained` at a local folder"
+        )
+
+
+def _cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str) or isinstance(
+            try_to_load_from_cache(repo_id, "tokenizer_config.json"), str
+        )
+    except Exception:  # an id the hub library refuses: let the loader say what is wrong with it
+        return True
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _reachable(url: str) -> bool:
+    """One TCP connection to the endpoint, no retries."""
+    u = urlparse(url)
+    port = u.port or (443 if u.scheme == "https" else 80)
+    try:
+        with socket.create_connection((u.hostname or "", port), timeout=HUB_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
