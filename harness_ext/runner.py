@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from harness_ext import environment
+from harness_ext import environment, machine, schedule
 from harness_ext.errors import DataError, HarnessExtError, SpecError
 from harness_ext.measure import measure_copy_bandwidth
 from harness_ext.models import file_sha256
@@ -192,9 +192,7 @@ class Runner:
         done = {c.id for c in cells if c.id in records and records[c.id].status == "ok"}
         todo = [c for c in cells if self._selected(c) and (self.redo or c.id not in done)]
         skipped = sum(self._selected(c) and c.id in done for c in cells) if not self.redo else 0
-        pairs: dict[tuple[str, str], list[Cell]] = defaultdict(list)
-        for c in todo:
-            pairs[c.pair].append(c)
+        pairs = schedule.work_units(todo, self.spec.name, schedule.spec_pairs(self.spec))  # loads, in order
         interrupted = timed_out = False
         self._deadline = start + self.time_limit_s if self.time_limit_s else None
         self._pbar = tqdm(total=len(todo), desc="cells", unit="cell", disable=not self.progress, dynamic_ncols=True)
@@ -451,6 +449,7 @@ class Runner:
         if torch.device(self.device).type == "cuda" and self._bandwidth is None:
             self._bandwidth = measure_copy_bandwidth(self.device)
         p = cell.params
+        before = machine.snapshot()
         result = speed.benchmark(
             lm,
             p["batch_size"],
@@ -461,7 +460,13 @@ class Runner:
             bandwidth=self._bandwidth,
             mode=p.get("mode", "eager"),
         )
-        return {"metrics": speed.metrics_of(result), "measurements": result}
+        after = machine.snapshot()
+        busy = machine.contention(before, after)
+        order = {"round": p.get("round", 0), "round_position": schedule.position(self.spec, cell)}
+        metrics = {**speed.metrics_of(result), **{k: _point(v) for k, v in order.items()}}
+        metrics["contended"] = _point(float(busy["contended"]))
+        result = {**result, **order, "machine": {"before": before, "after": after, "contention": busy}}
+        return {"metrics": metrics, "measurements": result}
 
     # -- metrics against the reference ---------------------------------------------------------
     def _reference_metrics(self, cells: list[Cell], records: dict[str, Record]) -> None:
@@ -678,6 +683,11 @@ def score_nll(lm: Any, pairs: list[tuple[str, str]], batch_size: int = 16) -> li
         lp = token_logp[(ctx, long)][-len(long) :][: len(cont)]
         out.append(-sum(lp) / len(lp))
     return out
+
+
+def _point(v: float) -> dict[str, Any]:
+    """A single recorded figure as a store metric (round, position, contended flag)."""
+    return {"value": float(v), "lo": None, "hi": None, "n": 1, "stderr": None}
 
 
 def _finite(v: Any) -> float | None:
