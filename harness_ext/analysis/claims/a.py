@@ -51,6 +51,8 @@ def claim_a(study: Study, o: Options) -> list[Claim]:
             d = (a[ts] - b[ts]).mean(axis=1).dropna().to_numpy()
             if d.size >= MIN_PROMPTS:
                 parts.append(equivalence_parts(d, o.margin))
+            else:
+                unreplicated = True  # too few prompts: the quality part stays undecided
             c.evidence.append(
                 {
                     "what": f"{model}: accuracy {nf4} − {fp4} (mean over T, {d.size} prompts)",
@@ -80,7 +82,7 @@ def claim_a(study: Study, o: Options) -> list[Claim]:
                 if memory[1] is not None:
                     parts.append(memory[1])
         reading = equivalence_reading(parts)
-        if unreplicated and reading in ("holds", "not tested"):  # a speed part could not be decided
+        if unreplicated and reading in ("holds", "not tested"):  # a part (too few rounds or prompts) is undecided
             reading = "inconclusive"
         per[model] = reading
     words = {
