@@ -663,6 +663,7 @@ def fig_speed(study: Study) -> dict[str, str] | None:
     modes = sorted(speed["mode"].unique())
     markers = dict(zip(modes, ["o", "^", "s", "D"], strict=False))
     for ax, bs in zip(axes.flat, batches, strict=False):
+        labelled: set[str] = set()
         for i, s in enumerate(schemes):
             for j, m in enumerate(models):
                 for mode in modes:
@@ -674,7 +675,8 @@ def fig_speed(study: Study) -> dict[str, str] | None:
                     ok = ~r["contended"].to_numpy()
                     y = r["decode_ms_per_token"].astype(float).to_numpy()
                     ax.scatter(xs[ok], y[ok], s=12, color=colors.get(s), marker=markers[mode], zorder=3,
-                               label=s if (j == 0 and mode == modes[0]) else None)
+                               label=None if s in labelled else s)
+                    labelled.add(s)
                     ax.scatter(xs[~ok], y[~ok], s=14, facecolors="none", edgecolors=colors.get(s), marker=markers[mode])
         ax.set_xticks(x + width * (len(schemes) - 1) / 2, models)
         ax.set_title(f"decode ms/token, batch {int(bs)}", fontsize=9)
