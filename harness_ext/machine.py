@@ -60,7 +60,9 @@ def _gpu() -> list[dict[str, float]] | None:
                 values.append(float(v))
             except ValueError:
                 values.append(float("nan"))
-        gpus.append(dict(zip(("sm_mhz", "max_sm_mhz", "mem_mhz", "util_pct", "temp_c", "power_w"), values, strict=False)))
+        gpus.append(
+            dict(zip(("sm_mhz", "max_sm_mhz", "mem_mhz", "util_pct", "temp_c", "power_w"), values, strict=False))
+        )
     return gpus
 
 

@@ -49,7 +49,9 @@ def position(spec: StudySpec, cell: Cell) -> int:
     return round_order(spec.name, int(cell.params.get("round", 0)), spec_pairs(spec)).index(cell.pair)
 
 
-def work_units(cells: Iterable[Cell], study: str, pairs: Iterable[tuple[str, str]] | None = None) -> dict[UnitKey, list[Cell]]:
+def work_units(
+    cells: Iterable[Cell], study: str, pairs: Iterable[tuple[str, str]] | None = None
+) -> dict[UnitKey, list[Cell]]:
     """The cells to run, grouped into loads and ordered: every pair's quality cells first (plan
     order: references first), then round 0's speed units in round 0's shuffled order, round 1's, ...
 

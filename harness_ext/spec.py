@@ -564,7 +564,7 @@ def expand(spec: StudySpec, device: str, task_params: dict[str, dict[str, Any]] 
                 for mode in spec.speed.modes:
                     for bs in spec.speed.batch_sizes:
                         sp = spec.speed.model_dump(exclude={"enabled", "batch_sizes", "modes", "rounds"})
-                        for r in range(spec.speed.rounds):  # `rounds` stays out of the identity: adding rounds adds cells
+                        for r in range(spec.speed.rounds):  # `rounds` is no identity: more rounds = more cells
                             params = {"batch_size": bs, "mode": mode, **sp, "round": r}
                             cells.append(Cell("speed", model, rs, device, None, None, None, params))
     return cells

@@ -120,8 +120,11 @@ def test_bootstrap_interval_covers_the_mean() -> None:
         (lambda s, t, d, r: base(t) + r.normal(0, 0.01), EQUAL_SPEED, "holds"),
         (lambda s, t, d, r: base(t) - (0.3 if s == "fp4" else 0) + r.normal(0, 0.01), EQUAL_SPEED, "does not hold"),
         # a true gap of 0.04 measured with wide noise: the test decides neither way
-        (lambda s, t, d, r: 0.5 - (0.04 if s == "fp4" else 0) + r.normal(0, 0.3) * (d % 2 * 2 - 1), EQUAL_SPEED,
-         "inconclusive"),
+        (
+            lambda s, t, d, r: 0.5 - (0.04 if s == "fp4" else 0) + r.normal(0, 0.3) * (d % 2 * 2 - 1),
+            EQUAL_SPEED,
+            "inconclusive",
+        ),
         (lambda s, t, d, r: base(t) + r.normal(0, 0.01), {**EQUAL_SPEED, "fp4": 25}, "does not hold"),
     ],
     ids=["alike", "quality-differs", "noisy", "speed-differs"],
@@ -231,7 +234,11 @@ SEED_LIKE = {**EQUAL_SPEED, "bf16": 12}  # fp16 clearly fastest, int8 clearly sl
         (SEED_LIKE, "holds", "does not hold"),
         ({**SEED_LIKE, "int8": 8}, "does not hold", "does not hold"),
         ({**SEED_LIKE, "bf16": 9, "fp16": 12}, "does not hold", "holds"),
-        ({**EQUAL_SPEED, "bf16": 10}, "inconclusive", "inconclusive"),  # fp16 and bf16 within noise: neither is clearly fastest
+        (
+            {**EQUAL_SPEED, "bf16": 10},
+            "inconclusive",
+            "inconclusive",
+        ),  # fp16 and bf16 within noise: neither is clearly fastest
     ],
     ids=["seed-like", "int8-fastest", "bf16-fastest", "16-bit-tie"],
 )
@@ -253,7 +260,9 @@ def test_contended_rounds_are_excluded() -> None:
     study = make_study(lambda s, t, d_, r: base(t), speed=SEED_LIKE, rounds=4)
     busy = (study.cells["metric"] == "contended") & study.cells["cell_id"].str.endswith("-0")
     study.cells.loc[busy, "value"] = 1.0
-    study.cells.loc[(study.cells["metric"] == "decode_ms_per_token") & study.cells["cell_id"].eq("speed-m-fp16-0"), "value"] = 500.0
+    study.cells.loc[
+        (study.cells["metric"] == "decode_ms_per_token") & study.cells["cell_id"].eq("speed-m-fp16-0"), "value"
+    ] = 500.0
     c = claim(study, "d")
     assert c.verdict == "holds"
     assert any("ran contended" in e["value"] for e in c.evidence)

@@ -47,7 +47,9 @@ def speed_table(study: Study) -> pd.DataFrame:
     wide["contended"] = wide["contended"].fillna(0).astype(bool)
     order = {n: i for i, n in enumerate(study.schemes()["scheme"])}
     wide["_o"] = wide["scheme"].map(lambda s: order.get(s, len(order)))
-    wide = wide.sort_values(["model", "batch_size", "mode", "round", "invocation", "_o"]).drop(columns=["_o", "cell_id"])
+    wide = wide.sort_values(["model", "batch_size", "mode", "round", "invocation", "_o"]).drop(
+        columns=["_o", "cell_id"]
+    )
     return wide.reset_index(drop=True)
 
 
@@ -79,7 +81,7 @@ def spread(g: pd.DataFrame, scheme: str) -> dict[str, float]:
     if {"decode_ms_per_token_lo", "decode_ms_per_token_hi"} <= set(rows.columns) and len(rows):
         w = (rows["decode_ms_per_token_hi"].astype(float) - rows["decode_ms_per_token_lo"].astype(float)) / med
         within = float(w.median())
-    return {"between": between, "within": within, "rounds": int(len(med))}
+    return {"between": between, "within": within, "rounds": len(med)}
 
 
 def summary(study: Study, speed: pd.DataFrame | None = None) -> pd.DataFrame:

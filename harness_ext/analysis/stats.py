@@ -69,8 +69,6 @@ class Estimate:
     def outside(self, m: float) -> bool:
         return self.lo > m or self.hi < -m
 
-
-
     @classmethod
     def t(cls, values: np.ndarray | list[float], level: float = 0.95) -> Estimate:
         """The mean with its t-interval: the interval the claims' t-based tests are consistent with."""

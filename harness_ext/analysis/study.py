@@ -265,5 +265,3 @@ def temperature_sensitivity(study: Study) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
-
-

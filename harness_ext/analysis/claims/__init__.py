@@ -119,8 +119,13 @@ def across_models(
     return c.decide("inconclusive", f"{words['inconclusive']} ({tally})")
 
 
-def claims(study: Study, margin: float = 0.05, speed_margin: float = 0.10, sensitivity_margin: float = 0.25,
-           n_resamples: int = 2000) -> list[Claim]:
+def claims(
+    study: Study,
+    margin: float = 0.05,
+    speed_margin: float = 0.10,
+    sensitivity_margin: float = 0.25,
+    n_resamples: int = 2000,
+) -> list[Claim]:
     """Every registered claim, decided (in registry order: a, b, c, d)."""
     from harness_ext.analysis.claims import a, b, c, d  # noqa: F401  (registers them)
 

@@ -96,8 +96,10 @@ def claim_a(study: Study, o: Options) -> list[Claim]:
 
 
 def _part(p: tuple[float, float]) -> str:
-    return f"equivalent (TOST p={p[0]:.3g})" if p[0] < 0.05 else (
-        f"differs (p={p[1]:.3g})" if p[1] < 0.05 else f"undecided (TOST p={p[0]:.3g})"
+    return (
+        f"equivalent (TOST p={p[0]:.3g})"
+        if p[0] < 0.05
+        else (f"differs (p={p[1]:.3g})" if p[1] < 0.05 else f"undecided (TOST p={p[0]:.3g})")
     )
 
 
@@ -112,6 +114,12 @@ def _memory(g, nf4: str, fp4: str, margin: float) -> tuple[dict[str, str], tuple
         return None
     r = float(wa.iloc[0] / wb.iloc[0])
     if np.all(wa.to_numpy() == wb.iloc[0]) and np.all(wb.to_numpy() == wb.iloc[0]):
-        return {"value": "1.000× (identical bytes)", "verdict": "equal by construction (same 4-bit storage): not counted"}, None
+        return {
+            "value": "1.000× (identical bytes)",
+            "verdict": "equal by construction (same 4-bit storage): not counted",
+        }, None
     inside = 1 / (1 + margin) <= r <= 1 + margin
-    return {"value": f"{r:.3f}×", "verdict": "equivalent" if inside else "differs"}, (0.0, 1.0) if inside else (1.0, 0.0)
+    return {"value": f"{r:.3f}×", "verdict": "equivalent" if inside else "differs"}, (0.0, 1.0) if inside else (
+        1.0,
+        0.0,
+    )

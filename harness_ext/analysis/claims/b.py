@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from harness_ext.analysis.claims import Claim, Options, PerModel, across_models, claim, scope_of
-from harness_ext.analysis.claims._common import LOW_T_MAX, MIN_PROMPTS, four_bit_pair, fmt_t, matrix, temps
+from harness_ext.analysis.claims._common import LOW_T_MAX, MIN_PROMPTS, fmt_t, four_bit_pair, matrix, temps
 from harness_ext.analysis.stats import ALPHA, Estimate, holm, interaction_p, p_greater, p_less, tost
 from harness_ext.analysis.study import Study, primary_quality
 

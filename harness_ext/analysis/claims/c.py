@@ -68,7 +68,8 @@ def claim_c(study: Study, o: Options) -> list[Claim]:
         "c2",
         "…and the extra sensitivity sits in 0.5–0.8",
         "The 4-bit models' extra sensitivity sits in the temperature range 0.5–0.8 (the revised abstract).",
-        f"Needs ≥ {MIN_TEMPS} temperatures inside [{BAND[0]}, {BAND[1]}] and ≥ {MIN_TEMPS} in (0, {LOW_T_MAX:g}] outside "
+        f"Needs ≥ {MIN_TEMPS} temperatures inside [{BAND[0]}, {BAND[1]}] and ≥ {MIN_TEMPS} in (0, {LOW_T_MAX:g}]"
+        " outside "
         "it (the probe computes a dense temperature list). Per scheme: the excess over the in-band temperatures, and "
         "the in-band minus the out-of-band excess. Holds if both are above 0 (one-sided t-tests at 5%, "
         "intersection-union); does not hold if Holm over (in-band excess below the margin, in-band minus out-of-band "
@@ -119,8 +120,9 @@ def claim_c(study: Study, o: Options) -> list[Claim]:
             c.evidence.append(
                 {
                     "what": f"{model}: {s} loss / {ref} loss (relative; margin {1 + o.sensitivity_margin:.2f}×)",
-                    "value": f"{rel[0]:.2f}× [{rel[1]:.2f}, {rel[2]:.2f}]" if math.isfinite(rel[0]) else "n/a "
-                    "(the reference loses nothing)",
+                    "value": f"{rel[0]:.2f}× [{rel[1]:.2f}, {rel[2]:.2f}]"
+                    if math.isfinite(rel[0])
+                    else "n/a (the reference loses nothing)",
                 }
             )
             if len(band) >= MIN_TEMPS and len(other) >= MIN_TEMPS:

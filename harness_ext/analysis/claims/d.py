@@ -24,7 +24,10 @@ def speed_reading(
         return "not tested", "nothing to compare"
     fewest = min(len(lr) for lr, _, _ in comparisons)
     if fewest < min_rounds:
-        return "inconclusive", f"not replicated ({fewest} uncontended round{'s' * (fewest != 1)}; ≥ {min_rounds} needed)"
+        return (
+            "inconclusive",
+            f"not replicated ({fewest} uncontended round{'s' * (fewest != 1)}; ≥ {min_rounds} needed)",
+        )
     if all((p_greater(lr, m) if up else p_less(lr, m)) < alpha for lr, m, up in comparisons):
         return "holds", "every comparison is significant over rounds"
     against = [p_less(lr, 0.0) if up else p_greater(lr, 0.0) for lr, _, up in comparisons]
@@ -143,5 +146,7 @@ def _pct(x: float) -> str:
 
 
 def _why(c: Claim, default: str) -> str:
-    whys = sorted({e["value"] for e in c.evidence if e["what"].endswith(": reading") and e.get("verdict") == "inconclusive"})
+    whys = sorted(
+        {e["value"] for e in c.evidence if e["what"].endswith(": reading") and e.get("verdict") == "inconclusive"}
+    )
     return "; ".join(whys) if whys else default
