@@ -85,7 +85,7 @@ def contention(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     lowest clock share of a busy GPU, and whether the round ran contended (with the reasons)."""
     out: dict[str, Any] = {"contended": False, "why": []}
     try:
-        wall = float(after["time"]) - float(before["time"])
+        wall = float(after.get("time") or 0) - float(before.get("time") or 0)
         a, b = before.get("proc_stat"), after.get("proc_stat")
         tick = os.sysconf("SC_CLK_TCK")
         cpus = int(after.get("cpus") or 1)
