@@ -196,7 +196,8 @@ def build(study: Study, opts: dict[str, Any]) -> tuple[str, dict[str, pd.DataFra
     """The page's HTML and its CSV tables."""
     margin = float(opts.get("equivalence_margin", 0.05))
     speed_margin = float(opts.get("speed_margin", 0.10))
-    claims = analysis.claims(study, margin, speed_margin)
+    sensitivity_margin = float(opts.get("sensitivity_margin", 0.25))
+    claims = analysis.claims(study, margin, speed_margin, sensitivity_margin)
     quality = analysis.quality_table(study)
     paired = analysis.paired_differences(study)
     sens = analysis.temperature_sensitivity(study)
@@ -215,6 +216,9 @@ def build(study: Study, opts: dict[str, Any]) -> tuple[str, dict[str, pd.DataFra
         "slice": analysis.describe_slice(analysis.per_prompt(study, "p_gold", kind="probe"))
         or analysis.describe_slice(analysis.per_prompt(study, "exact_match")),
         "speed_rows": speed_rows(study, speed),
+        "speed_summary": (summ := analysis.speed_summary(study, speed)).to_dict("records") if not speed.empty else [],
+        "min_rounds": analysis.MIN_ROUNDS,
+        "sensitivity_margin": sensitivity_margin,
         "has_floor": bool(not speed.empty and "floor_ms_per_token" in speed.columns),
         "quality_rows": quality_rows(study, quality),
         "quality_metrics": [m for m in QUALITY_METRICS if not quality.empty and m[0] in set(quality["metric"])],
@@ -249,11 +253,14 @@ def build(study: Study, opts: dict[str, Any]) -> tuple[str, dict[str, pd.DataFra
         "paired_differences.csv": paired,
         "sensitivity.csv": sens,
         "speed.csv": speed,
+        "speed_rounds_summary.csv": summ if not speed.empty else pd.DataFrame(),
         "claims.csv": pd.DataFrame(
             [
                 {
                     "claim": c.key,
                     "verdict": c.verdict,
+                    "scope": c.scope,
+                    "per_model": json.dumps(c.per_model),
                     "reason": c.reason,
                     "rule": c.rule,
                     "evidence": json.dumps(c.evidence),
@@ -311,9 +318,9 @@ def abstract(study: Study, claims: list[analysis.Claim], q_desc: str) -> list[st
     ]
     if q_desc:
         out.append(f"Quality verdicts use {q_desc}.")
-    names = {"supported": "supported", "contradicted": "contradicted", "inconclusive": "inconclusive"}
     for c in claims:
-        out.append(f"({c.key}) {c.statement} — {names[c.verdict]}: {c.reason}.")
+        where = f" on {c.scope}" if c.scope and c.verdict != "not tested" else ""
+        out.append(f"({c.key}) {c.statement} — {c.verdict}{where}: {c.reason}.")
     return out
 
 
@@ -419,15 +426,18 @@ def _axis_key(s: str) -> tuple[int, float | str]:
 
 # -- tables --------------------------------------------------------------------------------------
 def speed_rows(study: Study, speed: pd.DataFrame) -> list[dict[str, Any]]:
+    """One row per round of a (model, scheme, batch, mode); "× reference" divides by the reference
+    scheme's row of the same model, batch, mode, round and invocation (a scheme against itself: 1.00×)."""
     if speed.empty:
         return []
     rows = []
-    for _, r in speed.sort_values(["model", "batch_size"]).iterrows():
+    same = ["model", "batch_size", "mode", "round", "invocation"]
+    for _, r in speed.iterrows():
         ref = study.reference(r["model"])
-        base = speed[
-            (speed["model"] == r["model"]) & (speed["batch_size"] == r["batch_size"]) & (speed["scheme"] == ref)
-        ]
-        ratio = analysis.Ratio.of(r, base.iloc[0], "decode_ms_per_token") if not base.empty else None
+        base = speed[(speed[same] == r[same]).all(axis=1) & (speed["scheme"] == ref)]
+        ratio = (
+            float(r["decode_ms_per_token"]) / float(base["decode_ms_per_token"].iloc[0]) if not base.empty else None
+        )
         g = r.get
         rows.append(
             {
@@ -435,12 +445,16 @@ def speed_rows(study: Study, speed: pd.DataFrame) -> list[dict[str, Any]]:
                 "scheme": r["scheme"],
                 "batch": int(r["batch_size"]),
                 "mode": g("mode", "eager"),
+                "round": int(r["round"]),
+                "invocation": r["invocation"],
+                "position": g("round_position"),
+                "contended": bool(r["contended"]),
                 "decode": g("decode_ms_per_token"),
                 "decode_lo": g("decode_ms_per_token_lo"),
                 "decode_hi": g("decode_ms_per_token_hi"),
                 "tps": g("tokens_per_s"),
                 "ttft": g("ttft_ms"),
-                "ratio": ratio.text() if ratio else "n/a",
+                "ratio": f"{ratio:.2f}×" if ratio is not None and math.isfinite(ratio) else "n/a",
                 "weights": g("weight_bytes"),
                 "load_peak": g("load_peak_bytes"),
                 "peak": g("peak_memory_bytes"),
@@ -768,16 +782,24 @@ def fig_speed(study: Study) -> dict[str, str] | None:
     fig, axes = plt.subplots(1, len(batches) + 1, figsize=(3.4 * (len(batches) + 1), 2.8), squeeze=False)
     width = 0.8 / max(len(schemes), 1)
     x = np.arange(len(models))
+    modes = sorted(speed["mode"].unique())
+    markers = dict(zip(modes, ["o", "^", "s", "D"], strict=False))
     for ax, bs in zip(axes.flat, batches, strict=False):
+        labelled: set[str] = set()
         for i, s in enumerate(schemes):
-            vals, err_lo, err_hi = [], [], []
-            for m in models:
-                r = speed[(speed["model"] == m) & (speed["scheme"] == s) & (speed["batch_size"] == bs)]
-                v = float(r["decode_ms_per_token"].iloc[0]) if not r.empty else math.nan
-                vals.append(v)
-                err_lo.append(v - float(r["decode_ms_per_token_lo"].iloc[0]) if not r.empty else 0)
-                err_hi.append(float(r["decode_ms_per_token_hi"].iloc[0]) - v if not r.empty else 0)
-            ax.bar(x + i * width, vals, width, yerr=[err_lo, err_hi], color=colors.get(s), label=s, capsize=2)
+            for j, m in enumerate(models):
+                for mode in modes:
+                    r = speed[(speed["model"] == m) & (speed["scheme"] == s) & (speed["batch_size"] == bs)]
+                    r = r[r["mode"] == mode]
+                    if r.empty:
+                        continue
+                    xs = np.full(len(r), x[j] + i * width) + np.linspace(-0.25, 0.25, len(r)) * width
+                    ok = ~r["contended"].to_numpy()
+                    y = r["decode_ms_per_token"].astype(float).to_numpy()
+                    ax.scatter(xs[ok], y[ok], s=12, color=colors.get(s), marker=markers[mode], zorder=3,
+                               label=None if s in labelled else s)
+                    labelled.add(s)
+                    ax.scatter(xs[~ok], y[~ok], s=14, facecolors="none", edgecolors=colors.get(s), marker=markers[mode])
         ax.set_xticks(x + width * (len(schemes) - 1) / 2, models)
         ax.set_title(f"decode ms/token, batch {int(bs)}", fontsize=9)
     ax = list(axes.flat)[-1]
@@ -794,7 +816,8 @@ def fig_speed(study: Study) -> dict[str, str] | None:
         fig,
         axes,
         "fig-speed",
-        "Decode time per token (median, whiskers p10–p90 over timed repeats) and weight memory per "
-        "scheme, models ordered by size.",
+        "Decode time per token: one dot per round (the median of that round's timed repeats; a hollow dot: the "
+        "round ran contended and no verdict uses it; marker shape: mode), and weight memory per scheme, models "
+        "ordered by size.",
         legend_y=1.06,
     )

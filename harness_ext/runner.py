@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from harness_ext import environment
+from harness_ext import environment, machine, schedule
 from harness_ext.errors import DataError, HarnessExtError, SpecError
 from harness_ext.measure import measure_copy_bandwidth
 from harness_ext.models import file_sha256
@@ -218,9 +218,7 @@ class Runner:
             print(f"warning: {p}", file=sys.stderr)
         done = {c.id for c in cells if c.id in records and records[c.id].status == "ok"}
         todo = [c for c in cells if self._selected(c) and (self.redo or c.id not in done)]
-        pairs: dict[tuple[str, str], list[Cell]] = defaultdict(list)
-        for c in todo:
-            pairs[c.pair].append(c)
+        pairs = schedule.work_units(todo, self.spec.name, schedule.spec_pairs(self.spec))  # loads, in order
         self.ran = {}
         interrupted = timed_out = False
         self._deadline = start + self.time_limit_s if self.time_limit_s else None
@@ -502,6 +500,7 @@ class Runner:
             if str(d) not in self._bandwidth:
                 self._bandwidth[str(d)] = measure_copy_bandwidth(d)
         p = cell.params
+        before = machine.snapshot()
         result = speed.benchmark(
             lm,
             p["batch_size"],
@@ -512,7 +511,13 @@ class Runner:
             bandwidth=self._bandwidth,
             mode=p.get("mode", "eager"),
         )
-        return {"metrics": speed.metrics_of(result), "measurements": result}
+        after = machine.snapshot()
+        busy = machine.contention(before, after)
+        order = {"round": p.get("round", 0), "round_position": schedule.position(self.spec, cell)}
+        metrics = {**speed.metrics_of(result), **{k: _point(v) for k, v in order.items()}}
+        metrics["contended"] = _point(float(busy["contended"]))
+        result = {**result, **order, "machine": {"before": before, "after": after, "contention": busy}}
+        return {"metrics": metrics, "measurements": result}
 
     # -- metrics against the reference ---------------------------------------------------------
     def _reference_cell(self, cell: Cell) -> Cell | None:
@@ -839,6 +844,11 @@ def _covers(long: tuple[int, ...], cont: tuple[int, ...], ctx: tuple[int, ...], 
     """Whether ``cont``'s log-probs can be read off ``long``'s: the same sequence, or a prefix of a
     sequence scored whole (no token of it cut off by the window)."""
     return long == cont or (long[: len(cont)] == cont and len(ctx) + len(long) <= window)
+
+
+def _point(v: float) -> dict[str, Any]:
+    """A single recorded figure as a store metric (round, position, contended flag)."""
+    return {"value": float(v), "lo": None, "hi": None, "n": 1, "stderr": None}
 
 
 def _finite(v: Any) -> float | None:

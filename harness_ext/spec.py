@@ -236,6 +236,11 @@ class ProbeSpec(_Strict):
     enabled: bool = True
     task: str = Field("quant_nextword", description="name of a nextword-kind task in `tasks`, or quant_nextword")
     limit: PositiveInt | None = None
+    temperatures: list[Temperature] = Field(
+        default_factory=lambda: [round(0.1 * i, 1) for i in range(16)],
+        description="temperatures the probe computes besides the grid's (one forward pass serves them all): "
+        "dense so that claims (b), (c) and (c2) can be decided from the probe",
+    )
 
 
 Mode = Literal["eager", "compiled"]
@@ -254,7 +259,14 @@ class SpeedSpec(_Strict):
     prompt_tokens: PositiveInt = Field(64, le=8192)
     new_tokens: PositiveInt = Field(64, ge=2, le=8192)
     warmup: int = Field(1, ge=0, le=20)
-    repeats: int = Field(3, ge=3, le=100, description="timed repeats (>= 3)")
+    repeats: int = Field(3, ge=3, le=100, description="timed repeats (>= 3) inside one round")
+    rounds: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="rounds: each loads, warms up and times every scheme afresh, in a shuffled order; "
+        "speed verdicts need >= 3. Raising it later adds rounds without redoing earlier ones",
+    )
 
     @field_validator("batch_sizes", "modes")
     @classmethod
@@ -283,6 +295,13 @@ class ReportSpec(_Strict):
     )
     speed_margin: float = Field(
         0.10, gt=0, le=1, description="claim (a): relative speed/memory difference counted as 'alike'"
+    )
+    sensitivity_margin: float = Field(
+        0.25,
+        gt=0,
+        le=10,
+        description="claims (c), (c2): an excess accuracy drop counts as meaningful above this share of the "
+        "reference's own drop (relative; see docs/VERDICTS.md)",
     )
 
 
@@ -496,6 +515,7 @@ class Cell:
             parts.append(f"seed={self.seed}")
         if self.kind == "speed":
             parts.append(f"batch={self.params['batch_size']} {self.params.get('mode', 'eager')}")
+            parts.append(f"round={self.params.get('round', 0)}")
         return " | ".join(parts)
 
 
@@ -554,29 +574,21 @@ def expand(spec: StudySpec, device: str, task_params: dict[str, dict[str, Any]] 
             if spec.speed.enabled:
                 for mode in spec.speed.modes:
                     for bs in spec.speed.batch_sizes:
-                        sp = spec.speed.model_dump(exclude={"enabled", "batch_sizes", "modes"})
+                        sp = spec.speed.model_dump(exclude={"enabled", "batch_sizes", "modes", "rounds"})
                         # CPU timings move with the thread count; on a GPU they do not (a key only when set)
                         threads = {"threads": spec.threads} if spec.threads and device == "cpu" else {}
-                        cells.append(
-                            Cell(
-                                "speed",
-                                model,
-                                rs,
-                                device,
-                                None,
-                                None,
-                                None,
-                                {"batch_size": bs, "mode": mode, **sp, **threads},
-                            )
-                        )
+                        for r in range(spec.speed.rounds):  # `rounds` is no identity: more rounds = more cells
+                            params = {"batch_size": bs, "mode": mode, **sp, **threads, "round": r}
+                            cells.append(Cell("speed", model, rs, device, None, None, None, params))
     return cells
 
 
 def probe_grid(spec: StudySpec) -> dict[str, list[Any]]:
-    """The probe's axes: every temperature, top-k, top-p and repetition penalty of the grid."""
+    """The probe's axes: every temperature of the grid and of ``probe.temperatures``, and every
+    top-k, top-p and repetition penalty of the grid."""
     pts = spec.sampling.expand()
     return {
-        "temperature": sorted({p.temperature for p in pts}),
+        "temperature": sorted({p.temperature for p in pts} | set(spec.probe.temperatures)),
         "top_k": sorted({p.top_k for p in pts}, key=lambda k: math.inf if k is None else k),
         "top_p": sorted({p.top_p for p in pts}),
         "repetition_penalty": sorted({p.repetition_penalty for p in pts}),

@@ -1,4 +1,4 @@
-"""Verdict rules on synthetic tables where the answer is known: every verdict reachable for every claim."""
+"""Verdict rules on synthetic tables where the answer is known: every reading reachable for every claim."""
 
 from __future__ import annotations
 
@@ -18,72 +18,81 @@ SCHEMES = {  # name: (quant, bits, double_quant, dtype, compute_dtype)
     "nf4": ("nf4", 4, False, "float16", "float16"),
     "fp4": ("fp4", 4, False, "float16", "float16"),
 }
-TEMPS = [0.0, 0.3, 0.6, 0.7, 1.0, 1.5]
+TEMPS = [round(0.1 * i, 1) for i in range(16)]  # the probe's dense default list
 
 
 def make_study(
     quality: Callable[[str, float, int, np.random.Generator], float],
     *,
     n: int = 60,
-    speed: dict[str, tuple[float, float, float]] | None = None,
+    speed: dict[str, float] | None = None,
+    rounds: int = 3,
     family: str | None = None,
     weights: dict[str, float] | None = None,
+    models: tuple[str, ...] = ("m",),
 ) -> Study:
-    """A study of one model 'm' (reference fp16): probe p_gold per (scheme, T, prompt) from ``quality``;
-    speed cells (median, p10, p90 of decode ms/token) from ``speed``."""
+    """A study of ``models`` (reference fp16): probe p_gold per (scheme, T, prompt) from ``quality``;
+    speed cells per round (decode ms/token ``speed[scheme]`` times 2 % lognormal noise per round)."""
     rng = np.random.default_rng(0)
     cells, samples = [], []
-    for s, (quant, bits, dq, dtype, cdt) in SCHEMES.items():
-        meta = {
-            "model": "m",
-            "scheme": s,
-            "quant": quant,
-            "bits": bits,
-            "double_quant": dq,
-            "dtype": dtype,
-            "compute_dtype": cdt,
-            "status": "ok",
-        }
-        cells.append({**meta, "cell_id": f"probe-{s}", "kind": "probe", "metric": "p_gold", "value": 0.5})
-        for t in TEMPS:
-            for d in range(n):
-                samples.append(
-                    {
-                        "cell_id": f"probe-{s}",
-                        "kind": "probe",
-                        "model": "m",
-                        "scheme": s,
-                        "task": "probe:nw",
-                        "temperature": t,
-                        "top_k": None,
-                        "top_p": 1.0,
-                        "max_new_tokens": None,
-                        "repetition_penalty": 1.0,
-                        "seed": None,
-                        "doc_id": d,
-                        "metric": "p_gold",
-                        "value": float(np.clip(quality(s, t, d, rng), 0, 1)),
-                    }
-                )
-        if speed and s in speed:
-            med, lo, hi = speed[s]
-            for metric, v, vlo, vhi in (
-                ("decode_ms_per_token", med, lo, hi),
-                ("weight_bytes", (weights or {}).get(s, 1e9), None, None),
-            ):
-                cells.append(
-                    {
-                        **meta,
-                        "cell_id": f"speed-{s}",
-                        "kind": "speed",
-                        "batch_size": 1.0,
-                        "metric": metric,
-                        "value": v,
-                        "lo": vlo,
-                        "hi": vhi,
-                    }
-                )
-    run = {"references": {"m": "fp16"}, "families": {"m": family} if family else {}}
+    for model in models:
+        for s, (quant, bits, dq, dtype, cdt) in SCHEMES.items():
+            meta = {
+                "model": model,
+                "scheme": s,
+                "quant": quant,
+                "bits": bits,
+                "double_quant": dq,
+                "dtype": dtype,
+                "compute_dtype": cdt,
+                "status": "ok",
+                "device": "cpu",
+            }
+            cells.append({**meta, "cell_id": f"probe-{model}-{s}", "kind": "probe", "metric": "p_gold", "value": 0.5})
+            for t in TEMPS:
+                for d in range(n):
+                    samples.append(
+                        {
+                            "cell_id": f"probe-{model}-{s}",
+                            "kind": "probe",
+                            "model": model,
+                            "scheme": s,
+                            "task": "probe:nw",
+                            "temperature": t,
+                            "top_k": None,
+                            "top_p": 1.0,
+                            "max_new_tokens": None,
+                            "repetition_penalty": 1.0,
+                            "seed": None,
+                            "doc_id": d,
+                            "metric": "p_gold",
+                            "value": float(np.clip(quality(s, t, d, rng), 0, 1)),
+                        }
+                    )
+            if speed and s in speed:
+                for r in range(rounds):
+                    med = speed[s] * float(np.exp(rng.normal(0, 0.02)))
+                    for metric, v, vlo, vhi in (
+                        ("decode_ms_per_token", med, 0.98 * med, 1.02 * med),
+                        ("weight_bytes", (weights or {}).get(s, 1e9), None, None),
+                        ("round", r, None, None),
+                        ("contended", 0.0, None, None),
+                    ):
+                        cells.append(
+                            {
+                                **meta,
+                                "cell_id": f"speed-{model}-{s}-{r}",
+                                "kind": "speed",
+                                "batch_size": 1.0,
+                                "mode": "eager",
+                                "invocation": "inv",
+                                "metric": metric,
+                                "value": v,
+                                "lo": vlo,
+                                "hi": vhi,
+                            }
+                        )
+    run = {"references": {m: "fp16" for m in models}, "families": {m: family for m in models} if family else {}}
     return Study(pd.DataFrame(cells), pd.DataFrame(samples), pd.DataFrame(), run)
 
 
@@ -95,13 +104,7 @@ def claim(study: Study, key: str) -> analysis.Claim:
     return next(c for c in analysis.claims(study) if c.key == key)
 
 
-EQUAL_SPEED = {
-    "fp16": (10, 9.5, 10.5),
-    "bf16": (10.2, 9.8, 10.6),
-    "int8": (30, 29, 31),
-    "nf4": (14, 13.5, 14.5),
-    "fp4": (14.1, 13.6, 14.6),
-}
+EQUAL_SPEED = {"fp16": 10, "bf16": 10.2, "int8": 30, "nf4": 14, "fp4": 14.1}
 
 
 def test_bootstrap_interval_covers_the_mean() -> None:
@@ -114,31 +117,47 @@ def test_bootstrap_interval_covers_the_mean() -> None:
 @pytest.mark.parametrize(
     ("quality", "speed", "expected"),
     [
-        (lambda s, t, d, r: base(t) + r.normal(0, 0.01), EQUAL_SPEED, "supported"),
-        (lambda s, t, d, r: base(t) - (0.3 if s == "fp4" else 0) + r.normal(0, 0.01), EQUAL_SPEED, "contradicted"),
-        # a true gap of 0.04 measured with wide noise: the CI straddles the margin
-        (lambda s, t, d, r: 0.5 - (0.04 if s == "fp4" else 0) + r.normal(0, 0.3), EQUAL_SPEED, "inconclusive"),
-        (lambda s, t, d, r: base(t) + r.normal(0, 0.01), {**EQUAL_SPEED, "fp4": (25, 24, 26)}, "contradicted"),
+        (lambda s, t, d, r: base(t) + r.normal(0, 0.01), EQUAL_SPEED, "holds"),
+        (lambda s, t, d, r: base(t) - (0.3 if s == "fp4" else 0) + r.normal(0, 0.01), EQUAL_SPEED, "does not hold"),
+        # a true gap of 0.04 measured with wide noise: the test decides neither way
+        (
+            lambda s, t, d, r: 0.5 - (0.04 if s == "fp4" else 0) + r.normal(0, 0.3) * (d % 2 * 2 - 1),
+            EQUAL_SPEED,
+            "inconclusive",
+        ),
+        (lambda s, t, d, r: base(t) + r.normal(0, 0.01), {**EQUAL_SPEED, "fp4": 25}, "does not hold"),
     ],
     ids=["alike", "quality-differs", "noisy", "speed-differs"],
 )
 def test_claim_a(quality, speed, expected) -> None:
-    assert claim(make_study(quality, speed=speed), "a").verdict == expected
+    c = claim(make_study(quality, speed=speed), "a")
+    assert c.verdict == expected
+    assert c.scope == "m (1 model, cpu)"
 
 
-def test_claim_a_needs_enough_prompts() -> None:
+def test_claim_a_memory_equal_by_construction_is_not_evidence() -> None:
+    c = claim(make_study(lambda s, t, d, r: base(t) + r.normal(0, 0.01), speed=EQUAL_SPEED), "a")
+    memory = [e for e in c.evidence if "weight memory" in e["what"]]
+    assert memory and "by construction" in memory[0]["verdict"]
+
+
+def test_claim_a_needs_enough_prompts_and_rounds() -> None:
     study = make_study(lambda s, t, d, r: base(t) + r.normal(0, 0.01), n=5, speed=EQUAL_SPEED)
     assert claim(study, "a").verdict == "inconclusive"
+    one_round = make_study(lambda s, t, d, r: base(t) + r.normal(0, 0.01), speed=EQUAL_SPEED, rounds=1)
+    assert claim(one_round, "a").verdict == "inconclusive"
 
 
 @pytest.mark.parametrize(
     ("quality", "expected"),
     [
-        (lambda s, t, d, r: base(t) - (0.25 * t if s == "fp4" else 0) + r.normal(0, 0.01), "supported"),
-        (lambda s, t, d, r: base(t) + r.normal(0, 0.01), "contradicted"),
+        (lambda s, t, d, r: base(t) - (0.25 * t if s == "fp4" else 0) + r.normal(0, 0.01), "holds"),
+        (lambda s, t, d, r: base(t) + r.normal(0, 0.01), "does not hold"),
+        # a constant offset is a difference in level (claim a), never an interaction
+        (lambda s, t, d, r: base(t) - (0.08 if s == "fp4" else 0) + r.normal(0, 0.01), "does not hold"),
         (lambda s, t, d, r: base(t) - (0.04 * t if s == "fp4" else 0) + r.normal(0, 0.25), "inconclusive"),
     ],
-    ids=["gap-grows", "same", "noisy"],
+    ids=["gap-grows", "same", "flat-offset", "noisy"],
 )
 def test_claim_b(quality, expected) -> None:
     assert claim(make_study(quality), "b").verdict == expected
@@ -147,10 +166,10 @@ def test_claim_b(quality, expected) -> None:
 @pytest.mark.parametrize(
     ("family", "weaker", "expected"),
     [
-        ("llama-2", "fp4", "supported"),
-        ("llama-2", "nf4", "contradicted"),
-        ("falcon", "fp4", "contradicted"),
-        ("smollm2", "fp4", "inconclusive"),
+        ("llama-2", "fp4", "holds"),
+        ("llama-2", "nf4", "does not hold"),
+        ("falcon", "fp4", "does not hold"),
+        ("smollm2", "fp4", "not tested"),
     ],
 )
 def test_claim_b2_per_family(family, weaker, expected) -> None:
@@ -167,15 +186,17 @@ def test_claim_b2_per_family(family, weaker, expected) -> None:
     [
         (
             lambda s, t, d, r: base(t) - (0.15 if s in ("nf4", "fp4") and 0 < t <= 1 else 0) + r.normal(0, 0.01),
-            "supported",
+            "holds",
         ),
-        (lambda s, t, d, r: base(t) + r.normal(0, 0.01), "contradicted"),
+        (lambda s, t, d, r: base(t) + r.normal(0, 0.01), "does not hold"),
         (lambda s, t, d, r: base(t) - (0.15 if s == "nf4" and 0 < t <= 1 else 0) + r.normal(0, 0.01), "inconclusive"),
     ],
     ids=["both-4bit-more-sensitive", "like-reference", "only-one"],
 )
 def test_claim_c(quality, expected) -> None:
-    assert claim(make_study(quality), "c").verdict == expected
+    c = claim(make_study(quality), "c")
+    assert c.verdict == expected
+    assert any("relative" in e["what"] for e in c.evidence) and any("absolute" in e["what"] for e in c.evidence)
 
 
 @pytest.mark.parametrize(
@@ -183,12 +204,12 @@ def test_claim_c(quality, expected) -> None:
     [
         (
             lambda s, t, d, r: base(t) - (0.2 if s in ("nf4", "fp4") and 0.5 <= t <= 0.8 else 0) + r.normal(0, 0.01),
-            "supported",
+            "holds",
         ),
-        (lambda s, t, d, r: base(t) + r.normal(0, 0.01), "contradicted"),
+        (lambda s, t, d, r: base(t) + r.normal(0, 0.01), "does not hold"),
         (
             lambda s, t, d, r: base(t) - (0.2 if s in ("nf4", "fp4") and 0 < t <= 1 else 0) + r.normal(0, 0.01),
-            "inconclusive",
+            "does not hold",
         ),
     ],
     ids=["in-band", "none", "everywhere-not-concentrated"],
@@ -197,42 +218,70 @@ def test_claim_c2_band(quality, expected) -> None:
     assert claim(make_study(quality), "c2").verdict == expected
 
 
-SEED_LIKE = {**EQUAL_SPEED, "bf16": (12, 11.5, 12.5)}  # fp16 clearly fastest, int8 clearly slowest
+def test_claim_c2_needs_two_temperatures_inside_and_outside_the_band() -> None:
+    study = make_study(lambda s, t, d, r: base(t) - (0.2 if s in ("nf4", "fp4") and 0.5 <= t <= 0.8 else 0))
+    study.samples = study.samples[study.samples["temperature"].isin([0.0, 0.3, 0.7, 1.0, 1.5])]  # the old demo grid
+    c = claim(study, "c2")
+    assert c.verdict == "inconclusive" and "cannot locate the band" in c.reason
+
+
+SEED_LIKE = {**EQUAL_SPEED, "bf16": 12}  # fp16 clearly fastest, int8 clearly slowest
 
 
 @pytest.mark.parametrize(
     ("speed", "d", "d2"),
     [
-        (SEED_LIKE, "supported", "contradicted"),
-        ({**SEED_LIKE, "int8": (8, 7.5, 8.5)}, "contradicted", "contradicted"),
-        ({**SEED_LIKE, "int8": (14.2, 11, 17)}, "inconclusive", "contradicted"),
-        ({**SEED_LIKE, "bf16": (9, 8.8, 9.2), "fp16": (12, 11.5, 12.5)}, "contradicted", "supported"),
-        (EQUAL_SPEED, "inconclusive", "inconclusive"),  # fp16 and bf16 overlap: neither is clearly fastest
+        (SEED_LIKE, "holds", "does not hold"),
+        ({**SEED_LIKE, "int8": 8}, "does not hold", "does not hold"),
+        ({**SEED_LIKE, "bf16": 9, "fp16": 12}, "does not hold", "holds"),
+        (
+            {**EQUAL_SPEED, "bf16": 10},
+            "inconclusive",
+            "inconclusive",
+        ),  # fp16 and bf16 within noise: neither is clearly fastest
     ],
-    ids=["seed-like", "int8-fastest", "int8-overlaps", "bf16-fastest", "16-bit-tie"],
+    ids=["seed-like", "int8-fastest", "bf16-fastest", "16-bit-tie"],
 )
 def test_claim_d(speed, d, d2) -> None:
     study = make_study(lambda s, t, d_, r: base(t), speed=speed)
-    assert claim(study, "d").verdict == d
+    c = claim(study, "d")
+    assert c.verdict == d and "1 size" in c.scope and "cpu" in c.scope
     assert claim(study, "d2").verdict == d2
 
 
-def test_speed_is_compared_only_within_one_invocation() -> None:
-    study = make_study(lambda s, t, d_, r: base(t), speed=SEED_LIKE)
-    study.cells["invocation"] = "run-1"
-    assert claim(study, "d").verdict == "supported"
-    study.cells.loc[study.cells["scheme"] == "int8", "invocation"] = "run-2"  # int8 timed on another machine
+def test_one_round_never_yields_a_speed_verdict() -> None:
+    study = make_study(lambda s, t, d_, r: base(t), speed=SEED_LIKE, rounds=1)
+    for key in ("d", "d2"):
+        c = claim(study, key)
+        assert c.verdict == "inconclusive" and "not replicated" in c.reason
+
+
+def test_contended_rounds_are_excluded() -> None:
+    study = make_study(lambda s, t, d_, r: base(t), speed=SEED_LIKE, rounds=4)
+    busy = (study.cells["metric"] == "contended") & study.cells["cell_id"].str.endswith("-0")
+    study.cells.loc[busy, "value"] = 1.0
+    study.cells.loc[
+        (study.cells["metric"] == "decode_ms_per_token") & study.cells["cell_id"].eq("speed-m-fp16-0"), "value"
+    ] = 500.0
     c = claim(study, "d")
-    assert c.verdict == "inconclusive" and any("separate invocations" in e["value"] for e in c.evidence)
+    assert c.verdict == "holds"
+    assert any("ran contended" in e["value"] for e in c.evidence)
 
 
-def test_missing_schemes_make_claims_inconclusive_with_a_reason() -> None:
+def test_two_models_agreeing_read_supported_or_contradicted_with_the_tally() -> None:
+    study = make_study(lambda s, t, d_, r: base(t), speed=SEED_LIKE, models=("m", "n"))
+    assert claim(study, "d").verdict == "supported"  # two models (sizes unknown: each its own)
+    c = claim(study, "c")
+    assert c.verdict == "contradicted" and "2 of 2" not in c.reason and "0 of 2 models hold" in c.reason
+
+
+def test_absent_subject_is_not_tested_never_contradicted() -> None:
     study = make_study(lambda s, t, d, r: base(t), speed=EQUAL_SPEED)
-    study.cells = study.cells[~study.cells["scheme"].isin(["int8", "fp4"])]
-    study.samples = study.samples[~study.samples["scheme"].isin(["int8", "fp4"])]
+    study.cells = study.cells[~study.cells["scheme"].isin(["int8", "fp4", "fp16", "bf16"])]
+    study.samples = study.samples[~study.samples["scheme"].isin(["int8", "fp4", "fp16", "bf16"])]
     verdicts = {c.key: c for c in analysis.claims(study)}
-    assert verdicts["a"].verdict == "inconclusive" and "no nf4 and fp4" in verdicts["a"].reason
-    assert verdicts["d"].verdict == "inconclusive" and "int8" in verdicts["d"].reason
+    assert verdicts["a"].verdict == "not tested" and "no nf4 and fp4" in verdicts["a"].reason
+    assert verdicts["d"].verdict == "not tested" and verdicts["d2"].verdict == "not tested"
 
 
 def test_estimate_predicates() -> None:

@@ -141,9 +141,9 @@ def test_partial_run_says_what_is_missing_and_draws_no_verdict_from_it(run_dir, 
     assert "load failed: CUDA out of memory (simulated)" in html
     assert "have no record yet" in html and dropped.label in html
     claims = pd.read_csv(tmp_path / "out" / "claims.csv").set_index("claim")
-    # without fp4 there is no nf4/fp4 pair: no verdict on (a) and (b)
-    assert claims.loc["a", "verdict"] == "inconclusive" and "no nf4 and fp4" in claims.loc["a", "reason"]
-    assert claims.loc["b", "verdict"] == "inconclusive"
+    # without fp4 there is no nf4/fp4 pair: (a) and (b) are not tested (never contradicted)
+    assert claims.loc["a", "verdict"] == "not tested" and "no nf4 and fp4" in claims.loc["a", "reason"]
+    assert claims.loc["b", "verdict"] == "not tested"
     assert "fp4" not in json.loads(claims.loc["c", "evidence"]).__repr__().replace("nf4", "")
 
 
@@ -171,3 +171,27 @@ def test_rendering_needs_no_network(run_dir, tmp_path, monkeypatch) -> None:
     # nothing that a browser would fetch: no remote src/href, no CSS url() (xmlns identifiers are not fetched)
     assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", html)
     assert not re.search(r"url\(\s*['\"]?(?:https?:)?//", html) and "@import" not in html
+
+
+def test_times_reference_divides_by_the_same_model_batch_mode_and_round() -> None:
+    """The committed GPU report's 7B fp16 eager row read 4.25x against itself: the reference row was
+    matched on model and batch only, and the compiled row sorted first."""
+    from harness_ext.analysis import Study
+    from harness_ext.report import speed_rows
+
+    rows = []
+    for mode, ms in (("compiled", 5.0), ("eager", 21.25)):
+        for scheme, factor in (("fp16", 1.0), ("nf4", 2.0)):
+            for metric, v in (("decode_ms_per_token", ms * factor), ("round", 0.0)):
+                rows.append(
+                    {"cell_id": f"{mode}-{scheme}", "kind": "speed", "status": "ok", "model": "7b", "scheme": scheme,
+                     "quant": "none" if scheme == "fp16" else "nf4", "bits": 16, "double_quant": False,
+                     "dtype": "float16", "compute_dtype": None, "batch_size": 1.0, "mode": mode, "invocation": "i",
+                     "metric": metric, "value": v, "lo": None, "hi": None}
+                )
+    study = Study(pd.DataFrame(rows), pd.DataFrame(), pd.DataFrame(), {"references": {"7b": "fp16"}})
+    from harness_ext import analysis
+
+    got = {(r["mode"], r["scheme"]): r["ratio"] for r in speed_rows(study, analysis.speed_table(study))}
+    assert got == {("compiled", "fp16"): "1.00×", ("compiled", "nf4"): "2.00×",
+                   ("eager", "fp16"): "1.00×", ("eager", "nf4"): "2.00×"}

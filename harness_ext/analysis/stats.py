@@ -1,0 +1,196 @@
+"""The statistics every claim shares, in one place: bootstrap intervals over prompts, two one-sided
+tests (equivalence), one-sided tests against a margin, Holm's step-down correction, a sign-flip test
+of a temperature profile's variation, and t-intervals over speed rounds. scipy does the work where it
+has the method (t distribution, bootstrap); the multivariate sign-flip test is vectorised numpy
+because scipy's ``permutation_test`` flips the signs of scalars, not of a prompt's whole profile.
+
+See docs/VERDICTS.md for every rule that uses them and why.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+ALPHA = 0.05
+
+
+# -- intervals -----------------------------------------------------------------------------------
+def bootstrap_ci(
+    values: np.ndarray | list[float], n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """(mean, lo, hi): the mean and its percentile bootstrap interval over the values (prompts)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return (math.nan, math.nan, math.nan)
+    mean = float(v.mean())
+    if v.size == 1 or np.all(v == v[0]):
+        return (mean, mean, mean)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, v.size, size=(n_boot, v.size))
+    means = v[idx].mean(axis=1)
+    alpha = (1 - level) / 2
+    return (mean, float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha)))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean over prompts with its 95 % bootstrap interval."""
+
+    value: float
+    lo: float
+    hi: float
+    n: int
+
+    @classmethod
+    def of(cls, values: np.ndarray | list[float]) -> Estimate:
+        v = np.asarray(values, dtype=float)
+        mean, lo, hi = bootstrap_ci(v)
+        return cls(mean, lo, hi, int(np.isfinite(v).sum()))
+
+    def text(self, fmt: str = ".3f") -> str:
+        if not math.isfinite(self.value):
+            return "n/a"
+        return f"{self.value:{fmt}} [{self.lo:{fmt}}, {self.hi:{fmt}}]"
+
+    def above(self, x: float) -> bool:
+        return self.lo > x
+
+    def below(self, x: float) -> bool:
+        return self.hi < x
+
+    def within(self, m: float) -> bool:
+        return -m <= self.lo and self.hi <= m
+
+    def outside(self, m: float) -> bool:
+        return self.lo > m or self.hi < -m
+
+    @classmethod
+    def t(cls, values: np.ndarray | list[float], level: float = 0.95) -> Estimate:
+        """The mean with its t-interval: the interval the claims' t-based tests are consistent with."""
+        v = _finite(values)
+        mean, lo, hi = t_interval(v, level)
+        return cls(mean, lo, hi, int(v.size))
+
+
+# -- tests -----------------------------------------------------------------------------------------
+def _finite(values: np.ndarray | list[float]) -> np.ndarray:
+    v = np.asarray(values, dtype=float)
+    return v[np.isfinite(v)]
+
+
+def t_interval(values: np.ndarray | list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, lo, hi): Student-t interval of the mean (scipy's t distribution); nan with < 2 values."""
+    v = _finite(values)
+    if v.size == 0:
+        return (math.nan, math.nan, math.nan)
+    mean = float(v.mean())
+    if v.size < 2:
+        return (mean, math.nan, math.nan)
+    se = float(v.std(ddof=1) / math.sqrt(v.size))
+    if se == 0:
+        return (mean, mean, mean)
+    q = float(sps.t.ppf(0.5 + level / 2, v.size - 1))
+    return (mean, mean - q * se, mean + q * se)
+
+
+def p_greater(values: np.ndarray | list[float], null: float = 0.0) -> float:
+    """One-sided p-value that the mean exceeds ``null`` (one-sample t-test); 1 with < 2 values.
+    A constant sample (zero spread) gives 0 if it lies above ``null``, else 1."""
+    v = _finite(values)
+    if v.size < 2:
+        return 1.0
+    if np.all(v == v[0]):
+        return 0.0 if v[0] > null else 1.0
+    return float(sps.ttest_1samp(v, null, alternative="greater").pvalue)
+
+
+def p_less(values: np.ndarray | list[float], null: float = 0.0) -> float:
+    """One-sided p-value that the mean lies below ``null``."""
+    return p_greater(-_finite(values), -null)
+
+
+def tost(values: np.ndarray | list[float], margin: float) -> float:
+    """Two one-sided tests: p-value for 'the mean lies inside ±margin' (equivalence)."""
+    return max(p_greater(values, -margin), p_less(values, margin))
+
+
+def p_outside(values: np.ndarray | list[float], margin: float) -> float:
+    """p-value for 'the mean lies outside ±margin' (a difference beyond the margin): the smaller of
+    the two one-sided tests, doubled (Bonferroni over the two directions)."""
+    return min(1.0, 2 * min(p_greater(values, margin), p_less(values, -margin)))
+
+
+def holm(pvalues: list[float], alpha: float = ALPHA) -> list[bool]:
+    """Holm's step-down rejections: the family-wise error rate stays at ``alpha`` over the tests."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    reject = [False] * len(pvalues)
+    for rank, i in enumerate(order):
+        if pvalues[i] > alpha / (len(pvalues) - rank):
+            break
+        reject[i] = True
+    return reject
+
+
+def profile_variation(profiles: np.ndarray) -> float:
+    """How much the mean profile (prompts x temperatures) varies across temperatures: the sum of
+    squares of its deviations from its own mean. Zero for a constant (flat) profile."""
+    centered = profiles - profiles.mean(axis=1, keepdims=True)
+    return float((centered.mean(axis=0) ** 2).sum())
+
+
+def interaction_p(profiles: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> float:
+    """Sign-flip permutation test that the per-prompt profile (rows: prompts, columns: temperatures)
+    varies across temperatures beyond a constant offset.
+
+    Each prompt's profile is centered on its own mean, which removes any constant gap (that is a
+    main effect, not an interaction). Under no interaction a centered profile is as likely as its
+    negative, so flipping whole rows' signs gives the null distribution of the variation statistic.
+    """
+    x = np.asarray(profiles, dtype=float)
+    x = x[np.all(np.isfinite(x), axis=1)]
+    if x.shape[0] < 2 or x.shape[1] < 2:
+        return 1.0
+    centered = x - x.mean(axis=1, keepdims=True)
+    observed = float((centered.mean(axis=0) ** 2).sum())
+    if observed == 0:
+        return 1.0
+    rng = np.random.default_rng(seed)
+    signs = rng.choice(np.array([-1.0, 1.0]), size=(n_resamples, x.shape[0]))
+    null = ((signs @ centered / x.shape[0]) ** 2).sum(axis=1)
+    return float((1 + np.sum(null >= observed * (1 - 1e-12))) / (n_resamples + 1))
+
+
+def log_ratio_rounds(a: np.ndarray | list[float], b: np.ndarray | list[float]) -> np.ndarray:
+    """Per round, log(a / b) of two schemes timed in the same round (paired)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.log(a / b)
+    return r[np.isfinite(r)]
+
+
+@dataclass(frozen=True)
+class RoundRatio:
+    """A ratio of two schemes' decode times: geometric mean over rounds of the per-round ratio, with
+    its 95 % t-interval over rounds (nan with fewer than 2 rounds)."""
+
+    value: float
+    lo: float
+    hi: float
+    rounds: int
+
+    @classmethod
+    def of(cls, log_ratios: np.ndarray) -> RoundRatio:
+        mean, lo, hi = t_interval(log_ratios)
+        return cls(math.exp(mean), math.exp(lo), math.exp(hi), int(np.size(log_ratios)))
+
+    def text(self) -> str:
+        if not math.isfinite(self.value):
+            return "n/a"
+        if not math.isfinite(self.lo):
+            return f"{self.value:.2f}× ({self.rounds} round: no interval)"
+        return f"{self.value:.2f}× [{self.lo:.2f}, {self.hi:.2f}] over {self.rounds} rounds"
