@@ -205,9 +205,7 @@ def load_model(
     return model, tok, _finish_load(model, config, scheme, device, load_s, peak, source.origin, source.note)
 
 
-def _build_shape(
-    shape: dict[str, Any], scheme: Scheme, device: str, spread: bool = False
-) -> tuple[Any, Any, LoadInfo]:
+def _build_shape(shape: dict[str, Any], scheme: Scheme, device: str, spread: bool = False) -> tuple[Any, Any, LoadInfo]:
     config = sources.shape_config(shape)
     tok = sources.placeholder_tokenizer(getattr(config, "vocab_size", 4))
     config.bos_token_id, config.eos_token_id, config.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id

@@ -118,8 +118,9 @@ def test_a_pair_asking_for_more_gpus_than_the_cluster_has_fails_at_once(tiny_mod
     runner, result = _run(text, tmp_path / "run")
     assert result.ok == 0 and result.failed == result.cells
     errors = {r.error for r in RunStore(tmp_path / "run").load_records().values()}
-    assert errors == {"needs 2 GPUs, the Ray cluster has 0: set models[].num_gpus (or ray.num_gpus), "
-                      "or run it on a larger cluster"}
+    assert errors == {
+        "needs 2 GPUs, the Ray cluster has 0: set models[].num_gpus (or ray.num_gpus), or run it on a larger cluster"
+    }
     assert runner.loads == []
 
 
