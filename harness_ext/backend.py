@@ -171,9 +171,12 @@ def load_model(
     if device_map not in (None, "auto"):
         raise SpecError(f"device_map must be 'auto' or unset, not {device_map!r}")
     if shape is not None:
-        if device_map == "auto":
-            raise SpecError("shape-only models are built on one GPU: give them num_gpus: 1")
-        return _build_shape(shape, scheme, device)
+        if device_map == "auto" and scheme.quantized:
+            raise SpecError(
+                f"scheme {scheme.name!r}: a shape spread over several GPUs is built unquantized only "
+                "(bitsandbytes quantizes while a checkpoint loads): give this model num_gpus: 1"
+            )
+        return _build_shape(shape, scheme, device, spread=device_map == "auto")
     if pretrained is None:
         raise ModelLoadError("a model needs `pretrained` (weights) or `shape` (config fields)")
     source = sources.resolve(pretrained, gguf_file=gguf_file, revision=revision, tokenizer=tokenizer)
@@ -222,14 +225,18 @@ def _load_devices(device: str, device_map: str | None) -> list[torch.device]:
     return [torch.device(device)]
 
 
-def _build_shape(shape: dict[str, Any], scheme: Scheme, device: str) -> tuple[Any, Any, LoadInfo]:
+def _build_shape(shape: dict[str, Any], scheme: Scheme, device: str, spread: bool = False) -> tuple[Any, Any, LoadInfo]:
     config = sources.shape_config(shape)
     tok = sources.placeholder_tokenizer(getattr(config, "vocab_size", 4))
     config.bos_token_id, config.eos_token_id, config.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
-    with track_peak_memory(device) as peak:
+    load_devices = _load_devices(device, "auto" if spread else None)
+    with track_peak_memory(load_devices) as peak:
         t0 = time.perf_counter()
-        model = sources.random_model(config, from_pretrained_kwargs(scheme), device)
-        synchronize(cuda_devices(device))
+        if spread:  # device_map="auto": over every GPU this process sees (a Ray task's)
+            model = sources.spread_random_model(config, from_pretrained_kwargs(scheme)["dtype"])
+        else:
+            model = sources.random_model(config, from_pretrained_kwargs(scheme), device)
+        synchronize(load_devices)
         load_s = time.perf_counter() - t0
     return model, tok, _finish_load(model, config, scheme, device, load_s, peak, {"shape": shape}, sources.SHAPE_NOTE)
 

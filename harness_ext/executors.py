@@ -6,8 +6,10 @@ on whichever node has them, and returns its records to the driver, which writes 
 into the one run directory — so no shared file system is needed, resume works as locally, and a
 cell is stored once whichever task computed it. Ray retries a task whose worker died (a lost node, a
 killed process); a cell that fails deterministically is recorded as failed inside the task and is
-not retried. The unquantized reference pairs run first (their probe logits and outputs are what the
-other pairs are compared with), then the rest.
+not retried. The unquantized reference pairs with probe cells run first (their probe logits are what
+the other pairs' probes are compared with), then the rest, as many at once as the cluster's GPUs
+allow; each record says which worker and GPUs computed it (``measurements.placement``), and a pair
+that asks for more GPUs than the cluster has fails at once instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -78,10 +80,28 @@ def pair_task(payload: dict[str, Any]) -> dict[str, Any]:
     runner.invocation = payload["invocation"]
     with _quiet_lm_eval():
         runner._run_pair(cells, {}, payload["task_params"])
+    placement = _placement()
+    records = [r.model_dump(mode="json") for r in store.records]
+    for data in records:  # which worker and GPUs computed the cell: evidence that pairs ran where planned
+        data["measurements"] = {**data.get("measurements", {}), "placement": placement}
     return {
-        "records": [r.model_dump(mode="json") for r in store.records],
+        "records": records,
         "artifacts": store.new_artifacts,
         "loads": runner.loads,
+    }
+
+
+def _placement() -> dict[str, Any]:
+    """This Ray worker's pid, node and GPU ids (as Ray assigned them, and as CUDA sees them)."""
+    import os
+
+    ray = _ray()
+    ctx = ray.get_runtime_context()
+    return {
+        "pid": os.getpid(),
+        "node_id": ctx.get_node_id(),
+        "ray_gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
 
 
@@ -152,19 +172,32 @@ class RayExecutor:
     def run_pairs(self, runner: Runner, pairs: Pairs, records: dict[str, Record], task_params: dict[str, Any]) -> None:
         ray = self._init(runner)
         remote = ray.remote(self.task_fn)
-        refs = {k: v for k, v in pairs.items() if _is_reference(runner, v[0])}
-        rest = {k: v for k, v in pairs.items() if k not in refs}
-        for wave in (refs, rest):
+        gpus = float(ray.cluster_resources().get("GPU", 0.0))
+        for wave in waves(runner, pairs):
             pending: dict[Any, list[Cell]] = {}
             for cells in wave.values():
                 model, scheme = cells[0].model, cells[0].scheme
                 res = self.resources(runner, model, scheme)
+                if res["num_gpus"] > gpus:  # Ray would wait for it forever
+                    self._refuse(runner, cells, records, res["num_gpus"], gpus)
+                    continue
                 artifacts = _reference_artifacts(runner, cells)
                 opts = {**res, "max_retries": runner.spec.ray.max_retries, "retry_exceptions": False}
                 pending[remote.options(**opts).remote(self._payload(runner, cells, task_params, artifacts, res))] = (
                     cells
                 )
             self._collect(ray, runner, pending, records)
+
+    @staticmethod
+    def _refuse(runner: Runner, cells: list[Cell], records: dict[str, Record], wanted: float, have: float) -> None:
+        """Record a pair that asks for more GPUs than the cluster has as failed, with the fix."""
+        reason = (
+            f"needs {wanted:g} GPUs, the Ray cluster has {have:g}: set models[].num_gpus (or ray.num_gpus), "
+            "or run it on a larger cluster"
+        )
+        started = now()
+        for c in cells:
+            runner._save(Record(**runner._base(c, started), status="failed", error=reason), records)
 
     def _collect(self, ray: Any, runner: Runner, pending: dict[Any, list[Cell]], records: dict[str, Record]) -> None:
         try:
@@ -222,6 +255,14 @@ class RayExecutor:
         return ray.get(remote.remote(payload))
 
 
+def waves(runner: Runner, pairs: Pairs) -> tuple[Pairs, Pairs]:
+    """(first, then): the reference pairs whose probe cells the other pairs' probes compare with, then
+    everything else. Only probes need the reference first, so speed-only work (rounds included) all
+    goes in the second wave, where it can use every GPU at once."""
+    first = {k: v for k, v in pairs.items() if _is_reference(runner, v[0]) and any(c.kind == "probe" for c in v)}
+    return first, {k: v for k, v in pairs.items() if k not in first}
+
+
 def _is_reference(runner: Runner, cell: Cell) -> bool:
     ref = runner.spec.reference_scheme(cell.model)
     return ref is not None and ref.name == cell.scheme.name
@@ -274,4 +315,13 @@ def make(name: str) -> LocalExecutor | RayExecutor:
     return RayExecutor() if name == "ray" else LocalExecutor()
 
 
-__all__ = ["LocalExecutor", "RayExecutor", "count_parameters", "gpus_needed", "make", "pair_task", "score_task"]
+__all__ = [
+    "LocalExecutor",
+    "RayExecutor",
+    "count_parameters",
+    "gpus_needed",
+    "make",
+    "pair_task",
+    "score_task",
+    "waves",
+]

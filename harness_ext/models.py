@@ -281,6 +281,67 @@ def random_model(config: Any, from_pretrained_kwargs: dict[str, Any], device: st
     return cls.from_pretrained(None, config=config, state_dict=state, device_map={"": device}, **from_pretrained_kwargs)
 
 
+def spread_random_model(config: Any, dtype: str, max_memory: dict[Any, Any] | None = None, seed: int = 0) -> Any:
+    """Build ``config`` with random weights spread over every visible GPU, as ``device_map="auto"``
+    spreads a checkpoint: for shapes too large for one GPU (a 70B model in fp16 over two H100s).
+
+    The skeleton is built on the meta device, accelerate plans the placement (balanced over the
+    GPUs, whole decoder layers per device), each weight is drawn directly on its device (no copy of
+    the full model ever exists on the host), and ``dispatch_model`` adds the hooks that move
+    activations between devices. Unquantized only: bitsandbytes quantizes while a checkpoint
+    loads, and a random checkpoint of this size would have to exist first.
+    """
+    import torch
+    from accelerate import dispatch_model
+    from accelerate.utils import set_module_tensor_to_device
+
+    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    model, device_map = plan_spread(config, torch_dtype, max_memory)
+    std = float(getattr(config, "initializer_range", 0.02) or 0.02)
+    torch.manual_seed(seed)
+    for name, param in list(model.named_parameters()):
+        device = _placed_on(name, device_map)
+        value = torch.empty(param.shape, dtype=torch_dtype, device=device)
+        if value.dim() == 1:
+            value.fill_(1.0)  # norm weights: ones, as a fresh model has them
+        else:
+            value.normal_(0.0, std)
+        set_module_tensor_to_device(model, name, device, value=value)
+    model.tie_weights()
+    return dispatch_model(model, device_map=device_map)
+
+
+def plan_spread(config: Any, dtype: Any, max_memory: dict[Any, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """An empty (meta-device) model of ``config`` and accelerate's placement of it over ``max_memory``'s
+    devices (default: balanced over the visible GPUs); refuses a plan that spills to the CPU or disk."""
+    from accelerate import infer_auto_device_map, init_empty_weights
+    from accelerate.utils import get_balanced_memory
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    no_split = list(getattr(model, "_no_split_modules", None) or [])
+    if max_memory is None:
+        max_memory = get_balanced_memory(model, dtype=dtype, no_split_module_classes=no_split)
+    device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split, dtype=dtype)
+    gpus = any(isinstance(d, int) for d in max_memory)
+    spilled = sorted({str(d) for d in device_map.values() if d in ("cpu", "disk")})
+    if gpus and spilled:  # offloaded layers would time the host, not the GPUs
+        raise ModelLoadError(f"the shape does not fit the visible GPUs (it would spill to {', '.join(spilled)})")
+    return model, device_map
+
+
+def _placed_on(name: str, device_map: dict[str, Any]) -> Any:
+    """The device ``device_map`` gives parameter ``name`` (its longest matching module prefix)."""
+    best, where = -1, None
+    for prefix, device in device_map.items():
+        if (prefix == "" or name == prefix or name.startswith(prefix + ".")) and len(prefix) > best:
+            best, where = len(prefix), device
+    if where is None:
+        raise ModelLoadError(f"no device planned for {name}")
+    return f"cuda:{where}" if isinstance(where, int) else where
+
+
 def placeholder_tokenizer(vocab_size: int = 4) -> Any:
     """A tokenizer for shape-only models: four special tokens, then token id ``i`` is the word ``t<i>``
     (``"t17 t905"`` encodes to ``[17, 905]`` and back), so that text prompts and outputs carry ids."""

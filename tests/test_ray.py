@@ -103,3 +103,37 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(tiny_model
     assert len(files) == result.cells == len({json.loads(f.read_text())["cell_id"] for f in files})
     store = RunStore(out)
     assert len(store.load_records()) == result.cells and not store.problems
+
+
+def test_records_say_which_worker_computed_them(tiny_model, tmp_path, cluster) -> None:
+    text = SPEC.format(model=tiny_model) + "executor: ray\n"
+    _run(text, tmp_path / "run")
+    placements = [r.measurements.get("placement") for r in RunStore(tmp_path / "run").load_records().values()]
+    assert placements and all(p and p["pid"] > 0 and p["ray_gpu_ids"] == [] for p in placements)
+    assert len({p["pid"] for p in placements}) >= 1
+
+
+def test_a_pair_asking_for_more_gpus_than_the_cluster_has_fails_at_once(tiny_model, tmp_path, cluster) -> None:
+    text = SPEC.format(model=tiny_model).replace('pretrained: "', 'num_gpus: 2, pretrained: "') + "executor: ray\n"
+    runner, result = _run(text, tmp_path / "run")
+    assert result.ok == 0 and result.failed == result.cells
+    errors = {r.error for r in RunStore(tmp_path / "run").load_records().values()}
+    assert errors == {
+        "needs 2 GPUs, the Ray cluster has 0: set models[].num_gpus (or ray.num_gpus), or run it on a larger cluster"
+    }
+    assert runner.loads == []
+
+
+def test_only_probing_reference_pairs_go_first(tiny_model) -> None:
+    from harness_ext.executors import waves
+    from harness_ext.runner import plan
+
+    text = SPEC.format(model=tiny_model) + "executor: ray\n"
+    runner = Runner(parse_spec(text), text, progress=False)
+    cells = plan(runner.spec)
+    pairs: dict = {}
+    for c in cells:  # speed cells of each scheme as their own unit, as rounds are
+        pairs.setdefault((*c.pair, c.kind == "speed"), []).append(c)
+    first, then = waves(runner, pairs)
+    assert list(first) == [("tiny", "fp32", False)]
+    assert set(then) == {("tiny", "fp32", True), ("tiny", "nf4", False), ("tiny", "nf4", True)}
