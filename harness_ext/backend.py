@@ -236,7 +236,7 @@ def _build_shape(shape: dict[str, Any], scheme: Scheme, device: str, spread: boo
             model = sources.spread_random_model(config, from_pretrained_kwargs(scheme)["dtype"])
         else:
             model = sources.random_model(config, from_pretrained_kwargs(scheme), device)
-        synchronize(load_devices)
+        synchronize(cuda_devices(load_devices))
         load_s = time.perf_counter() - t0
     return model, tok, _finish_load(model, config, scheme, device, load_s, peak, {"shape": shape}, sources.SHAPE_NOTE)
 
