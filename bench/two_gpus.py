@@ -37,8 +37,10 @@ def _log(out: Path, step: str, **fields: Any) -> None:
     print(json.dumps({"step": step, **fields}), flush=True)
 
 
-def _cli_run(spec: str, run_dir: Path, extra: list[str], env: dict[str, str]) -> tuple[float, int]:
+def _cli_run(spec: str, run_dir: Path, extra: list[str], env: dict[str, str], minutes: float | None) -> tuple[float, int]:
     cmd = [sys.executable, "-m", "harness_ext.cli", "run", spec, "--output-dir", str(run_dir), "--no-progress", *extra]
+    if minutes:
+        cmd += ["--time-limit", str(minutes)]  # stops cleanly before the next pair; a rerun resumes
     t0 = time.perf_counter()
     rc = subprocess.run(cmd, env=env, cwd=REPO).returncode
     return time.perf_counter() - t0, rc
@@ -46,17 +48,17 @@ def _cli_run(spec: str, run_dir: Path, extra: list[str], env: dict[str, str]) ->
 
 def one(args: argparse.Namespace) -> None:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0"}
-    wall, rc = _cli_run(args.spec, args.out / "one", ["--executor", "local"], env)
+    wall, rc = _cli_run(args.spec, args.out / "one", ["--executor", "local"], env, args.time_limit)
     _log(args.out, "one", spec=args.spec, wall_s=wall, rc=rc, gpus=1, executor="local")
 
 
 def two(args: argparse.Namespace) -> None:
-    wall, rc = _cli_run(args.spec, args.out / "two", ["--executor", "ray"], dict(os.environ))
+    wall, rc = _cli_run(args.spec, args.out / "two", ["--executor", "ray"], dict(os.environ), args.time_limit)
     _log(args.out, "two", spec=args.spec, wall_s=wall, rc=rc, gpus=2, executor="ray")
 
 
 def split(args: argparse.Namespace) -> None:
-    wall, rc = _cli_run(args.spec, args.out / "split", ["--executor", "ray"], dict(os.environ))
+    wall, rc = _cli_run(args.spec, args.out / "split", ["--executor", "ray"], dict(os.environ), args.time_limit)
     _log(args.out, "split", spec=args.spec, wall_s=wall, rc=rc)
 
 
@@ -162,6 +164,7 @@ def main() -> None:
     ap.add_argument("step", choices=["one", "two", "split", "fault", "table"])
     ap.add_argument("--spec", default="specs/paper_speed.yaml")
     ap.add_argument("--out", type=Path, default=Path("runs/two_gpus"))
+    ap.add_argument("--time-limit", type=float, help="minutes: `run --time-limit` (a rerun resumes; wall times then add up)")
     ap.add_argument("--only", nargs="*", help="fault: run only these cells (KEY=V1,V2, as `run --only`)")
     args = ap.parse_args()
     {"one": one, "two": two, "split": split, "fault": fault, "table": table}[args.step](args)
