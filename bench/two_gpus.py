@@ -37,7 +37,9 @@ def _log(out: Path, step: str, **fields: Any) -> None:
     print(json.dumps({"step": step, **fields}), flush=True)
 
 
-def _cli_run(spec: str, run_dir: Path, extra: list[str], env: dict[str, str], minutes: float | None) -> tuple[float, int]:
+def _cli_run(
+    spec: str, run_dir: Path, extra: list[str], env: dict[str, str], minutes: float | None
+) -> tuple[float, int]:
     cmd = [sys.executable, "-m", "harness_ext.cli", "run", spec, "--output-dir", str(run_dir), "--no-progress", *extra]
     if minutes:
         cmd += ["--time-limit", str(minutes)]  # stops cleanly before the next pair; a rerun resumes
@@ -164,7 +166,7 @@ def main() -> None:
     ap.add_argument("step", choices=["one", "two", "split", "fault", "table"])
     ap.add_argument("--spec", default="specs/paper_speed.yaml")
     ap.add_argument("--out", type=Path, default=Path("runs/two_gpus"))
-    ap.add_argument("--time-limit", type=float, help="minutes: `run --time-limit` (a rerun resumes; wall times then add up)")
+    ap.add_argument("--time-limit", type=float, help="minutes, as `run --time-limit` (a rerun resumes)")
     ap.add_argument("--only", nargs="*", help="fault: run only these cells (KEY=V1,V2, as `run --only`)")
     args = ap.parse_args()
     {"one": one, "two": two, "split": split, "fault": fault, "table": table}[args.step](args)
