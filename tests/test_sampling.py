@@ -30,7 +30,7 @@ def test_warp_equals_transformers_warpers(t: float, k: int | None, p: float) -> 
 def test_warp_keeps_float64_for_the_probe(t: float, k: int | None, p: float) -> None:
     """The probe warps float64 logits: warp must not round them to fp32 (and keeps the same tokens)."""
     torch.manual_seed(0)
-    scores = (torch.randn(6, 100) * 3).double()
+    scores = torch.randn(6, 100, dtype=torch.float64) * 3  # not representable in fp32
     f64 = torch.float64
     got = warp(scores, torch.full((6,), t, dtype=f64), torch.full((6,), k or 0), torch.full((6,), p, dtype=f64))
     assert got.dtype == torch.float64
