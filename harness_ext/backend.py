@@ -756,14 +756,13 @@ class HFQuantLM(HFLM):
         replaced by a default (``top_p=0`` must not become "off")."""
         cap = int(kw.get("max_gen_toks", kw.get("max_new_tokens", self.max_gen_toks)))
         temperature = _given(kw, "temperature", 0.0)
-        top_k = kw.get("top_k")
-        top_k = int(top_k) if top_k is not None else None
+        top_k = int(_given(kw, "top_k", 0))
         top_p = _given(kw, "top_p", 1.0)
         penalty = _given(kw, "repetition_penalty", 1.0)
         check_sampling(temperature, top_k, top_p, penalty)
         if kw.get("do_sample") is False:
             temperature = 0.0  # do_sample=False is greedy whatever the temperature
-        top_k = top_k or None  # top_k=0 is "off", as in transformers
+        top_k = top_k or None  # top_k=0 (or none given) is "off", as in transformers
         if temperature == 0.0:  # greedy: the stream and the other warpers cannot matter
             return RowParams(0.0, None, 1.0, penalty, 0), cap
         seed = int(kw.get("seed", self.default_seed))

@@ -26,6 +26,20 @@ def test_warp_equals_transformers_warpers(t: float, k: int | None, p: float) -> 
     assert torch.allclose(got[~torch.isinf(got)], expected[~torch.isinf(expected)])
 
 
+@pytest.mark.parametrize(("t", "k", "p"), [(0.7, None, 1.0), (1.0, 5, 1.0), (0.5, None, 0.9), (1.3, 20, 0.8)])
+def test_warp_keeps_float64_for_the_probe(t: float, k: int | None, p: float) -> None:
+    """The probe warps float64 logits: warp must not round them to fp32 (and keeps the same tokens)."""
+    torch.manual_seed(0)
+    scores = torch.randn(6, 100, dtype=torch.float64) * 3  # not representable in fp32
+    f64 = torch.float64
+    got = warp(scores, torch.full((6,), t, dtype=f64), torch.full((6,), k or 0), torch.full((6,), p, dtype=f64))
+    assert got.dtype == torch.float64
+    kept = ~torch.isinf(got)
+    assert torch.equal(got[kept], scores[kept] / t)  # the float64 division itself, not an fp32 rounding of it
+    fp32 = warp(scores.float(), torch.full((6,), t), torch.full((6,), k or 0), torch.full((6,), p))
+    assert torch.equal(torch.isinf(fp32), ~kept)
+
+
 def test_repetition_penalty_equals_transformers() -> None:
     torch.manual_seed(1)
     scores = torch.randn(3, 50)
