@@ -32,13 +32,13 @@ def check_device(spec: StudySpec) -> None:
         raise SpecError(f"device: {spec.device}, but this machine has {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})")
 
 
-def hub_ids(spec: StudySpec) -> list[str]:
-    """The models (and tokenizers) that will be fetched from the Hugging Face hub."""
-    ids: list[str] = []
+def hub_ids(spec: StudySpec) -> list[tuple[str, str | None]]:
+    """The models (and tokenizers) that will be fetched from the Hugging Face hub, with their revision."""
+    ids: list[tuple[str, str | None]] = []
     for m in spec.models:
         for name in (m.pretrained, m.tokenizer):
-            if name and is_hub_id(m, name) and name not in ids:
-                ids.append(name)
+            if name and is_hub_id(m, name) and (name, m.revision) not in ids:
+                ids.append((name, m.revision))
     return ids
 
 
@@ -56,7 +56,7 @@ def check_hub(spec: StudySpec) -> None:
     """Fail fast, in one line, when a hub model is not in the local cache and cannot be fetched:
     ``HF_HUB_OFFLINE`` is set, or the hub does not answer within a few seconds. A cached model, or a
     reachable hub, passes (the download itself is left to transformers)."""
-    missing = [i for i in hub_ids(spec) if not _cached(i)]
+    missing = [name for name, revision in hub_ids(spec) if not _cached(name, revision)]
     if not missing:
         return
     names = ", ".join(missing)
@@ -73,12 +73,13 @@ def check_hub(spec: StudySpec) -> None:
         )
 
 
-def _cached(repo_id: str) -> bool:
+def _cached(repo_id: str, revision: str | None) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str) or isinstance(
-            try_to_load_from_cache(repo_id, "tokenizer_config.json"), str
+        return any(
+            isinstance(try_to_load_from_cache(repo_id, f, revision=revision), str)
+            for f in ("config.json", "tokenizer_config.json")
         )
     except Exception:  # an id the hub library refuses: let the loader say what is wrong with it
         return True

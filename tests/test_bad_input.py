@@ -15,6 +15,9 @@ reaches a real terminal either.
 The catalogue found six bugs when it was written (YAML tags and non-scalar keys escaping as
 tracebacks, NaN accepted as a number, non-UTF-8 data files, failure reasons invisible without the
 progress bar, a newer run directory modified before being refused); their rows now guard the fixes.
+Issue 17 added hostile YAML (recursive aliases, deep nesting, alias bombs), booleans as numbers,
+``--time-limit nan``, ``--only`` values the spec lacks, a missing CUDA device or hub, and broken
+report inputs; tests/test_robustness.py covers what needs more than a row.
 """
 
 from __future__ import annotations
