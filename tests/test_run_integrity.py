@@ -65,16 +65,15 @@ def test_a_changed_shape_or_cpu_thread_count_is_a_new_cell() -> None:
     assert on_gpu[0] == on_gpu[1] == _speed_ids(spec(), "cuda")  # a GPU's do not
 
 
-def test_ids_of_cells_with_weights_stay_those_of_the_committed_demo() -> None:
-    """Identity fields are added only where they were missing: the committed demo's eval and probe
-    cells keep their ids (its speed cells, on 2 CPU threads, are new cells)."""
+def test_ids_of_eval_cells_stay_those_of_the_committed_demo() -> None:
+    """Identity fields are added only where they were missing: the committed demo's evaluation
+    cells keep their ids (its CPU speed cells, on 2 threads, became new cells)."""
     from harness_ext.runner import plan
     from harness_ext.spec import load_spec
 
     committed = {c["cell_id"] for c in json.loads((REPO / "reports/demo/data/run.json").read_text())["expected_cells"]}
     cells = plan(load_spec(REPO / "specs/demo.yaml"))
-    assert {c.id for c in cells if c.kind != "speed"} <= committed
-    assert not {c.id for c in cells if c.kind == "speed"} & committed
+    assert {c.id for c in cells if c.kind == "eval"} <= committed
 
 
 # -- (5) few-shot draws -----------------------------------------------------------------------------
