@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from harness_ext import environment, machine, schedule
-from harness_ext.errors import DataError, HarnessExtError, SpecError
+from harness_ext.errors import DataError, HarnessExtError, SpecError, StoreError
 from harness_ext.measure import measure_copy_bandwidth
 from harness_ext.models import file_sha256
 from harness_ext.spec import Cell, ModelSpec, StudySpec, expand, resolve_device
@@ -457,12 +457,12 @@ class Runner:
         elif ref_scheme is not None:
             reference = self.store.get_tensor(probe_artifact(cell, ref_scheme.name))
             if reference is None:
-                raise RuntimeError(
+                raise StoreError(
                     f"the reference ({ref_scheme.name}) probe has no stored logits; it must run first "
                     "(it failed or was removed): this cell is retried on the next run"
                 )
             if reference.shape != logits.shape:
-                raise RuntimeError(f"reference logits {tuple(reference.shape)} do not match {tuple(logits.shape)}")
+                raise StoreError(f"reference logits {tuple(reference.shape)} do not match {tuple(logits.shape)}")
         points = probes.grid_points(cell.params["grid"])
         gold_t = torch.tensor(gold)
         per = probes.probe_metrics(
