@@ -145,7 +145,8 @@ def test_a_failing_pair_is_recorded_and_the_study_goes_on(tiny_model, tmp_path, 
     # a re-run redoes only the failed cells
     again = _runner(text, tmp_path / "r")
     res2 = again.run()
-    assert again.loads == [("a", "int8")] * 2 and res2.failed == 0  # its quality load and its speed round and res2.skipped == result.ok
+    # its quality load and its speed round
+    assert again.loads == [("a", "int8")] * 2 and res2.failed == 0 and res2.skipped == result.ok
 
 
 def test_a_failing_cell_does_not_stop_its_pair(tiny_model, tmp_path, monkeypatch) -> None:
