@@ -15,9 +15,11 @@ import subprocess
 import time
 from typing import Any
 
-#: Other processes' busy CPU (in cores) beyond what the machine had left over, as a share of the
-#: cores this process used, from which a round counts as contended (see docs/VERDICTS.md).
-OVERSUBSCRIBED = 0.25
+#: The machine counts as saturated when this share of its cores was busy; a saturated machine on
+#: which other processes used more than OTHERS x this process's cores ran the round contended:
+#: runnable threads then wait for a core (see docs/VERDICTS.md).
+SATURATED = 0.9
+OTHERS = 0.25
 #: Share of the machine's CPU time stolen by the hypervisor from which a round counts as contended.
 STEAL = 0.05
 #: SM clock below this share of its maximum: the GPU was throttled (power, heat) during the round.
@@ -97,13 +99,12 @@ def contention(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
             out["self_cores"] = self_s / wall
             out["other_cores"] = max(0.0, busy_s - self_s) / wall
             out["steal_share"] = delta.get("steal", 0) / total
-            spare = cpus - out["self_cores"]
-            excess = out["other_cores"] - spare
-            if out["self_cores"] > 0 and excess > OVERSUBSCRIBED * out["self_cores"]:
+            saturated = out["self_cores"] + out["other_cores"] >= SATURATED * cpus
+            if saturated and out["other_cores"] > OTHERS * max(out["self_cores"], 1e-9):
                 out["contended"] = True
                 out["why"].append(
-                    f"other processes used {out['other_cores']:.2f} cores beside this one's "
-                    f"{out['self_cores']:.2f} on {cpus}"
+                    f"the {cpus} cores were saturated and other processes used {out['other_cores']:.2f} of them "
+                    f"beside this one's {out['self_cores']:.2f}"
                 )
             if out["steal_share"] > STEAL:
                 out["contended"] = True

@@ -245,7 +245,7 @@ SEED_LIKE = {**EQUAL_SPEED, "bf16": 12}  # fp16 clearly fastest, int8 clearly sl
 def test_claim_d(speed, d, d2) -> None:
     study = make_study(lambda s, t, d_, r: base(t), speed=speed)
     c = claim(study, "d")
-    assert c.verdict == d and "1 size" in c.scope and "cpu" in c.scope
+    assert c.verdict == d and "size unknown" in c.scope and "cpu" in c.scope
     assert claim(study, "d2").verdict == d2
 
 
@@ -270,7 +270,13 @@ def test_contended_rounds_are_excluded() -> None:
 
 def test_two_models_agreeing_read_supported_or_contradicted_with_the_tally() -> None:
     study = make_study(lambda s, t, d_, r: base(t), speed=SEED_LIKE, models=("m", "n"))
-    assert claim(study, "d").verdict == "supported"  # two models (sizes unknown: each its own)
+    assert claim(study, "d").verdict == "holds"  # two models, but of unknown sizes: "every size" is not shown
+    study.run["loads"] = [
+        {"model": m, "scheme": "fp16", "scheme_fields": {"quant": "none"}, "num_parameters": n}
+        for m, n in (("m", 135_000_000), ("n", 1_100_000_000))
+    ]
+    d = claim(study, "d")
+    assert d.verdict == "supported" and "2 sizes" in d.scope
     c = claim(study, "c")
     assert c.verdict == "contradicted" and "2 of 2" not in c.reason and "0 of 2 models hold" in c.reason
 

@@ -26,7 +26,7 @@ tasks: [quant_nextword, quant_continuation]
 limit: 3
 seeds: [0]
 probe: {{limit: 8}}
-speed: {{batch_sizes: [1], prompt_tokens: 8, new_tokens: 4, repeats: 3}}
+speed: {{batch_sizes: [1], prompt_tokens: 8, new_tokens: 4, repeats: 3, rounds: 1}}
 threads: 1
 """
 
@@ -53,7 +53,7 @@ def test_ray_executor_gives_the_same_records_as_local(tiny_model, tmp_path, clus
     ray_text = text + "executor: ray\n"
     ray_runner, remote = _run(ray_text, tmp_path / "ray")
     assert local.failed == remote.failed == 0 and local.ok == remote.ok == local.cells
-    assert sorted(ray_runner.loads) == sorted(local_runner.loads) == [("tiny", "fp32"), ("tiny", "nf4")]
+    assert sorted(ray_runner.loads) == sorted(local_runner.loads) == [("tiny", "fp32")] * 2 + [("tiny", "nf4")] * 2
     assert ray_runner.scoring_loads == [("tiny", "fp32")]
     a, b = RunStore(tmp_path / "local").load_records(), RunStore(tmp_path / "ray").load_records()
     assert a.keys() == b.keys()  # the executor is not part of a cell's identity
@@ -98,7 +98,7 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(tiny_model
     runner, result = _run(text, out, executor=RayExecutor(task_fn=die_after_first_cell))
     assert marker.exists(), "no worker was killed"
     assert result.failed == 0 and result.ok == result.cells
-    assert sorted(runner.loads) == [("tiny", "fp32"), ("tiny", "nf4")]  # the killed attempt returned nothing
+    assert sorted(runner.loads) == [("tiny", "fp32")] * 2 + [("tiny", "nf4")] * 2  # the killed attempt returned nothing
     files = list((out / "records").glob("*.json"))
     assert len(files) == result.cells == len({json.loads(f.read_text())["cell_id"] for f in files})
     store = RunStore(out)

@@ -32,7 +32,7 @@ sampling:
 tasks: [quant_nextword, quant_continuation]
 limit: 3
 seeds: [0]
-speed: {{batch_sizes: [2], prompt_tokens: 8, new_tokens: 4, repeats: 3}}
+speed: {{batch_sizes: [2], prompt_tokens: 8, new_tokens: 4, repeats: 3, rounds: 1}}
 batch_size: 8
 threads: 1
 """
@@ -63,7 +63,7 @@ def test_two_models_four_schemes_six_points_two_tasks(full_run) -> None:
     _, out, runner, result = full_run
     assert result.failed == 0 and result.ok == result.cells
     assert result.cells == 2 * 4 * (6 * 2 + 1 + 1)  # eval + probe + speed per pair
-    assert len(runner.loads) == 2 * 4  # each (model, scheme) loaded once
+    assert len(runner.loads) == 2 * 4 * 2  # each (model, scheme) loaded once for quality, once per speed round
     assert sorted(runner.scoring_loads) == [("a", "fp32"), ("b", "fp32")]
     assert [s for m, s in runner.loads[:4]] == ["fp32", "int8", "nf4", "fp4"]  # reference first
     cells = pd.read_parquet(out / "tables" / "cells.parquet")
@@ -118,7 +118,8 @@ def test_changed_spec_gets_new_cells_only(full_run, tmp_path) -> None:
     runner = _runner(changed, copy)
     result = runner.run()
     new = 2 * 4 * 2 * 2  # temperature 1.3 x two top_k x two tasks, per pair
-    assert result.cells - result.skipped == new + 2 * 4  # plus each pair's probe (its grid changed)
+    # the probe's grid is unchanged: its default dense temperatures (0, 0.1, ..., 1.5) hold 1.2 and 1.3 already
+    assert result.cells - result.skipped == new
     assert len(runner.loads) == 8
 
 
@@ -145,7 +146,8 @@ def test_a_failing_pair_is_recorded_and_the_study_goes_on(tiny_model, tmp_path, 
     # a re-run redoes only the failed cells
     again = _runner(text, tmp_path / "r")
     res2 = again.run()
-    assert again.loads == [("a", "int8")] and res2.failed == 0 and res2.skipped == result.ok
+    # its quality load and its speed round
+    assert again.loads == [("a", "int8")] * 2 and res2.failed == 0 and res2.skipped == result.ok
 
 
 def test_a_failing_cell_does_not_stop_its_pair(tiny_model, tmp_path, monkeypatch) -> None:

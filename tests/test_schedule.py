@@ -82,7 +82,11 @@ def test_machine_snapshot_never_fails_and_flags_oversubscription() -> None:
         c = machine.contention(b, a)
         assert c["contended"] and abs(c["other_cores"] - 3.0) < 1e-9
         quiet = {**a, "proc_stat": {**stat, "user": 100 * 10, "idle": 100 * 10}}
-        assert not machine.contention(b, quiet)["contended"]
+        assert not machine.contention(b, quiet)["contended"]  # one core each: ours busy, the other idle
+        starved = {**a, "proc_stat": {**stat, "user": 2 * 100 * 10}, "self_cpu_s": 5.0}  # measured here: 0.5 vs 1.5
+        assert machine.contention(b, starved)["contended"]
+        alone = {**a, "proc_stat": {**stat, "user": 2 * 100 * 10}, "self_cpu_s": 20.0}  # we used both cores
+        assert not machine.contention(b, alone)["contended"]
     idle_gpu = {"sm_mhz": 345.0, "max_sm_mhz": 1980.0, "util_pct": 0.0}
     assert not machine.contention({"gpus": [idle_gpu]}, {"gpus": [idle_gpu]})["contended"]
     hot = {"sm_mhz": 1200.0, "max_sm_mhz": 1980.0, "util_pct": 99.0}

@@ -86,14 +86,15 @@ def scope_of(study: Study, models: list[str], *, sizes: bool = False) -> str:
         extra.append(f"{len(fams)} famil{'ies' if len(fams) > 1 else 'y'}")
     if sizes:
         n = len(size_groups(study, models))
-        extra.append(f"{n} size{'s' * (n > 1)}")
+        extra.append(f"{n} size{'s' * (n != 1)}" if n else "size unknown")
     extra.append(device_of(study))
     return f"{', '.join(models)} ({', '.join(extra)})"
 
 
-def size_groups(study: Study, models: list[str]) -> set[int | str]:
-    """Distinct model sizes (parameter counts; the model's name where unknown)."""
-    return {study.parameters(m) or m for m in models}
+def size_groups(study: Study, models: list[str]) -> set[int]:
+    """Distinct known model sizes (parameter counts of the unquantized loads). A model of unknown
+    size adds none: "every size" is not shown by models whose sizes may be the same."""
+    return {p for p in (study.parameters(m) for m in models) if p}
 
 
 def across_models(

@@ -80,6 +80,7 @@ def claim_b(study: Study, o: Options) -> list[Claim]:
         )
         per2[model] = _resilience(study, c2, model, a, b, nf4, fp4)
     per: dict[str, PerModel] = {m: "not tested" for m in study.models()}
+    per.update({m: "inconclusive" for m in per2 if m not in gaps})  # measured, but on too few prompts
     ps = {m: interaction_p(g, o.n_resamples) for m, g in gaps.items()}
     rejected = dict(zip(ps, holm(list(ps.values())), strict=True))
     for m, g in gaps.items():
