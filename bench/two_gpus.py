@@ -129,6 +129,16 @@ def _records(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted((run_dir / "records").glob("*.json"))]
 
 
+def _span_s(recs: list[dict[str, Any]]) -> float:
+    """Seconds from the earliest cell start to the latest cell end (records keep whole seconds; a cell's
+    start is taken after its model loaded, so the first load counts as start-up)."""
+    from datetime import datetime
+
+    starts = [datetime.fromisoformat(r["started_at"]) for r in recs]
+    ends = [datetime.fromisoformat(r["finished_at"]) for r in recs]
+    return (max(ends) - min(starts)).total_seconds()
+
+
 def table(args: argparse.Namespace) -> None:
     steps = [json.loads(line) for line in (args.out / "steps.jsonl").read_text().splitlines()]
     last = {s["step"]: s for s in steps}
@@ -141,6 +151,13 @@ def table(args: argparse.Namespace) -> None:
             print(f"| {name} | {s['executor']} | {s['gpus']} | {s['wall_s']:.1f} | {ok} | {len(recs) - ok} |")
     if "one" in last and "two" in last:
         print(f"\none GPU / two GPUs wall time: {last['one']['wall_s'] / last['two']['wall_s']:.2f}x")
+        spans = {name: _span_s(_records(args.out / name)) for name in ("one", "two")}
+        print(
+            f"from the first cell's start to the last cell's end: {spans['one']:.0f} s on one GPU, "
+            f"{spans['two']:.0f} s on two ({spans['one'] / spans['two']:.2f}x); the rest of each wall time is "
+            f"start-up ({last['one']['wall_s'] - spans['one']:.0f} s and {last['two']['wall_s'] - spans['two']:.0f} s: "
+            "imports, Ray and its workers, the first load)"
+        )
         recs = _records(args.out / "two")
         gpus = sorted({str((r["measurements"].get("placement") or {}).get("ray_gpu_ids")) for r in recs})
         print(f"GPU ids the two-GPU run's records were computed on: {', '.join(gpus)}")
