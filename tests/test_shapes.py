@@ -26,7 +26,7 @@ sampling: {temperature: [0]}
 tasks: [quant_nextword]
 limit: 2
 probe: {limit: 4}
-speed: {batch_sizes: [2], modes: [eager, compiled], prompt_tokens: 8, new_tokens: 4, repeats: 3}
+speed: {batch_sizes: [2], modes: [eager, compiled], prompt_tokens: 8, new_tokens: 4, repeats: 3, rounds: 1}
 device: cpu
 threads: 1
 """.replace("@SHAPE@", SHAPE)

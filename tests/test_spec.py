@@ -27,7 +27,7 @@ def test_expansion_counts_and_reference_first() -> None:
     evals = [c for c in cells if c.kind == "eval"]
     assert len(evals) == 3 * 8 * 2 * 2
     assert sum(c.kind == "probe" for c in cells) == 3
-    assert sum(c.kind == "speed" for c in cells) == 3
+    assert sum(c.kind == "speed" for c in cells) == 3 * 3  # three schemes x three rounds (the default)
     assert cells[0].scheme.name == "fp32"  # the unquantized reference runs first
     assert len({c.id for c in cells}) == len(cells)
 
