@@ -294,3 +294,21 @@ def test_estimate_predicates() -> None:
     e = Estimate(0.01, -0.02, 0.03, 50)
     assert e.within(0.05) and not e.outside(0.05) and not e.above(0)
     assert Estimate(0.2, 0.1, 0.3, 50).outside(0.05)
+
+
+def test_a_speed_reading_names_the_comparison_that_decided_it() -> None:
+    """An inconclusive or failed speed verdict says which comparison failed, with its interval."""
+    import numpy as np
+
+    from harness_ext.analysis.claims.d import speed_reading
+
+    slow = ("int8/fp16 (eager, batch 1)", np.log([3.1, 3.3, 3.2]))
+    tie = ("fp16/bf16 (eager, batch 1)", np.log([1.01, 0.99, 1.02]))
+    verdict, why = speed_reading([slow], [tie], margin_log=np.log(1.1))
+    assert verdict == "inconclusive"
+    assert why.startswith("not separated over rounds: fp16/bf16 (eager, batch 1) 1.01×") and "int8" not in why
+    verdict, why = speed_reading([slow], [("fp16/nf4 (eager, batch 1)", np.log([1.0, 1.1]))], margin_log=0.1)
+    assert verdict == "inconclusive"
+    assert why == "not replicated: fp16/nf4 (eager, batch 1) was timed in 2 uncontended rounds in common (≥ 3 needed)"
+    verdict, why = speed_reading([slow], [("fp16/int4 (eager, batch 1)", np.log([1.5, 1.52, 1.49]))], margin_log=0.1)
+    assert verdict == "does not hold" and "fp16/int4 (eager, batch 1) 1.50×" in why

@@ -88,11 +88,23 @@ def claim_a(study: Study, o: Options) -> list[Claim]:
     words = {
         "holds": "quality, speed and memory are equivalent within the margins",
         "does not hold": "at least one of quality, speed or memory differs beyond its margin",
-        "inconclusive": "the tests neither establish equivalence nor a difference beyond the margins (a speed part "
-        f"needs ≥ {rounds.MIN_ROUNDS} uncontended rounds)",
+        "inconclusive": _undecided(c, per)
+        or "the tests neither establish equivalence nor a difference beyond the margins",
         "not tested": "nothing measured for the nf4/fp4 pair",
     }
     return [across_models(study, c, per, words=words)]
+
+
+def _undecided(c: Claim, per: dict[str, PerModel]) -> str:
+    """The parts that left an inconclusive model undecided, each named with its figure."""
+    undecided = ("undecided", "inconclusive", "fewer than")
+    parts = [
+        f"{e['what']} {e['value']} ({e['verdict']})"
+        for e in c.evidence
+        if str(e.get("verdict", "")).startswith(undecided)
+        and any(e["what"].startswith(m) and v == "inconclusive" for m, v in per.items())
+    ]
+    return "undecided: " + "; ".join(parts) if parts else ""
 
 
 def _part(p: tuple[float, float]) -> str:

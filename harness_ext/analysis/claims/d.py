@@ -16,24 +16,43 @@ def speed_reading(
 ) -> tuple[PerModel, str]:
     """``slower``: per-round log-ratios that must be above ``margin_log`` (the scheme much slower
     than each other); ``faster``: log-ratios that must be below 0 (the scheme faster than each
-    other). Holds if every one-sided t-test over rounds rejects (intersection-union); does not hold
-    if Holm over the opposite tests (slower one faster; faster one slower) rejects one; fewer than
-    ``min_rounds`` rounds in any comparison: inconclusive — not replicated."""
-    comparisons = [(lr, margin_log, True) for lr in slower] + [(lr, 0.0, False) for lr in faster]
+    other); each an array, or a (label, array) pair that the reason names. Holds if every one-sided
+    t-test over rounds rejects (intersection-union); does not hold if Holm over the opposite tests
+    (slower one faster; faster one slower) rejects one; fewer than ``min_rounds`` rounds in any
+    comparison: inconclusive — not replicated. The reason names the comparisons that decided it."""
+    comparisons = [(*_labelled(x), margin_log, True) for x in slower] + [(*_labelled(x), 0.0, False) for x in faster]
     if not comparisons:
         return "not tested", "nothing to compare"
-    fewest = min(len(lr) for lr, _, _ in comparisons)
-    if fewest < min_rounds:
+    short = [(label, lr) for label, lr, _, _ in comparisons if len(lr) < min_rounds]
+    if short:
+        label, lr = min(short, key=lambda x: len(x[1]))
+        n = len(lr)
         return (
             "inconclusive",
-            f"not replicated ({fewest} uncontended round{'s' * (fewest != 1)}; ≥ {min_rounds} needed)",
+            f"not replicated: {label} was timed in {n} uncontended round{'s' * (n != 1)} in common (≥ {min_rounds} "
+            "needed)",
         )
-    if all((p_greater(lr, m) if up else p_less(lr, m)) < alpha for lr, m, up in comparisons):
+    if all((p_greater(lr, m) if up else p_less(lr, m)) < alpha for _, lr, m, up in comparisons):
         return "holds", "every comparison is significant over rounds"
-    against = [p_less(lr, 0.0) if up else p_greater(lr, 0.0) for lr, _, up in comparisons]
-    if any(holm(against, alpha)):
-        return "does not hold", "a comparison goes the other way (Holm over the comparisons)"
-    return "inconclusive", "the rounds do not separate the schemes"
+    against = [p_less(lr, 0.0) if up else p_greater(lr, 0.0) for _, lr, _, up in comparisons]
+    reverse = holm(against, alpha)
+    if any(reverse):
+        named = [
+            f"{label} {RoundRatio.of(lr).text()}"
+            for (label, lr, _, _), r in zip(comparisons, reverse, strict=True)
+            if r
+        ]
+        return "does not hold", "goes the other way (Holm over the comparisons): " + "; ".join(named)
+    undecided = [
+        f"{label} {RoundRatio.of(lr).text()}"
+        for label, lr, m, up in comparisons
+        if (p_greater(lr, m) if up else p_less(lr, m)) >= alpha
+    ]
+    return "inconclusive", "not separated over rounds: " + "; ".join(undecided)
+
+
+def _labelled(x: object) -> tuple[str, object]:
+    return x if isinstance(x, tuple) else ("a comparison", x)
 
 
 @claim("d")
@@ -84,7 +103,7 @@ def claim_d(study: Study, o: Options) -> list[Claim]:
                         if other == s:
                             continue
                         lr = rounds.paired_log_ratios(g, s, other)
-                        out.append(lr)
+                        out.append((f"{s}/{other} ({mode}, batch {int(g['batch_size'].iloc[0])})", lr))
                         evid.evidence.append(
                             {"what": f"{label}: {s}/{other} decode time", "value": RoundRatio.of(lr).text()}
                         )
@@ -120,9 +139,7 @@ def claim_d(study: Study, o: Options) -> list[Claim]:
         "inconclusive": "the rounds do not decide (too few, or the schemes not separated)",
         "not tested": f"the study has no {' or '.join(missing) or 'comparable'} scheme",
     }
-    whys = {e["value"] for e in c.evidence if e["what"].endswith(": reading") and e.get("verdict") == "inconclusive"}
-    if any(w.startswith("not replicated") for w in whys):
-        words["inconclusive"] = "not replicated: " + "; ".join(sorted(w for w in whys if w.startswith("not repl")))
+    words["inconclusive"] = _why(c, words["inconclusive"])
     across_models(study, c, per, needs_sizes=True, words=words)
     if missing and c.verdict != "not tested":
         c.reason += f"; the study has no {' or '.join(missing)} scheme, so that part is not tested"
@@ -146,7 +163,10 @@ def _pct(x: float) -> str:
 
 
 def _why(c: Claim, default: str) -> str:
-    whys = sorted(
-        {e["value"] for e in c.evidence if e["what"].endswith(": reading") and e.get("verdict") == "inconclusive"}
-    )
+    """Each inconclusive model's own reason, named by model (the reason says which comparison failed)."""
+    whys = [
+        f"{e['what'].removesuffix(': reading')}: {e['value']}"
+        for e in c.evidence
+        if e["what"].endswith(": reading") and e.get("verdict") == "inconclusive"
+    ]
     return "; ".join(whys) if whys else default
