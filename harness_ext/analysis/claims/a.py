@@ -87,7 +87,8 @@ def claim_a(study: Study, o: Options) -> list[Claim]:
         per[model] = reading
     words = {
         "holds": "quality, speed and memory are equivalent within the margins",
-        "does not hold": "at least one of quality, speed or memory differs beyond its margin",
+        "does not hold": _parts(c, per, "does not hold", ("differs",))
+        or "at least one of quality, speed or memory differs beyond its margin",
         "inconclusive": _undecided(c, per)
         or "the tests neither establish equivalence nor a difference beyond the margins",
         "not tested": "nothing measured for the nf4/fp4 pair",
@@ -97,14 +98,18 @@ def claim_a(study: Study, o: Options) -> list[Claim]:
 
 def _undecided(c: Claim, per: dict[str, PerModel]) -> str:
     """The parts that left an inconclusive model undecided, each named with its figure."""
-    undecided = ("undecided", "inconclusive", "fewer than")
-    parts = [
+    parts = _parts(c, per, "inconclusive", ("undecided", "inconclusive", "fewer than"))
+    return "undecided: " + parts if parts else ""
+
+
+def _parts(c: Claim, per: dict[str, PerModel], reading: str, verdicts: tuple[str, ...]) -> str:
+    """The evidence parts whose verdict starts with one of ``verdicts``, of the models read ``reading``."""
+    return "; ".join(
         f"{e['what']} {e['value']} ({e['verdict']})"
         for e in c.evidence
-        if str(e.get("verdict", "")).startswith(undecided)
-        and any(e["what"].startswith(m) and v == "inconclusive" for m, v in per.items())
-    ]
-    return "undecided: " + "; ".join(parts) if parts else ""
+        if str(e.get("verdict", "")).startswith(verdicts)
+        and any(e["what"].startswith(m) and v == reading for m, v in per.items())
+    )
 
 
 def _part(p: tuple[float, float]) -> str:

@@ -151,7 +151,7 @@ def claim_c(study: Study, o: Options) -> list[Claim]:
     words = {
         "holds": "every 4-bit scheme loses more accuracy than the reference when leaving greedy decoding",
         "does not hold": "no 4-bit scheme loses more than the margin beyond the reference",
-        "inconclusive": "the schemes disagree or the tests do not decide",
+        "inconclusive": _per_scheme(c, "excess loss") or "the schemes disagree or the tests do not decide",
     }
     across_models(study, c, per, words=words)
     if len(band) < MIN_TEMPS or len(other) < MIN_TEMPS:
@@ -169,11 +169,18 @@ def claim_c(study: Study, o: Options) -> list[Claim]:
             words={
                 "holds": "the excess is positive in the band and larger there than outside",
                 "does not hold": "the band holds no meaningful excess beyond the rest",
-                "inconclusive": "the in-band excess is not clearly positive and concentrated",
+                "inconclusive": _per_scheme(c2, "in-band minus")
+                or "the in-band excess is not clearly positive and concentrated",
                 "not tested": "no model has the temperatures needed",
             },
         )
     return [c, c2]
+
+
+def _per_scheme(c: Claim, what: str) -> str:
+    """Each scheme's own reading with its figure (why the model's reading is what it is)."""
+    rows = [f"{e['what'].split(' (')[0]}: {e['verdict']} ({e['value']})" for e in c.evidence if what in e["what"]]
+    return "per scheme — " + "; ".join(rows) if rows else ""
 
 
 def _excess(q, model: str, s: str, ref: str, ts: list[float]):
