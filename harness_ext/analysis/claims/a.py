@@ -99,6 +99,9 @@ def claim_a(study: Study, o: Options) -> list[Claim]:
 def _undecided(c: Claim, per: dict[str, PerModel]) -> str:
     """The parts that left an inconclusive model undecided, each named with its figure."""
     parts = _parts(c, per, "inconclusive", ("undecided", "inconclusive", "fewer than"))
+    alone = _parts(c, per, "inconclusive", ("differs",))
+    if alone:  # a part that differs on its own, but not after Holm's correction over the model's parts
+        parts = "; ".join(x for x in (parts, f"{alone}: not significant after Holm over the parts") if x)
     return "undecided: " + parts if parts else ""
 
 
