@@ -103,7 +103,7 @@ def _write_run(tmp_path, tiny_model) -> tuple[RunStore, dict]:
     text = (
         f'name: t\nmodels: [{{name: a, pretrained: "{tiny_model}"}}]\nschemes: [fp32]\n'
         "probe: {enabled: false}\nthreads: 1\n"
-        "speed: {batch_sizes: [1], prompt_tokens: 4, new_tokens: 2, warmup: 0, repeats: 3}\n"
+        "speed: {batch_sizes: [1], prompt_tokens: 4, new_tokens: 2, warmup: 0, repeats: 3, rounds: 1}\n"
     )
     Runner(parse_spec(text), text, progress=False, output_dir=tmp_path / "r").run()
     store = RunStore(tmp_path / "r")
