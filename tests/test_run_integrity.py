@@ -141,7 +141,9 @@ def test_redoing_the_reference_recomputes_the_metrics_against_it(tiny_model, tmp
 
 # -- (9) and (12): bugs are loud; the summary counts what ran --------------------------------------------
 def _speed_spec(model: Path) -> str:
-    return _spec(model, speed="{batch_sizes: [1, 2], prompt_tokens: 4, new_tokens: 2, warmup: 0, repeats: 3, rounds: 1}")
+    return _spec(
+        model, speed="{batch_sizes: [1, 2], prompt_tokens: 4, new_tokens: 2, warmup: 0, repeats: 3, rounds: 1}"
+    )
 
 
 def test_a_bug_keeps_its_traceback_and_fails_the_run_loudly(tiny_model, tmp_path, monkeypatch, capsys) -> None:
