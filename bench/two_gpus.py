@@ -48,15 +48,23 @@ def _cli_run(
     return time.perf_counter() - t0, rc
 
 
+def _tagged(step: str, tag: str | None) -> str:
+    return f"{step}-{tag}" if tag else step
+
+
 def one(args: argparse.Namespace) -> None:
+    """The study on GPU 0 alone, with the local executor (or Ray, ``--executor ray``: then the
+    comparison with ``two`` holds the executor fixed and changes only the number of GPUs)."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0"}
-    wall, rc = _cli_run(args.spec, args.out / "one", ["--executor", "local"], env, args.time_limit)
-    _log(args.out, "one", spec=args.spec, wall_s=wall, rc=rc, gpus=1, executor="local")
+    name = _tagged("one" if args.executor == "local" else "one-ray", args.tag)
+    wall, rc = _cli_run(args.spec, args.out / name, ["--executor", args.executor], env, args.time_limit)
+    _log(args.out, name, spec=args.spec, wall_s=wall, rc=rc, gpus=1, executor=args.executor)
 
 
 def two(args: argparse.Namespace) -> None:
-    wall, rc = _cli_run(args.spec, args.out / "two", ["--executor", "ray"], dict(os.environ), args.time_limit)
-    _log(args.out, "two", spec=args.spec, wall_s=wall, rc=rc, gpus=2, executor="ray")
+    name = _tagged("two", args.tag)
+    wall, rc = _cli_run(args.spec, args.out / name, ["--executor", "ray"], dict(os.environ), args.time_limit)
+    _log(args.out, name, spec=args.spec, wall_s=wall, rc=rc, gpus=2, executor="ray")
 
 
 def split(args: argparse.Namespace) -> None:
@@ -139,26 +147,47 @@ def _span_s(recs: list[dict[str, Any]]) -> float:
     return (max(ends) - min(starts)).total_seconds()
 
 
+def _kind(step: str) -> str:
+    """``one``/``one-ray``/``two`` from a step name with or without its replicate tag."""
+    if step == "one-ray" or step.startswith("one-ray-"):
+        return "one-ray"
+    for kind in ("one", "two"):
+        if step == kind or step.startswith(kind + "-"):
+            return kind
+    return step
+
+
 def table(args: argparse.Namespace) -> None:
     steps = [json.loads(line) for line in (args.out / "steps.jsonl").read_text().splitlines()]
     last = {s["step"]: s for s in steps}
-    print("| step | executor | GPUs | wall s | cells ok | failed |\n|---|---|---|---|---|---|")
-    for name in ("one", "two"):
-        if name in last:
-            recs = _records(args.out / name)
-            ok = sum(r["status"] == "ok" for r in recs)
-            s = last[name]
-            print(f"| {name} | {s['executor']} | {s['gpus']} | {s['wall_s']:.1f} | {ok} | {len(recs) - ok} |")
-    if "one" in last and "two" in last:
-        print(f"\none GPU / two GPUs wall time: {last['one']['wall_s'] / last['two']['wall_s']:.2f}x")
-        spans = {name: _span_s(_records(args.out / name)) for name in ("one", "two")}
+    timed = [s for s in last.values() if _kind(s["step"]) in ("one", "one-ray", "two")]
+    print("| step | executor | GPUs | wall s | first cell start to last cell end, s | start-up s | cells ok | failed |")
+    print("|---|---|---|---|---|---|---|---|")
+    spans: dict[str, float] = {}
+    for s in timed:
+        recs = _records(args.out / s["step"])
+        ok = sum(r["status"] == "ok" for r in recs)
+        spans[s["step"]] = _span_s(recs)
         print(
-            f"from the first cell's start to the last cell's end: {spans['one']:.0f} s on one GPU, "
-            f"{spans['two']:.0f} s on two ({spans['one'] / spans['two']:.2f}x); the rest of each wall time is "
-            f"start-up ({last['one']['wall_s'] - spans['one']:.0f} s and {last['two']['wall_s'] - spans['two']:.0f} s: "
-            "imports, Ray and its workers, the first load)"
+            f"| {s['step']} | {s['executor']} | {s['gpus']} | {s['wall_s']:.1f} | {spans[s['step']]:.0f} | "
+            f"{s['wall_s'] - spans[s['step']]:.0f} | {ok} | {len(recs) - ok} |"
         )
-        recs = _records(args.out / "two")
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for s in timed:
+        by_kind.setdefault(_kind(s["step"]), []).append(s)
+    for base in ("one", "one-ray"):
+        ones, twos = by_kind.get(base, []), by_kind.get("two", [])
+        if not ones or not twos:
+            continue
+        walls = [a["wall_s"] / b["wall_s"] for a, b in zip(ones, twos, strict=False)]
+        inner = [spans[a["step"]] / spans[b["step"]] for a, b in zip(ones, twos, strict=False)]
+        print(
+            f"\n{base} (GPU 0, {ones[0]['executor']}) / two (Ray, both GPUs), replicate by replicate in the order "
+            f"run: wall time {', '.join(f'{w:.2f}x' for w in walls)}; "
+            f"first cell start to last cell end {', '.join(f'{w:.2f}x' for w in inner)}"
+        )
+    for s in by_kind.get("two", [])[:1]:
+        recs = _records(args.out / s["step"])
         gpus = sorted({str((r["measurements"].get("placement") or {}).get("ray_gpu_ids")) for r in recs})
         print(f"GPU ids the two-GPU run's records were computed on: {', '.join(gpus)}")
     if "split" in last:
@@ -181,6 +210,8 @@ def table(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("step", choices=["one", "two", "split", "fault", "table"])
+    ap.add_argument("--executor", choices=["local", "ray"], default="local", help="one: the executor on GPU 0")
+    ap.add_argument("--tag", help="one/two: a replicate's name (run dir and step become STEP-TAG)")
     ap.add_argument("--spec", default="specs/paper_speed.yaml")
     ap.add_argument("--out", type=Path, default=Path("runs/two_gpus"))
     ap.add_argument("--time-limit", type=float, help="minutes, as `run --time-limit` (a rerun resumes)")
