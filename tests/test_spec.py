@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from harness_ext.errors import SpecError
-from harness_ext.spec import SamplingGrid, SamplingPoint, StudySpec, expand, parse_spec
+from harness_ext.point import SamplingPoint
+from harness_ext.spec import SamplingGrid, StudySpec, expand, parse_spec
 
 BASE = """\
 name: s

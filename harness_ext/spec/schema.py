@@ -1,21 +1,16 @@
-"""The study spec: pydantic models, YAML loading with line numbers, grid expansion, cells.
+"""The study spec as pydantic models: what a YAML spec may say, checked field by field and across fields.
 
-A spec names models x quantization schemes x a sampling grid x tasks x seeds. ``expand`` turns it
-into cells, each with a content hash that changes whenever anything that could change its result
-changes, so a resumed run never mixes results of different definitions.
+A spec names models x quantization schemes x a sampling grid x tasks x seeds. Loading it from YAML
+(with line numbers) is :mod:`harness_ext.spec.loading`; turning it into cells is
+:mod:`harness_ext.spec.plan`. Importing this module imports pydantic only, never torch.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -24,18 +19,13 @@ from pydantic import (
     Field,
     PositiveInt,
     Tag,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from harness_ext.errors import SpecError
 from harness_ext.point import MaxNewTokens, RepetitionPenalty, SamplingPoint, Temperature, TopK, TopP
-from harness_ext.quant import BUILTIN_SCHEMES, DType, Scheme
-
-#: Bump when the meaning of a cell's definition changes: every cell gets a new hash.
-CELL_HASH_VERSION = 1
+from harness_ext.spec.schemes import BUILTIN_SCHEMES, DType, Scheme
 
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 OUR_TASKS = ("quant_nextword", "quant_continuation")
@@ -279,7 +269,7 @@ TaskEntry = Annotated[
     Annotated[str, Field(pattern=SAFE_NAME, max_length=64), Tag("by-name")] | Annotated[TaskSpec, Tag("inline")],
     Discriminator(_by_name_or_inline),
 ]
-_UNION_TAGS = ("by-name", "inline")
+UNION_TAGS = ("by-name", "inline")
 
 
 class StudySpec(_Strict):
@@ -321,7 +311,7 @@ class StudySpec(_Strict):
         problems = self.problems()
         if problems:
             loc, msg = problems[0]
-            raise ValueError(f"{_loc_path(loc)}: {msg}")
+            raise ValueError(f"{loc_path(loc)}: {msg}")
         return self
 
     def problems(self) -> list[tuple[tuple[Any, ...], str]]:
@@ -411,445 +401,14 @@ class StudySpec(_Strict):
         return Path(self.report.output_dir) if self.report.output_dir else self.run_dir / "report"
 
 
-# ---------------------------------------------------------------------------------------------
-# Cells
-
-
-def content_hash(obj: Any) -> str:
-    """16-hex-digit SHA-256 of the canonical JSON of ``obj``."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class Cell:
-    """A unit of work with one stored record. ``kind``: eval (a task at a grid point and seed),
-    probe (the exact next-token probe), speed (the generation benchmark at one batch size)."""
-
-    kind: Literal["eval", "probe", "speed"]
-    model: ModelSpec
-    scheme: Scheme  # resolved
-    device: str  # resolved device type: cpu or cuda
-    task: TaskSpec | None = None
-    point: SamplingPoint | None = None
-    seed: int | None = None
-    params: dict[str, Any] = field(default_factory=dict)  # limit, repeats, batch size, data hash, ...
-
-    def definition(self) -> dict[str, Any]:
-        """Everything that defines the cell's result; hashed into :attr:`id` and stored in its record."""
-        return {
-            "hash_version": CELL_HASH_VERSION,
-            "kind": self.kind,
-            "model": {"name": self.model.label, **self.model.identity()},
-            "scheme": self.scheme.model_dump(mode="json"),
-            "device": self.device,
-            "task": self.task.name if self.task else None,
-            "point": self.point.model_dump(mode="json") if self.point else None,
-            "seed": self.seed,
-            "params": self.params,
-        }
-
-    @property
-    def id(self) -> str:
-        return content_hash(self.definition())
-
-    @property
-    def pair(self) -> tuple[str, str]:
-        return (self.model.label, self.scheme.name)
-
-    def label(self) -> str:
-        parts = [self.kind, self.model.label, self.scheme.name]
-        if self.task:
-            parts.append(self.task.name)
-        if self.point:
-            parts.append(self.point.label())
-        if self.seed is not None:
-            parts.append(f"seed={self.seed}")
-        if self.kind == "speed":
-            parts.append(f"batch={self.params['batch_size']} {self.params.get('mode', 'eager')}")
-            parts.append(f"round={self.params.get('round', 0)}")
-        return " | ".join(parts)
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` if a GPU is visible, else ``cpu``."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def expand(spec: StudySpec, device: str, task_params: dict[str, dict[str, Any]] | None = None) -> list[Cell]:
-    """All cells of a study, reference pairs first per model.
-
-    ``task_params`` maps task name to extra identity (e.g. the data file's hash, whether the task is
-    a loglikelihood task, which collapses the sampling axes); the runner supplies it.
-    """
-    task_params = task_params or {}
-    cells: list[Cell] = []
-    points = spec.sampling.expand() if spec.sampling else []
-    for model in spec.models:
-        for scheme in ordered_schemes(spec, model):
-            rs = scheme.resolve(model.dtype)
-            for task in [] if model.speed_only else spec.task_list:
-                extra = dict(task_params.get(task.name, {}))
-                generative = extra.pop("generative", True)
-                params = {
-                    "limit": task.limit or spec.limit,
-                    "repeats": (task.repeats or spec.repeats) if generative else 1,
-                    "mode": spec.mode,
-                    **extra,
-                }
-                task_points: list[SamplingPoint | None]
-                if generative:
-                    seen: dict[SamplingPoint, None] = {}
-                    for p in points:
-                        if task.max_new_tokens is not None:
-                            p = p.model_copy(update={"max_new_tokens": task.max_new_tokens})
-                        seen.setdefault(p, None)
-                    task_points = list(seen)
-                else:
-                    task_points = [None]
-                for point in task_points:
-                    for seed in spec.seeds if generative else spec.seeds[:1]:
-                        cells.append(Cell("eval", model, rs, device, task, point, seed, params))
-            if spec.probe.enabled and not model.speed_only and spec.sampling is not None:
-                ptask = spec.task(spec.probe.task)
-                probe_params = {
-                    "limit": spec.probe.limit or ptask.limit or spec.limit,
-                    "task": ptask.name,
-                    **{k: v for k, v in task_params.get(ptask.name, {}).items() if k != "generative"},
-                    "grid": probe_grid(spec),
-                }
-                cells.append(Cell("probe", model, rs, device, ptask, None, None, probe_params))
-            if spec.speed.enabled:
-                for mode in spec.speed.modes:
-                    for bs in spec.speed.batch_sizes:
-                        sp = spec.speed.model_dump(exclude={"enabled", "batch_sizes", "modes", "rounds"})
-                        # CPU timings move with the thread count; on a GPU they do not (a key only when set)
-                        threads = {"threads": spec.threads} if spec.threads and device == "cpu" else {}
-                        for r in range(spec.speed.rounds):  # `rounds` is no identity: more rounds = more cells
-                            params = {"batch_size": bs, "mode": mode, **sp, **threads, "round": r}
-                            cells.append(Cell("speed", model, rs, device, None, None, None, params))
-    return cells
-
-
-def probe_grid(spec: StudySpec) -> dict[str, list[Any]]:
-    """The probe's axes: every temperature of the grid and of ``probe.temperatures``, and every
-    top-k, top-p and repetition penalty of the grid."""
-    pts = spec.sampling.expand()
-    return {
-        "temperature": sorted({p.temperature for p in pts} | set(spec.probe.temperatures)),
-        "top_k": sorted({p.top_k for p in pts}, key=lambda k: math.inf if k is None else k),
-        "top_p": sorted({p.top_p for p in pts}),
-        "repetition_penalty": sorted({p.repetition_penalty for p in pts}),
-    }
-
-
-def ordered_schemes(spec: StudySpec, model: ModelSpec) -> list[Scheme]:
-    """The model's schemes with its unquantized reference first (metrics against it need it)."""
-    ref = spec.reference_scheme(model)
-    schemes = spec.scheme_list
-    if ref is None:
-        return schemes
-    return [ref] + [s for s in schemes if s.name != ref.name]
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading YAML with line numbers
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """Safe loader that refuses duplicate mapping keys (PyYAML silently keeps the last)."""
-
-
-#: Bounds that keep hostile YAML cheap: nesting depth (PyYAML's composer recurses per level) and the
-#: number of nodes the document holds once every alias is expanded (a "billion laughs" bomb is a few
-#: hundred bytes that expand to 10**9 nodes). A real spec has a few hundred nodes, 5 levels deep.
-MAX_YAML_DEPTH = 64
-MAX_YAML_NODES = 100_000
-
-
-def _compose(text: str, source: str) -> yaml.Node | None:
-    try:
-        _check_yaml_shape(text, source)
-        node = yaml.compose(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as e:
-        raise SpecError(f"{source}:{_yaml_error_detail(e)}") from None
-    except RecursionError:  # a backstop: _check_yaml_shape bounds the depth first
-        raise SpecError(f"{source}: malformed YAML: nested too deeply") from None
-    _check_duplicate_keys(node, source)
-    return node
-
-
-def _yaml_error_detail(e: yaml.YAMLError) -> str:
-    """``LINE: malformed YAML: what`` of a PyYAML error (its context line, then the problem's)."""
-    problem_mark, context_mark = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
-    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-    mark = context_mark or problem_mark
-    where = f"{mark.line + 1}: " if mark else " "
-    detail = f"{e.context} here; {problem}" if context_mark is not None and getattr(e, "context", None) else problem
-    if context_mark is not None and problem_mark is not None and problem_mark.line != context_mark.line:
-        detail += f" (line {problem_mark.line + 1})"
-    return f"{where}malformed YAML: {detail}"
-
-
-def _check_yaml_shape(text: str, source: str) -> None:
-    """Refuse recursive aliases, deep nesting and alias bombs from the event stream, before any node
-    is built: one linear pass, no recursion. Each anchored node's expanded size is remembered, so an
-    alias costs one addition however large the node it names."""
-    sizes: dict[str, int] = {}  # anchor -> nodes of its value with aliases expanded
-    stack: list[list[Any]] = []  # open collections: [anchor, expanded nodes so far]
-    total = 0
-    for ev in yaml.parse(text, Loader=_UniqueKeyLoader):
-        line = ev.start_mark.line + 1 if ev.start_mark else None
-        if isinstance(ev, yaml.AliasEvent):
-            if any(frame[0] == ev.anchor for frame in stack):
-                raise SpecError(f"{_where(source, line)}: recursive YAML alias *{ev.anchor} (it contains itself)")
-            added = sizes.get(ev.anchor, 1)  # an undefined alias is the composer's error
-        elif isinstance(ev, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
-            if len(stack) >= MAX_YAML_DEPTH:
-                raise SpecError(f"{_where(source, line)}: YAML nested more than {MAX_YAML_DEPTH} levels deep")
-            stack.append([ev.anchor, 1])
-            continue
-        elif isinstance(ev, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
-            anchor, added = stack.pop()
-            if anchor is not None:
-                sizes[anchor] = added
-        elif isinstance(ev, yaml.ScalarEvent):
-            added = 1
-            if ev.anchor is not None:
-                sizes[ev.anchor] = 1
-        else:
-            continue
-        if stack:
-            stack[-1][1] += added
-        else:
-            total += added
-        if total + sum(frame[1] for frame in stack) > MAX_YAML_NODES:
-            raise SpecError(
-                f"{_where(source, line)}: the YAML expands to more than {MAX_YAML_NODES:,} values through its "
-                "aliases (an alias bomb?); a spec is far smaller"
-            )
-
-
-def _check_duplicate_keys(node: yaml.Node | None, source: str, checked: set[int] | None = None) -> None:
-    """Refuse duplicate and non-scalar mapping keys, in document order. Each node is checked once:
-    aliases share nodes, so an alias bomb costs no more than its text."""
-    checked = set() if checked is None else checked
-    if node is None or id(node) in checked:
-        return
-    checked.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for k, v in node.value:
-            if not isinstance(k, yaml.ScalarNode):
-                raise SpecError(
-                    f"{source}:{k.start_mark.line + 1}: mapping keys must be plain names, not a list or mapping"
-                )
-            if k.value in seen:
-                raise SpecError(f"{source}:{k.start_mark.line + 1}: key {k.value!r} appears twice in one mapping")
-            seen.add(k.value)
-            _check_duplicate_keys(v, source, checked)
-    elif isinstance(node, yaml.SequenceNode):
-        for v in node.value:
-            _check_duplicate_keys(v, source, checked)
-
-
-def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """1-based line of the YAML node at a pydantic error location (best effort)."""
-    line = node.start_mark.line + 1 if node is not None else None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
-            match = next((kv for kv in node.value if getattr(kv[0], "value", None) == part), None)
-            if match is None:
-                continue  # pydantic union tags ("str", "Scheme") and missing keys: stay on the parent
-            line = match[0].start_mark.line + 1
-            node = match[1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if part >= len(node.value):
-                break
-            node = node.value[part]
-            line = node.start_mark.line + 1
-    return line
-
-
-def _loc_path(loc: tuple[Any, ...]) -> str:
+def loc_path(loc: tuple[Any, ...]) -> str:
+    """``models[0].reference`` of a pydantic error location, without union tags and validator names."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in _UNION_TAGS or "[" in str(part):
+        elif part in UNION_TAGS or "[" in str(part):
             continue  # union member tags and validator names
         else:
             out += ("." if out else "") + str(part)
     return out or "(top level)"
-
-
-_HINTS = {
-    "extra_forbidden": "unknown key",
-    "missing": "required key missing",
-}
-
-
-def format_validation_error(err: ValidationError, node: yaml.Node | None, source: str, model: type[BaseModel]) -> str:
-    """One line per problem: ``file:line: field.path: message``; unions reported once, by best match."""
-    lines: list[str] = []
-    seen: set[tuple[str, str]] = set()
-    for e in err.errors():
-        loc = tuple(e["loc"])
-        path = _loc_path(loc)
-        line = _line_of(node, loc)
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            allowed = _allowed_keys(model, loc[:-1])
-            msg = f"unknown key {loc[-1]!r}" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
-        elif e["type"] == "missing":
-            msg = "required key missing"
-        key = (path, msg)
-        if key in seen:
-            continue
-        seen.add(key)
-        where = f"{source}:{line}" if line else source
-        lines.append(f"{where}: {path}: {msg}")
-    return "\n".join(lines)
-
-
-def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the sub-model at ``loc`` (for 'unknown key' messages)."""
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if part in _UNION_TAGS:
-            continue
-        fields = getattr(current, "model_fields", {})
-        if part not in fields:
-            continue
-        current = _model_in(fields[part].annotation)
-        if current is None:
-            return []
-    return list(getattr(current, "model_fields", {}))
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def parse_spec(text: str, source: str = "<spec>") -> StudySpec:
-    """Parse and validate spec text; raise :class:`SpecError` with ``file:line: path: message`` lines."""
-    node = _compose(text, source)
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader) if node is not None else None
-    except yaml.YAMLError as e:  # e.g. a tag (!include, !!python/object) that the safe loader refuses
-        mark = getattr(e, "problem_mark", None)
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecError(
-            f"{_where(source, mark.line + 1 if mark else None)}: not allowed in a spec: {problem}"
-        ) from None
-    if isinstance(data, dict):  # top-level `x-...` keys hold YAML anchors for reuse (as in docker compose)
-        data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
-    if not isinstance(data, dict):
-        raise SpecError(
-            f"{source}:1: a study spec is a YAML mapping (name:, models:, schemes:, ...), got {type(data).__name__}"
-        )
-    try:
-        return StudySpec.model_validate(data)
-    except ValidationError as e:
-        cross = _cross_check_errors(data)
-        if cross is not None:  # fields are fine one by one; report the cross-field problems by line
-            raise SpecError(
-                "\n".join(f"{_where(source, _line_of(node, loc))}: {_loc_path(loc)}: {msg}" for loc, msg in cross)
-            ) from None
-        raise SpecError(format_validation_error(e, node, source, StudySpec)) from None
-
-
-def _where(source: str, line: int | None) -> str:
-    return f"{source}:{line}" if line else source
-
-
-def _cross_check_errors(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]] | None:
-    """If ``data`` fails only the cross-field checks, return those problems with their locations."""
-    try:
-        spec = StudySpec.model_construct(**StudySpec.model_validate(data, context={"skip_cross": True}).__dict__)
-    except ValidationError:
-        return None
-    return spec.problems() or None
-
-
-def load_spec(path: str | Path) -> StudySpec:
-    """Read and validate a spec file. Relative task ``data`` paths resolve against the spec's folder."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such spec file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(f"{path}: cannot read the spec: {e}") from None
-    spec = parse_spec(text, str(path))
-    return _resolve_data_paths(spec, path.parent)
-
-
-def _resolve_data_paths(spec: StudySpec, base: Path) -> StudySpec:
-    tasks: list[str | TaskSpec] = []
-    for t in spec.tasks:
-        if isinstance(t, TaskSpec) and t.data and not Path(t.data).is_absolute():
-            t = t.model_copy(update={"data": str((base / t.data).resolve())})
-        tasks.append(t)
-    return spec.model_copy(update={"tasks": tasks})
-
-
-def summarize(spec: StudySpec, cells: list[Cell]) -> str:
-    """The ``validate`` summary: counts per dimension and per kind, and where the eval count is not
-    the plain product of the dimensions, the reason per task (a pinned ``max_new_tokens`` collapses
-    that axis; a loglikelihood task has no sampling axes and one seed)."""
-    pts = spec.sampling.expand() if spec.sampling else []
-    kinds = {k: sum(c.kind == k for c in cells) for k in ("eval", "probe", "speed")}
-    lines = [
-        f"study {spec.name!r}: {len(cells)} cells "
-        f"({kinds['eval']} eval, {kinds['probe']} probe, {kinds['speed']} speed)",
-        f"  {len(spec.models)} model(s) x {len(spec.schemes)} scheme(s) x {len(pts)} sampling point(s) "
-        f"x {len(spec.tasks)} task(s) x {len(spec.seeds)} seed(s)",
-        *_eval_count_lines(spec, cells, len(pts)),
-        f"  models:  {', '.join(m.label for m in spec.models)}",
-        f"  schemes: {', '.join(s.name + ' = ' + s.describe() for s in spec.scheme_list)}",
-        f"  tasks:   {', '.join(t.name for t in spec.task_list) or '(none: speed and memory only)'}",
-        f"  run dir: {spec.run_dir}   report: {spec.report_dir}",
-    ]
-    return "\n".join(lines)
-
-
-def _eval_count_lines(spec: StudySpec, cells: list[Cell], grid_points: int) -> list[str]:
-    """How the eval cells add up, task by task: ``pairs x points x seeds`` with the reason wherever a
-    task has fewer points or seeds than the grid (so that the count never looks like an error)."""
-    evals = [c for c in cells if c.kind == "eval"]
-    if not evals:
-        return []
-    out = ["  eval cells per task (model/scheme pairs x sampling points x seeds):"]
-    for task in spec.task_list:
-        mine = [c for c in evals if c.task is not None and c.task.name == task.name]
-        if not mine:
-            continue
-        pairs = len({c.pair for c in mine})
-        points = len({c.point for c in mine})
-        seeds = len({c.seed for c in mine})
-        why = ""
-        if all(c.point is None for c in mine):
-            why = "  (loglikelihood task: no sampling axes, one seed)"
-        elif points < grid_points and task.max_new_tokens is not None:
-            why = (
-                f"  (max_new_tokens pinned to {task.max_new_tokens} for this task: "
-                f"{grid_points} grid points collapse to {points})"
-            )
-        out.append(f"    {task.name}: {pairs} x {points} x {seeds} = {len(mine)}{why}")
-    speed_only = [m.label for m in spec.models if m.speed_only]
-    if speed_only:
-        out.append(f"    (no eval cells for shape-only models: {', '.join(speed_only)})")
-    return out
