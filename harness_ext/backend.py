@@ -58,8 +58,8 @@ from harness_ext.measure import (
     weight_bytes_by_device,
 )
 from harness_ext.quant import check_supported, from_pretrained_kwargs
-from harness_ext.spec.schemes import BUILTIN_SCHEMES, Scheme
 from harness_ext.sampling import RowParams, RowSampler, SamplingError, check_sampling, row_key
+from harness_ext.spec.schemes import BUILTIN_SCHEMES, Scheme
 
 log = logging.getLogger(__name__)
 
