@@ -12,7 +12,6 @@ import logging
 import math
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 
 from harness_ext.errors import HarnessExtError, SpecError
@@ -142,6 +141,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _demo(args: argparse.Namespace, argv: list[str]) -> int:
+    from importlib import resources  # here, not at the top: `validate` stays fast
+
     from harness_ext.spec import parse_spec
 
     text = resources.files("harness_ext.specs").joinpath("demo.yaml").read_text(encoding="utf-8")
