@@ -2,7 +2,7 @@
 
 lm-eval 0.4.13's own bitsandbytes path is broken on transformers 5 (``load_in_4bit`` reaches the
 model constructor), so this backend loads the model with a ``BitsAndBytesConfig`` from a
-:class:`~harness_ext.quant.Scheme` and hands the built model to ``HFLM``. It overrides
+:class:`~harness_ext.spec.schemes.Scheme` and hands the built model to ``HFLM``. It overrides
 ``generate_until`` only, to
 
 - sample every row by its own settings and random stream (:mod:`harness_ext.sampling`), so outputs
@@ -57,8 +57,9 @@ from harness_ext.measure import (
     track_peak_memory,
     weight_bytes_by_device,
 )
-from harness_ext.quant import BUILTIN_SCHEMES, Scheme, check_supported, from_pretrained_kwargs
+from harness_ext.quant import check_supported, from_pretrained_kwargs
 from harness_ext.sampling import RowParams, RowSampler, SamplingError, check_sampling, row_key
+from harness_ext.spec.schemes import BUILTIN_SCHEMES, Scheme
 
 log = logging.getLogger(__name__)
 

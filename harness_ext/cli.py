@@ -12,7 +12,6 @@ import logging
 import math
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 
 from harness_ext.errors import HarnessExtError, SpecError
@@ -113,11 +112,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _validate(args: argparse.Namespace, argv: list[str]) -> int:
-    from harness_ext.runner import plan
-    from harness_ext.spec import load_spec, summarize
+    """Load, check and plan a spec without importing torch: the cell counts do not depend on the
+    device, so ``device: auto`` is counted as the CPU here and resolved when the spec runs."""
+    from harness_ext.spec import load_spec, plan, summarize
 
     spec = load_spec(args.spec)
-    print(summarize(spec, plan(spec)))
+    print(summarize(spec, plan(spec, "cpu" if spec.device == "auto" else None)))
     return 0
 
 
@@ -141,6 +141,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _demo(args: argparse.Namespace, argv: list[str]) -> int:
+    from importlib import resources  # here, not at the top: `validate` stays fast
+
     from harness_ext.spec import parse_spec
 
     text = resources.files("harness_ext.specs").joinpath("demo.yaml").read_text(encoding="utf-8")

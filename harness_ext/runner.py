@@ -31,10 +31,9 @@ import torch
 from tqdm import tqdm
 
 from harness_ext import environment, machine, schedule
-from harness_ext.errors import DataError, HarnessExtError, SpecError, StoreError
+from harness_ext.errors import HarnessExtError, StoreError
 from harness_ext.measure import measure_copy_bandwidth
-from harness_ext.models import file_sha256
-from harness_ext.spec import Cell, ModelSpec, StudySpec, expand, resolve_device
+from harness_ext.spec import Cell, ModelSpec, StudySpec, expand, prepare_tasks, resolve_device
 from harness_ext.store import Record, RunStore, now
 from harness_ext.tasks import loaders
 
@@ -66,63 +65,6 @@ class RunResult:
 
 class TimeLimitReached(Exception):
     """The run's time limit passed: stop before the next cell (finished cells are stored)."""
-
-
-# -- tasks ---------------------------------------------------------------------------------------
-def prepare_tasks(spec: StudySpec) -> dict[str, dict[str, Any]]:
-    """Check every task before anything loads; return per-task identity for the cells (data hash,
-    generative or not). Unknown tasks and bad data files raise one-line errors."""
-    out: dict[str, dict[str, Any]] = {}
-    for t in spec.task_list:
-        if t.kind is not None:
-            kind = "nextword" if t.kind == "quant_nextword" else "continuation"
-            path = Path(t.data) if t.data else loaders.DATA_DIR / f"{kind}.jsonl"
-            try:
-                loaders.read_jsonl(path, loaders.REQUIRED_FIELDS[kind])
-            except loaders.TaskDataError as e:
-                raise DataError(f"task {t.name!r}: {e}") from None
-            out[t.name] = {
-                "generative": True,
-                "base": t.kind,
-                "data_sha256": file_sha256(path)[:16],
-                "data_file": str(path) if t.data else None,
-            }
-            continue
-        from harness_ext.tasks import output_type
-
-        try:
-            otype = output_type(t.name)
-        except KeyError:
-            raise SpecError(
-                f"unknown task {t.name!r}: not one of ours (quant_nextword, quant_continuation) "
-                "nor an lm-eval task; `lm_eval ls tasks` lists them"
-            ) from None
-        except ValueError as e:
-            raise SpecError(f"task {t.name!r}: {e}") from None
-        out[t.name] = {"generative": otype == "generate_until", "base": t.name, "output_type": otype}
-        out[t.name].update(_stock_task_identity(t.name))
-    return out
-
-
-def _stock_task_identity(name: str) -> dict[str, Any]:
-    """What of a stock lm-eval task's config can change its results beyond its name: the task's
-    version (lm-eval bumps it when the prompt or scoring changes) and its default few-shot count."""
-    from harness_ext.tasks import base_config
-
-    cfg = base_config(name) or {}
-    out: dict[str, Any] = {}
-    version = (cfg.get("metadata") or {}).get("version")
-    if version is not None:
-        out["task_version"] = version
-    if cfg.get("num_fewshot") is not None:
-        out["num_fewshot"] = cfg["num_fewshot"]
-    return out
-
-
-def plan(spec: StudySpec, device: str | None = None) -> list[Cell]:
-    """All cells of a spec on a device (``auto`` resolved here)."""
-    device = resolve_device(device or spec.device)
-    return expand(spec, torch.device(device).type, prepare_tasks(spec))
 
 
 # -- the runner ----------------------------------------------------------------------------------

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from harness_ext.probes import ProbePoint, distribution, grid_points, next_token_logits, probe_metrics, seen_tokens
-from harness_ext.runner import Runner, plan
+from harness_ext.runner import Runner
 from harness_ext.sampling import draw, uniforms
-from harness_ext.spec import parse_spec
+from harness_ext.spec import parse_spec, plan
 
 GRID = {"temperature": [0.0, 1e-4, 0.7, 1.5], "top_k": [None, 1, 10], "top_p": [1.0, 0.9], "repetition_penalty": [1.0]}
 

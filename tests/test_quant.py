@@ -7,7 +7,8 @@ import torch
 
 from harness_ext.backend import load_model, scheme_from_args
 from harness_ext.errors import SpecError, UnsupportedSchemeError
-from harness_ext.quant import BUILTIN_SCHEMES, Scheme, check_supported, from_pretrained_kwargs
+from harness_ext.quant import check_supported, from_pretrained_kwargs
+from harness_ext.spec.schemes import BUILTIN_SCHEMES, Scheme
 
 
 def test_scheme_maps_to_bitsandbytes_config() -> None:

@@ -126,7 +126,7 @@ def test_a_pair_asking_for_more_gpus_than_the_cluster_has_fails_at_once(tiny_mod
 
 def test_only_probing_reference_pairs_go_first(tiny_model) -> None:
     from harness_ext.executors import waves
-    from harness_ext.runner import plan
+    from harness_ext.spec import plan
 
     text = SPEC.format(model=tiny_model) + "executor: ray\n"
     runner = Runner(parse_spec(text), text, progress=False)
