@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,7 +143,7 @@ class HFQuantLM(RowGeneration, HFLM):
             )
             tokenizer = tok if not tokenizer or isinstance(tokenizer, str) else tokenizer
             self.model_name = pretrained or f"shape:{shape.get('model_type')}"
-        else:
+        else:  # a model built by the caller (tests, notebooks): counted as unquantized
             model = pretrained
             self.model_name = getattr(model.config, "_name_or_path", type(model).__name__)
         if str(batch_size).startswith("auto"):
@@ -160,11 +161,7 @@ class HFQuantLM(RowGeneration, HFLM):
         self.load_info = load_info
         self.model_devices = model_devices(self.model)  # what every measurement syncs and reads
         self.mode = check_mode(mode, self._scheme_fields(), str(self.device))
-        if kv_cache not in ("auto", "dynamic", "static"):
-            raise SpecError(f"kv_cache must be auto, dynamic or static, not {kv_cache!r}")
-        # auto: static (preallocated) on CUDA, where DynamicCache's per-step torch.cat of the whole cache
-        # dominates large grid-batched passes; dynamic on the CPU (`bench/grid_batching.py --kv-cache` times both)
-        self.kv_cache = kv_cache if kv_cache != "auto" else ("static" if self.device.type == "cuda" else "dynamic")
+        self.kv_cache = _kv_cache(kv_cache, self.device)
         self.compiled: dict[str, Any] = {}  # how the compiled mode was set up, for the records
         self.grid_batching = bool(grid_batching)
         self.default_seed = int(seed)
@@ -192,6 +189,23 @@ class HFQuantLM(RowGeneration, HFLM):
     # -- generation (batches of rows: :class:`~harness_ext.backend.generation.RowGeneration`) ----------
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
         """lm-eval's entry point: group, deduplicate, batch, generate, truncate, post-process."""
+        out: list[str | None] = [None] * len(requests)
+        pbar = tqdm(
+            total=len(requests),
+            disable=disable_tqdm or not self.show_progress or self.rank != 0,
+            desc="hf-quant generate",
+        )
+        for until, jobs in self._group(requests):
+            for job, row in self._generate_jobs(jobs, until):
+                for idx, own_cap in job.members:
+                    out[idx] = self._finish(row, own_cap, until, requests[idx])
+                    pbar.update(1)
+        pbar.close()
+        return [o if o is not None else "" for o in out]
+
+    def _group(self, requests: list[Instance]) -> list[tuple[list[str], list[_Job]]]:
+        """The requests as jobs, grouped by stop sequences (and, without grid batching, by gen_kwargs):
+        requests that differ only in their length cap share a job, as do the repeats of a greedy one."""
         eos_text = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
         occurrences: dict[int, int] = defaultdict(int)
         groups: dict[str, dict[tuple, _Job]] = defaultdict(dict)
@@ -209,42 +223,32 @@ class HFQuantLM(RowGeneration, HFLM):
                 raise SpecError(f"hf-quant does not support generation kwargs {sorted(rest)}")
             group = repr(until) if self.grid_batching else repr((until, sorted(gen_kwargs.items(), key=str)))
             group_until[group] = until
-            same = (context, row.key, row.point.capped(1))  # requests that differ only in their cap share a job
-            job = groups[group].setdefault(same, _Job(context, row, cap))
+            job = groups[group].setdefault((context, row.key, row.point.capped(1)), _Job(context, row, cap))
             job.cap = max(job.cap, cap)
             job.members.append((idx, cap))
-        out: list[str | None] = [None] * len(requests)
-        pbar = tqdm(
-            total=len(requests),
-            disable=disable_tqdm or not self.show_progress or self.rank != 0,
-            desc="hf-quant generate",
-        )
-        for group, jobs in groups.items():
-            until = group_until[group]
-            lengths = {id(j): len(self.tok_encode(j.context)) for j in jobs.values()}
-            ordered = sorted(jobs.values(), key=lambda j: -lengths[id(j)])  # longest first
-            start = 0
-            while start < len(ordered):
-                longest = min(lengths[id(ordered[start])], self.max_length)
-                n = self.rows_per_call(longest + max(j.cap for j in ordered[start : start + self.batch_size]))
-                chunk = ordered[start : start + n]
-                start += n
-                cap = max(j.cap for j in chunk)
-                max_ctx = self.max_length - cap
-                if max_ctx <= 0:
-                    raise SpecError(
-                        f"max_new_tokens={cap} leaves no room for a prompt (model max length {self.max_length})"
-                    )
-                ids, mask = self.tok_batch_encode(
-                    [j.context for j in chunk], left_truncate_len=max_ctx, truncation=self.truncation
+        return [(group_until[g], list(jobs.values())) for g, jobs in groups.items()]
+
+    def _generate_jobs(self, jobs: list[_Job], until: list[str]) -> Iterator[tuple[_Job, RowResult]]:
+        """Generate the jobs of one group, longest prompt first, in calls of as many rows as fit."""
+        lengths = {id(j): len(self.tok_encode(j.context)) for j in jobs}
+        ordered = sorted(jobs, key=lambda j: -lengths[id(j)])
+        start = 0
+        while start < len(ordered):
+            longest = min(lengths[id(ordered[start])], self.max_length)
+            n = self.rows_per_call(longest + max(j.cap for j in ordered[start : start + self.batch_size]))
+            chunk = ordered[start : start + n]
+            start += n
+            cap = max(j.cap for j in chunk)
+            max_ctx = self.max_length - cap
+            if max_ctx <= 0:
+                raise SpecError(
+                    f"max_new_tokens={cap} leaves no room for a prompt (model max length {self.max_length})"
                 )
-                rows = self.generate_rows(ids, mask, [j.row for j in chunk], [j.cap for j in chunk], until)
-                for job, row in zip(chunk, rows, strict=True):
-                    for idx, own_cap in job.members:
-                        out[idx] = self._finish(row, own_cap, until, requests[idx])
-                        pbar.update(1)
-        pbar.close()
-        return [o if o is not None else "" for o in out]
+            ids, mask = self.tok_batch_encode(
+                [j.context for j in chunk], left_truncate_len=max_ctx, truncation=self.truncation
+            )
+            rows = self.generate_rows(ids, mask, [j.row for j in chunk], [j.cap for j in chunk], until)
+            yield from zip(chunk, rows, strict=True)
 
     def _row(self, point: SamplingPoint, kw: dict[str, Any], context: str, sample_index: int) -> Row:
         """A request's row: its point as decoding sees it, and its stream (the request's ``seed``, or the
@@ -261,3 +265,12 @@ class HFQuantLM(RowGeneration, HFLM):
         text = postprocess_generated_text(self.tok_decode(tokens), stop=until, think_end_token=None)
         self.cache_hook.add_partial("generate_until", inst.args, text)
         return Generation(text, len(tokens), finish == "cap", finish)
+
+
+def _kv_cache(kv_cache: str, device: torch.device) -> str:
+    """The KV cache eager generation uses. ``auto``: static (preallocated) on CUDA, where DynamicCache's
+    per-step ``torch.cat`` of the whole cache dominates large grid-batched passes; dynamic on the CPU
+    (``bench/grid_batching.py --kv-cache`` times both)."""
+    if kv_cache not in ("auto", "dynamic", "static"):
+        raise SpecError(f"kv_cache must be auto, dynamic or static, not {kv_cache!r}")
+    return kv_cache if kv_cache != "auto" else ("static" if device.type == "cuda" else "dynamic")

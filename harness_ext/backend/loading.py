@@ -15,7 +15,6 @@ import transformers
 from pydantic import ValidationError
 from transformers import GenerationConfig
 
-from harness_ext.backend import shapes, sources
 from harness_ext.backend.measure import (
     cuda_devices,
     model_devices,
@@ -23,6 +22,8 @@ from harness_ext.backend.measure import (
     track_peak_memory,
     weight_bytes_by_device,
 )
+from harness_ext.backend.shapes import placeholder_tokenizer, random_model, shape_config, spread_random_model
+from harness_ext.backend.sources import ModelSource, resolve
 from harness_ext.catalog import SHAPE_NOTE
 from harness_ext.errors import ModelLoadError, SpecError
 from harness_ext.quant import BUILTIN_SCHEMES, Scheme, check_supported, from_pretrained_kwargs
@@ -111,29 +112,13 @@ def load_model(
         return _build_shape(shape, scheme, device, spread=device_map == "auto")
     if pretrained is None:
         raise ModelLoadError("a model needs `pretrained` (weights) or `shape` (config fields)")
-    source = sources.resolve(pretrained, gguf_file=gguf_file, revision=revision, tokenizer=tokenizer)
-    try:
-        config = transformers.AutoConfig.from_pretrained(
-            source.path, revision=source.revision, trust_remote_code=trust_remote_code
-        )
-    except Exception as e:
-        raise ModelLoadError(f"cannot load the config of {pretrained!r}: {_one_line(e)}") from e
-    if getattr(config, "quantization_config", None):
-        raise ModelLoadError(
-            f"{pretrained!r} is already quantized ({config.quantization_config.get('quant_method', '?')}); "
-            "harness_ext quantizes on load: point it at the unquantized checkpoint"
-        )
+    source = resolve(pretrained, gguf_file=gguf_file, revision=revision, tokenizer=tokenizer)
+    config, tok = _config_and_tokenizer(pretrained, source, trust_remote_code)
     kwargs = from_pretrained_kwargs(scheme)
     if device_map == "auto":
         kwargs["device_map"] = "auto"  # accelerate places layers over the visible GPUs
     elif scheme.quantized:
         kwargs["device_map"] = {"": device}  # bitsandbytes quantizes as the weights land on the device
-    try:
-        tok = transformers.AutoTokenizer.from_pretrained(
-            source.tokenizer or source.path, revision=source.revision, trust_remote_code=trust_remote_code
-        )
-    except Exception as e:
-        raise ModelLoadError(f"cannot load the tokenizer of {pretrained!r}: {_one_line(e)}") from e
     load_devices = _load_devices(device, device_map)
     with track_peak_memory(load_devices) as peak:
         t0 = time.perf_counter()
@@ -150,6 +135,28 @@ def load_model(
     return model, tok, _finish_load(model, config, scheme, device, load_s, peak, source.origin, source.note)
 
 
+def _config_and_tokenizer(pretrained: str, source: ModelSource, trust_remote_code: bool) -> tuple[Any, Any]:
+    """The checkpoint's config and tokenizer, refusing (in one line) a checkpoint that is already quantized."""
+    try:
+        config = transformers.AutoConfig.from_pretrained(
+            source.path, revision=source.revision, trust_remote_code=trust_remote_code
+        )
+    except Exception as e:
+        raise ModelLoadError(f"cannot load the config of {pretrained!r}: {_one_line(e)}") from e
+    if getattr(config, "quantization_config", None):
+        raise ModelLoadError(
+            f"{pretrained!r} is already quantized ({config.quantization_config.get('quant_method', '?')}); "
+            "harness_ext quantizes on load: point it at the unquantized checkpoint"
+        )
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(
+            source.tokenizer or source.path, revision=source.revision, trust_remote_code=trust_remote_code
+        )
+    except Exception as e:
+        raise ModelLoadError(f"cannot load the tokenizer of {pretrained!r}: {_one_line(e)}") from e
+    return config, tok
+
+
 def _load_devices(device: str, device_map: str | None) -> list[torch.device]:
     """The devices a load may touch: every visible GPU with ``device_map="auto"``, else ``device``."""
     if device_map == "auto" and torch.cuda.is_available():
@@ -158,16 +165,16 @@ def _load_devices(device: str, device_map: str | None) -> list[torch.device]:
 
 
 def _build_shape(shape: dict[str, Any], scheme: Scheme, device: str, spread: bool = False) -> tuple[Any, Any, LoadInfo]:
-    config = shapes.shape_config(shape)
-    tok = shapes.placeholder_tokenizer(getattr(config, "vocab_size", 4))
+    config = shape_config(shape)
+    tok = placeholder_tokenizer(getattr(config, "vocab_size", 4))
     config.bos_token_id, config.eos_token_id, config.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
     load_devices = _load_devices(device, "auto" if spread else None)
     with track_peak_memory(load_devices) as peak:
         t0 = time.perf_counter()
         if spread:  # device_map="auto": over every GPU this process sees (a Ray task's)
-            model = shapes.spread_random_model(config, from_pretrained_kwargs(scheme)["dtype"])
+            model = spread_random_model(config, from_pretrained_kwargs(scheme)["dtype"])
         else:
-            model = shapes.random_model(config, from_pretrained_kwargs(scheme), device)
+            model = random_model(config, from_pretrained_kwargs(scheme), device)
         synchronize(cuda_devices(load_devices))
         load_s = time.perf_counter() - t0
     return model, tok, _finish_load(model, config, scheme, device, load_s, peak, {"shape": shape}, SHAPE_NOTE)
