@@ -73,7 +73,7 @@ def main() -> int:
     model_dtype = "float16" if args.device.startswith("cuda") else "float32"
     t0 = time.perf_counter()
     if args.shape:
-        from harness_ext.models import shape_model_args
+        from harness_ext.backend.shapes import shape_model_args
 
         kwargs = shape_model_args(args.shape)
     else:
@@ -81,7 +81,7 @@ def main() -> int:
     lm = HFQuantLM(quant=args.quant, device=args.device, batch_size=args.prompts, model_dtype=model_dtype, **kwargs)
     lm.show_progress = False
     if args.shape:
-        from harness_ext.speed import special_token_ids, synthetic_prompts
+        from harness_ext.backend.speed import special_token_ids, synthetic_prompts
 
         special = special_token_ids(lm.tokenizer)
         ids = synthetic_prompts(lm.model.config.vocab_size, args.prompts, args.prompt_tokens, special)

@@ -35,8 +35,9 @@ def main() -> int:
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
     from harness_ext.backend import HFQuantLM, RowStops
-    from harness_ext.sampling import RowParams, RowSampler
-    from harness_ext.speed import special_token_ids, synthetic_prompts
+    from harness_ext.backend.sampler import Row, RowSampler
+    from harness_ext.backend.speed import special_token_ids, synthetic_prompts
+    from harness_ext.point import SamplingPoint
 
     lm = HFQuantLM(pretrained=args.model, quant=args.quant, device=args.device, batch_size=args.batch)
     tok = lm.tokenizer
@@ -47,7 +48,7 @@ def main() -> int:
         special_token_ids(tok),
     ).to(args.device)
     mask = torch.ones_like(ids)
-    params = [RowParams(0.8, 50, 1.0, 1.0, i) for i in range(args.batch)]
+    params = [Row(SamplingPoint(temperature=0.8, top_k=50), i) for i in range(args.batch)]
     caps = [args.new] * args.batch
 
     def bare() -> None:

@@ -37,9 +37,10 @@ def main() -> int:
     args = ap.parse_args()
     pin_threads(args)
 
-    from harness_ext import probes
     from harness_ext.backend import HFQuantLM
-    from harness_ext.sampling import RowParams, row_key
+    from harness_ext.backend import probe as probes
+    from harness_ext.backend.sampler import Row, row_key
+    from harness_ext.point import SamplingPoint
     from harness_ext.tasks.loaders import DATA_DIR, read_jsonl
 
     docs = read_jsonl(DATA_DIR / "nextword.jsonl", ("context", "target"))[: args.prompts]
@@ -51,7 +52,7 @@ def main() -> int:
         whole = lm.tok_encode(d["context"] + " " + d["target"])
         ids.append(ctx)
         gold.append(whole[len(ctx)])
-    points = [probes.ProbePoint(t, k, 1.0, 1.0) for t, k in itertools.product(args.temperatures, args.top_k)]
+    points = [SamplingPoint(temperature=t, top_k=k) for t, k in itertools.product(args.temperatures, args.top_k)]
     reps = math.ceil(0.25 / args.se**2)
 
     t0 = time.perf_counter()
@@ -60,13 +61,9 @@ def main() -> int:
     probe_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    mc: dict[probes.ProbePoint, list[float]] = {p: [] for p in points}
+    mc: dict[SamplingPoint, list[float]] = {p: [] for p in points}
     for i, d in enumerate(docs):
-        rows = [
-            RowParams(p.temperature, p.top_k, 1.0, 1.0, row_key(0, d["context"], r))
-            for p in points
-            for r in range(reps)
-        ]
+        rows = [Row(p, row_key(0, d["context"], r)) for p in points for r in range(reps)]
         enc = torch.tensor([ids[i]] * len(rows))
         out = lm.generate_rows(enc, torch.ones_like(enc), rows, [1] * len(rows))
         for j, p in enumerate(points):

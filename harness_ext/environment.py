@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness_ext.measure import cpu_count, cpu_name
+from harness_ext.backend.measure import cpu_count, cpu_name
 
 PACKAGES = (
     "harness-ext",

@@ -299,10 +299,10 @@ def count_parameters(model: ModelSpec) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from harness_ext import models as sources
+    from harness_ext.backend import shapes, sources
 
     if model.shape is not None:
-        config = sources.shape_config(model.shape)
+        config = shapes.shape_config(model.shape)
     else:
         src = sources.resolve(model.pretrained, gguf_file=model.gguf_file, revision=model.revision)
         config = AutoConfig.from_pretrained(src.path, revision=src.revision, trust_remote_code=model.trust_remote_code)

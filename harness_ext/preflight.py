@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from harness_ext.catalog import BUILTIN_MODELS
 from harness_ext.errors import ModelLoadError, SpecError
 from harness_ext.spec import ModelSpec, StudySpec
 
@@ -43,9 +44,8 @@ def hub_ids(spec: StudySpec) -> list[tuple[str, str | None]]:
 
 
 def is_hub_id(model: ModelSpec, name: str) -> bool:
-    """What :func:`harness_ext.models.resolve` would fetch from the hub (not a built-in, a GGUF file or a path)."""
-    from harness_ext.models import BUILTIN_MODELS
-
+    """What :func:`harness_ext.backend.sources.resolve` would fetch from the hub (not a built-in, a GGUF
+    file or a path)."""
     if name in BUILTIN_MODELS or (model.gguf_file and name == model.pretrained):
         return False
     is_path = Path(name).expanduser().exists() or name.startswith(("/", "./", "../", "~")) or name.count("/") > 1

@@ -385,7 +385,7 @@ def _none_if_nan(v: Any) -> Any:
 def describe_source(source: dict[str, Any]) -> str:
     """Where the weights came from, without the paths of the machine that ran the study; for a GGUF
     whose weights were quantized, the caveat that the "unquantized" reference carries that error."""
-    from harness_ext.models import gguf_caveat
+    from harness_ext.catalog import gguf_caveat
 
     if "gguf" in source:
         gguf = Path(str(source.get("gguf", ""))).name

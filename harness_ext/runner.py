@@ -31,8 +31,8 @@ import torch
 from tqdm import tqdm
 
 from harness_ext import environment, machine, schedule
+from harness_ext.backend.measure import measure_copy_bandwidth
 from harness_ext.errors import HarnessExtError, StoreError
-from harness_ext.measure import measure_copy_bandwidth
 from harness_ext.spec import Cell, ModelSpec, StudySpec, expand, prepare_tasks, resolve_device
 from harness_ext.store import Record, RunStore, now
 from harness_ext.tasks import loaders
@@ -374,7 +374,7 @@ class Runner:
 
     # -- probe cells ---------------------------------------------------------------------------
     def _probe(self, lm: Any, cell: Cell, records: dict[str, Record]) -> dict[str, Any]:
-        from harness_ext import probes
+        from harness_ext.backend import probe as probes
 
         t0 = time.perf_counter()
         path = Path(cell.params["data_file"]) if cell.params.get("data_file") else loaders.DATA_DIR / "nextword.jsonl"
@@ -412,7 +412,7 @@ class Runner:
         )
         out_points, samples = [], []
         for p, metrics in per.items():
-            pd = asdict(p)
+            pd = p.probe_fields()
             out_points.append({"point": pd, "metrics": {m: _mean_sem(v) for m, v in metrics.items()}})
             for i in range(len(docs)):
                 samples.append({"doc_id": i, "point": pd, **{m: _finite(v[i]) for m, v in metrics.items()}})
@@ -433,8 +433,8 @@ class Runner:
 
     # -- speed cells ---------------------------------------------------------------------------
     def _speed(self, lm: Any, cell: Cell) -> dict[str, Any]:
-        from harness_ext import speed
-        from harness_ext.measure import cuda_devices, model_devices
+        from harness_ext.backend import speed
+        from harness_ext.backend.measure import cuda_devices, model_devices
 
         # the floor needs the bandwidth of every GPU the model is on, each measured once per run
         self._bandwidth = self._bandwidth or {}
@@ -554,7 +554,7 @@ def reference_record_hash(ref: Record) -> str:
 def run_summary(spec: StudySpec, cells: list[Cell]) -> dict[str, Any]:
     """What a report needs from the spec besides the tables: references, families, notes, the
     expected cells (so that missing ones can be listed) and the report options."""
-    from harness_ext.models import BUILTIN_MODELS, SHAPE_NOTE
+    from harness_ext.catalog import BUILTIN_MODELS, SHAPE_NOTE
 
     return {
         "study": {"name": spec.name, "description": spec.description},

@@ -8,6 +8,7 @@ import sys
 import lm_eval
 import pytest
 
+from harness_ext.point import SamplingPoint
 from harness_ext.tasks import TASKS_DIR, make_variant, task_manager
 from harness_ext.tasks.loaders import load_nextword
 
@@ -144,19 +145,19 @@ def test_cli_hands_over_to_lm_eval(tiny_model, tmp_path) -> None:
         {"do_sample": True, "temperature": -1},
     ],
 )
-def test_sampling_settings_out_of_range_are_refused_not_turned_off(kw, tiny_lm_factory) -> None:
+def test_sampling_settings_out_of_range_are_refused_not_turned_off(kw) -> None:
     """``top_p: 0`` used to become 1.0 ("off"), the opposite of what was asked: now it is refused."""
     from harness_ext.errors import SpecError
 
-    lm = tiny_lm_factory("fp32")
     with pytest.raises(SpecError, match=next(k for k in ("top_p", "repetition_penalty", "temperature") if k in kw)):
-        lm._row_params(dict(kw), "ctx", 0)
+        SamplingPoint.from_gen_kwargs(dict(kw), 32)
 
 
 def test_top_p_in_range_and_top_k_zero_still_work(tiny_lm_factory) -> None:
     lm = tiny_lm_factory("fp32")
-    params, _ = lm._row_params({"do_sample": True, "temperature": 0.7, "top_p": 0.5, "top_k": 0}, "ctx", 0)
-    assert params.top_p == 0.5 and params.top_k is None and params.temperature == 0.7
+    kw = {"do_sample": True, "temperature": 0.7, "top_p": 0.5, "top_k": 0}
+    row = lm._row(SamplingPoint.from_gen_kwargs(kw, lm.max_gen_toks), kw, "ctx", 0)
+    assert row.point.top_p == 0.5 and row.point.top_k is None and row.point.temperature == 0.7 and row.key != 0
 
 
 def test_lm_eval_gen_kwargs_top_p_zero_is_one_line_error(tiny_model, capsys) -> None:

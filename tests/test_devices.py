@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 import torch
 
-from harness_ext import measure, speed
+from harness_ext.backend import measure, speed
+from harness_ext.backend.sampler import Row
+from harness_ext.point import SamplingPoint
 
 CUDA0, CUDA1 = torch.device("cuda", 0), torch.device("cuda", 1)
 
@@ -155,7 +157,7 @@ def test_generate_call_measures_the_models_device(fake_cuda, tiny_lm_factory, mo
     monkeypatch.setattr(lm, "model_devices", [CUDA1])
     ids = torch.tensor([[5, 6, 7, 8]])
     lm.pop_calls()
-    lm.generate_rows(ids, torch.ones_like(ids), [speed.RowParams()], [3], min_new_tokens=3)
+    lm.generate_rows(ids, torch.ones_like(ids), [Row(SamplingPoint())], [3], min_new_tokens=3)
     (call,) = lm.pop_calls()
     assert call.peak_memory_kind == "cuda_allocated"
     assert call.peak_memory_by_device == {"cuda:1": fake_cuda["peaks"][0][CUDA1]}

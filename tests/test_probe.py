@@ -10,12 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from harness_ext.probes import ProbePoint, distribution, grid_points, next_token_logits, probe_metrics, seen_tokens
+from harness_ext.backend.probe import distribution, grid_points, next_token_logits, probe_metrics, seen_tokens
+from harness_ext.backend.sampler import draw, uniforms
+from harness_ext.point import SamplingPoint
 from harness_ext.runner import Runner
-from harness_ext.sampling import draw, uniforms
 from harness_ext.spec import parse_spec, plan
 
 GRID = {"temperature": [0.0, 1e-4, 0.7, 1.5], "top_k": [None, 1, 10], "top_p": [1.0, 0.9], "repetition_penalty": [1.0]}
+
+
+def _point(temperature: float, top_k: int | None, top_p: float, repetition_penalty: float) -> SamplingPoint:
+    return SamplingPoint(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
 
 
 def _logits(n: int = 40, v: int = 60, seed: int = 0) -> torch.Tensor:
@@ -27,9 +32,9 @@ def test_temperature_to_zero_gives_the_greedy_hit() -> None:
     z = _logits()
     gold = torch.cat([z[:20].argmax(-1), (z[20:].argmax(-1) + 1) % z.shape[1]])  # 20 hits, 20 misses
     res = probe_metrics(z, gold, grid_points(GRID))
-    greedy = res[ProbePoint(0.0, None, 1.0, 1.0)]["p_gold"]
+    greedy = res[_point(0.0, None, 1.0, 1.0)]["p_gold"]
     assert greedy == [1.0] * 20 + [0.0] * 20
-    near = res[ProbePoint(1e-4, None, 1.0, 1.0)]["p_gold"]
+    near = res[_point(1e-4, None, 1.0, 1.0)]["p_gold"]
     assert all(abs(a - b) < 1e-6 for a, b in zip(near, greedy, strict=True))
 
 
@@ -65,10 +70,10 @@ def test_tv_zero_to_itself_and_symmetric() -> None:
 
 def test_probe_matches_monte_carlo_sampling() -> None:
     z = _logits(n=1, v=30, seed=5)
-    p = ProbePoint(0.8, 10, 0.95, 1.0)
+    p = _point(0.8, 10, 0.95, 1.0)
     probs, _ = distribution(z, p, None)
     n = 40000
-    from harness_ext.sampling import warp
+    from harness_ext.backend.sampler import warp
 
     warped = warp(z.expand(n, -1), torch.full((n,), 0.8), torch.full((n,), 10), torch.full((n,), 0.95))
     idx = draw(warped, uniforms(torch.arange(n), 1))
@@ -79,8 +84,8 @@ def test_probe_matches_monte_carlo_sampling() -> None:
 def test_repetition_penalty_changes_only_seen_tokens() -> None:
     z = _logits(n=2, v=20, seed=6)
     seen = seen_tokens([[1, 2], [3]], 20)
-    a, _ = distribution(z, ProbePoint(1.0, None, 1.0, 1.0), seen)
-    b, _ = distribution(z, ProbePoint(1.0, None, 1.0, 2.0), seen)
+    a, _ = distribution(z, _point(1.0, None, 1.0, 1.0), seen)
+    b, _ = distribution(z, _point(1.0, None, 1.0, 2.0), seen)
     ratio = b / a
     for row in range(2):
         unseen = ratio[row][~seen[row]]
@@ -132,7 +137,7 @@ def test_probe_does_not_depend_on_the_spec_batch_size(scheme, tiny_model, tiny_l
     assert measured["forward"] == "one prompt per pass, unpadded" and measured["dtype"] == "float64"
 
 
-def _numpy_metrics(z: np.ndarray, zr: np.ndarray, gold: int, seen: np.ndarray, p: ProbePoint) -> dict[str, float]:
+def _numpy_metrics(z: np.ndarray, zr: np.ndarray, gold: int, seen: np.ndarray, p: SamplingPoint) -> dict[str, float]:
     """p_gold, entropy, tv and kl of one prompt at ``p``, recomputed in numpy float64 from the logits."""
 
     def dist(x: np.ndarray) -> np.ndarray:

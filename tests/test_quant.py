@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from harness_ext.backend import load_model, scheme_from_args
+from harness_ext.backend.quantize import check_supported, from_pretrained_kwargs
 from harness_ext.errors import SpecError, UnsupportedSchemeError
-from harness_ext.quant import check_supported, from_pretrained_kwargs
 from harness_ext.spec.schemes import BUILTIN_SCHEMES, Scheme
 
 

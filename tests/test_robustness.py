@@ -227,7 +227,7 @@ def test_run_on_a_directory_another_process_writes_is_refused(tiny_model, tmp_pa
 
 
 def test_stale_conversion_folders_are_removed_before_converting(tmp_path, monkeypatch) -> None:
-    from harness_ext import models
+    from harness_ext.backend import sources as models
 
     monkeypatch.setenv("HARNESS_EXT_CACHE", str(tmp_path / "cache"))
     gguf_dir = tmp_path / "cache" / "gguf"
@@ -385,7 +385,7 @@ def test_packaged_specs_are_found_in_an_installed_layout(tmp_path) -> None:
     shutil.copytree(REPO / "specs", site / "harness_ext" / "specs", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "templates", site / "harness_ext" / "templates")
     code = (
-        "import harness_ext; from harness_ext.models import shape_model_args as s; "
+        "import harness_ext; from harness_ext.backend.shapes import shape_model_args as s; "
         "print(harness_ext.__file__, s('llama-2-7b')['shape']['model_type'])"
     )
     env = {**os.environ, "PYTHONPATH": str(site)}

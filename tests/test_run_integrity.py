@@ -153,7 +153,7 @@ def test_a_bug_keeps_its_traceback_and_fails_the_run_loudly(tiny_model, tmp_path
     first = capsys.readouterr().out
     assert "cells: 3 (ran: 3 ok, 0 failed; 0 already done; 0 still missing)" in first
 
-    from harness_ext import speed
+    from harness_ext.backend import speed
 
     def bug(*a, **k):
         return {}["no such key"]
@@ -171,7 +171,7 @@ def test_a_bug_keeps_its_traceback_and_fails_the_run_loudly(tiny_model, tmp_path
 
 
 def test_an_expected_failure_stays_a_failed_cell(tiny_model, tmp_path, monkeypatch, capsys) -> None:
-    from harness_ext import speed
+    from harness_ext.backend import speed
 
     def oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")

@@ -153,7 +153,7 @@ def test_a_failing_pair_is_recorded_and_the_study_goes_on(tiny_model, tmp_path, 
 def test_a_failing_cell_does_not_stop_its_pair(tiny_model, tmp_path, monkeypatch) -> None:
     text = one_model(tiny_model, "[fp32]", "[0]")
     runner = _runner(text, tmp_path / "r")
-    from harness_ext import speed
+    from harness_ext.backend import speed
 
     def boom(*a, **k):
         raise RuntimeError("injected")

@@ -9,7 +9,8 @@ import torch
 from lm_eval.api.instance import Instance
 from transformers import RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from harness_ext.sampling import RowParams, RowSampler, apply_repetition_penalty, draw, row_key, uniforms, warp
+from harness_ext.backend.sampler import Row, RowSampler, apply_repetition_penalty, draw, row_key, uniforms, warp
+from harness_ext.point import SamplingPoint
 
 
 @pytest.mark.parametrize(("t", "k", "p"), [(0.7, None, 1.0), (1.0, 5, 1.0), (0.5, None, 0.9), (1.3, 20, 0.8)])
@@ -76,7 +77,7 @@ def test_row_key_is_stable_across_processes() -> None:
     import sys
 
     assert len({row_key(3, "abc", i) for i in range(100)}) == 100
-    code = "from harness_ext.sampling import row_key; print(row_key(3, 'abc', 0))"
+    code = "from harness_ext.backend.sampler import row_key; print(row_key(3, 'abc', 0))"
     other = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -90,7 +91,10 @@ def test_row_key_is_stable_across_processes() -> None:
 def test_greedy_rows_ignore_the_stream() -> None:
     scores = torch.randn(2, 30)
     s = RowSampler(
-        [RowParams(0.0, key=1), RowParams(0.0, key=2)], 5, torch.zeros(2, dtype=torch.long), torch.device("cpu")
+        [Row(SamplingPoint(), key=1), Row(SamplingPoint(), key=2)],
+        5,
+        torch.zeros(2, dtype=torch.long),
+        torch.device("cpu"),
     )
     out = s(torch.zeros(2, 5, dtype=torch.long), scores)
     assert torch.equal(out.argmax(-1), scores.argmax(-1))
@@ -259,7 +263,7 @@ def test_out_of_memory_splits_the_call_and_later_calls_plan_fewer_rows(tiny_lm_f
 
 
 def test_kv_bytes_per_token_is_what_a_cache_holds(tiny_lm_factory) -> None:
-    from harness_ext.backend import kv_bytes_per_token
+    from harness_ext.backend.kvcache import kv_bytes_per_token
 
     lm = tiny_lm_factory()
     ids = torch.tensor([[5, 6, 7, 8, 9], [9, 8, 7, 6, 5]])
@@ -270,7 +274,7 @@ def test_kv_bytes_per_token_is_what_a_cache_holds(tiny_lm_factory) -> None:
 
 
 def test_rows_per_call_fits_the_kv_cache_in_free_cuda_memory(tiny_lm_factory, monkeypatch) -> None:
-    from harness_ext.backend import kv_bytes_per_token
+    from harness_ext.backend.kvcache import kv_bytes_per_token
 
     lm = tiny_lm_factory(batch_size=64, kv_cache="static")
     config = lm.model.config

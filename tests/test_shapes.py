@@ -96,7 +96,7 @@ def test_compiled_refusals_come_before_any_work() -> None:
 
 
 def test_placeholder_tokenizer_writes_token_ids_as_words() -> None:
-    from harness_ext.models import placeholder_tokenizer
+    from harness_ext.backend.shapes import placeholder_tokenizer
 
     tok = placeholder_tokenizer(1000)
     assert tok.encode("t17 t905  t999", add_special_tokens=False) == [17, 905, 999]

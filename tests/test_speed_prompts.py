@@ -8,8 +8,7 @@ import torch
 from tokenizers import AddedToken
 from transformers import AutoTokenizer
 
-from harness_ext import speed
-from harness_ext.backend import HFQuantLM
+from harness_ext.backend import HFQuantLM, speed
 
 
 def _many_specials(tiny_model: Path) -> tuple[object, set[int]]:

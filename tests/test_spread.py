@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness_ext import models
+from harness_ext.backend import shapes as models
 from harness_ext.errors import ModelLoadError
 
 SHAPE = {

@@ -5,7 +5,7 @@ that is not quantized (``dtype``: embeddings, norms, ``lm_head``, and all layers
 bitsandbytes leaves those layers in whatever dtype the model is loaded with; if the dtype is left
 open, transformers picks fp16 for int8 on some paths, which makes "int8 vs fp32" unlike for like.
 So a resolved scheme always carries a concrete dtype, and the store records it. A scheme stays data
-until a backend builds it (:func:`harness_ext.quant.from_pretrained_kwargs`).
+until a backend builds it (:func:`harness_ext.backend.quantize.from_pretrained_kwargs`).
 """
 
 from __future__ import annotations

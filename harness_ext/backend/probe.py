@@ -11,7 +11,7 @@ greedy: a one-hot distribution on the argmax, so the gold probability is the gre
 
 Each prompt runs alone through the model (one unpadded forward pass, so no other prompt and no
 padding can move its logits: quantized kernels are not batch-invariant), and the logits are kept in
-fp32. The transforms are the ones generation uses (:func:`harness_ext.sampling.warp`), applied in
+fp32. The transforms are the ones generation uses (:func:`harness_ext.backend.sampler.warp`), applied in
 float64: probabilities, entropy, total variation and KL are float64 sums over the vocabulary.
 KL divergence is reported only where both distributions keep the full vocabulary (T > 0, no top-k,
 no top-p); after truncation the supports differ and KL is infinite, so total variation (always
@@ -23,40 +23,23 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from harness_ext.sampling import apply_repetition_penalty, check_sampling, warp
+from harness_ext.backend.sampler import apply_repetition_penalty, warp
+from harness_ext.point import SamplingPoint
 
 METRICS = ("p_gold", "entropy", "top1_agree", "tv", "kl")
 
 
-@dataclass(frozen=True)
-class ProbePoint:
-    temperature: float
-    top_k: int | None
-    top_p: float
-    repetition_penalty: float
-
-    def __post_init__(self) -> None:
-        check_sampling(self.temperature, self.top_k, self.top_p, self.repetition_penalty)
-
-    def label(self) -> str:
-        k = "-" if self.top_k is None else str(self.top_k)
-        return f"T={self.temperature:g} k={k} p={self.top_p:g} rp={self.repetition_penalty:g}"
-
-    @property
-    def truncated(self) -> bool:
-        return self.top_k is not None or self.top_p < 1.0
-
-
-def grid_points(grid: dict[str, Sequence[Any]]) -> list[ProbePoint]:
-    """All combinations of the probe's axes."""
+def grid_points(grid: dict[str, Sequence[Any]]) -> list[SamplingPoint]:
+    """All combinations of the probe's axes (each point keeps the default length cap: the probe ignores it)."""
     return [
-        ProbePoint(*combo)
-        for combo in itertools.product(grid["temperature"], grid["top_k"], grid["top_p"], grid["repetition_penalty"])
+        SamplingPoint(temperature=t, top_k=k, top_p=p, repetition_penalty=rp)
+        for t, k, p, rp in itertools.product(
+            grid["temperature"], grid["top_k"], grid["top_p"], grid["repetition_penalty"]
+        )
     ]
 
 
@@ -82,11 +65,11 @@ def next_token_logits(model: Any, input_ids: Sequence[Sequence[int]], device: to
 
 
 def distribution(
-    logits: torch.Tensor, point: ProbePoint, seen: torch.Tensor | None
+    logits: torch.Tensor, point: SamplingPoint, seen: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """float64 (probabilities, log-probabilities) of the next token at ``point``; one-hot when greedy.
 
-    The transforms are generation's own (:func:`~harness_ext.sampling.warp`), applied to the logits
+    The transforms are generation's own (:func:`~harness_ext.backend.sampler.warp`), applied to the logits
     upcast to float64, so that sums over a vocabulary of tens of thousands of tokens keep ~1e-15
     relative precision.
     """
@@ -110,17 +93,17 @@ def distribution(
 def probe_metrics(
     logits: torch.Tensor,
     gold: torch.Tensor,
-    points: Sequence[ProbePoint],
+    points: Sequence[SamplingPoint],
     reference: torch.Tensor | None = None,
     seen: torch.Tensor | None = None,
     chunk: int = 64,
-) -> dict[ProbePoint, dict[str, list[float]]]:
+) -> dict[SamplingPoint, dict[str, list[float]]]:
     """Per point, per prompt, from the float64 distributions of :func:`distribution`: ``p_gold`` (the
     probability that one sample is ``gold``), ``entropy`` (nats), and against the ``reference``
     logits (same prompts) at the same settings ``top1_agree`` (same argmax), ``tv`` (total
     variation) and ``kl`` (KL(reference ‖ this), only where neither distribution is truncated or
     greedy; NaN elsewhere). Without a reference the last three are NaN."""
-    results: dict[ProbePoint, dict[str, list[float]]] = {p: {m: [] for m in METRICS} for p in points}
+    results: dict[SamplingPoint, dict[str, list[float]]] = {p: {m: [] for m in METRICS} for p in points}
     for start in range(0, logits.shape[0], chunk):
         sl = slice(start, start + chunk)
         z, g = logits[sl], gold[sl]

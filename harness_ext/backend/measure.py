@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import LogitsProcessor
 
@@ -46,31 +47,26 @@ class Summary:
 
     @classmethod
     def of(cls, values: Sequence[float]) -> Summary:
-        vals = sorted(float(v) for v in values)
-        if not vals:
+        """p10/p90 by linear interpolation between the closest ranks (numpy's default: within 2 ulp
+        of the hand-written quantile this replaced); median, mean and sample stdev exactly."""
+        vals = np.sort(np.asarray(values, dtype=float))
+        if not vals.size:
             nan = float("nan")
             return cls(0, nan, nan, nan, nan, nan, nan, nan)
+        p10, p90 = np.percentile(vals, [10, 90])
         return cls(
-            n=len(vals),
-            median=statistics.median(vals),
-            p10=_quantile(vals, 0.10),
-            p90=_quantile(vals, 0.90),
-            min=vals[0],
-            max=vals[-1],
-            mean=statistics.fmean(vals),
-            stdev=statistics.stdev(vals) if len(vals) > 1 else 0.0,
+            n=int(vals.size),
+            median=float(np.median(vals)),
+            p10=float(p10),
+            p90=float(p90),
+            min=float(vals[0]),
+            max=float(vals[-1]),
+            mean=statistics.fmean(vals.tolist()),
+            stdev=statistics.stdev(vals.tolist()) if vals.size > 1 else 0.0,
         )
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
-
-
-def _quantile(sorted_vals: Sequence[float], q: float) -> float:
-    """Linear-interpolation quantile of already sorted values."""
-    pos = q * (len(sorted_vals) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_vals) - 1)
-    return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
 
 
 # -- devices -------------------------------------------------------------------------------------

@@ -19,51 +19,26 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from transformers import LogitsProcessor
 
-from harness_ext.errors import SpecError
+from harness_ext.point import SamplingPoint
 
 _MASK32 = 0xFFFFFFFF
 
 
-class SamplingError(SpecError):
-    """A sampling setting outside its range (from a spec, ``--gen_kwargs`` or a task's ``generation_kwargs``)."""
+class Row(NamedTuple):
+    """One generated row's sampling: its point and its random stream's key (:func:`row_key`).
 
+    The sampler reads the point's temperature, top-k, top-p and repetition penalty; the length cap
+    travels beside the row (rows that differ only in their cap share one generation). A greedy row
+    (``temperature == 0``, for that row alone) never reads its stream.
+    """
 
-def check_sampling(temperature: float, top_k: int | None, top_p: float, repetition_penalty: float) -> None:
-    """Refuse settings that have no meaning, in one line, instead of quietly reading them as "off"."""
-    if not temperature >= 0:
-        raise SamplingError(f"temperature must be >= 0 (0 is greedy), not {temperature!r}")
-    if top_k is not None and top_k < 0:
-        raise SamplingError(f"top_k must be >= 0 (0 or null is off), not {top_k!r}")
-    if not 0 < top_p <= 1:
-        raise SamplingError(
-            f"top_p must be in (0, 1] (1 is off), not {top_p!r}: top_p=0 would keep no token; "
-            "for greedy decoding use temperature 0 or top_k 1"
-        )
-    if not repetition_penalty > 0:
-        raise SamplingError(f"repetition_penalty must be > 0 (1 is off), not {repetition_penalty!r}")
-
-
-@dataclass(frozen=True)
-class RowParams:
-    """Sampling settings of one row. ``temperature == 0`` is greedy for that row alone."""
-
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    key: int = 0  # 32-bit stream key; see :func:`row_key`
-
-    def __post_init__(self) -> None:
-        check_sampling(self.temperature, self.top_k, self.top_p, self.repetition_penalty)
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
+    point: SamplingPoint
+    key: int = 0
 
 
 def row_key(seed: int, prompt: str, sample_index: int) -> int:
@@ -138,13 +113,14 @@ class RowSampler(LogitsProcessor):
     left padding never counts towards the repetition penalty.
     """
 
-    def __init__(self, rows: Sequence[RowParams], prompt_len: int, prompt_starts: torch.Tensor, device: torch.device):
+    def __init__(self, rows: Sequence[Row], prompt_len: int, prompt_starts: torch.Tensor, device: torch.device):
         self.prompt_len = prompt_len
         self.prompt_starts = prompt_starts.to(device)
-        self.temperature = torch.tensor([r.temperature for r in rows], dtype=torch.float32, device=device)
-        self.top_k = torch.tensor([r.top_k or 0 for r in rows], dtype=torch.int64, device=device)
-        self.top_p = torch.tensor([r.top_p for r in rows], dtype=torch.float32, device=device)
-        self.penalty = torch.tensor([r.repetition_penalty for r in rows], dtype=torch.float32, device=device)
+        points = [r.point for r in rows]
+        self.temperature = torch.tensor([p.temperature for p in points], dtype=torch.float32, device=device)
+        self.top_k = torch.tensor([p.top_k or 0 for p in points], dtype=torch.int64, device=device)
+        self.top_p = torch.tensor([p.top_p for p in points], dtype=torch.float32, device=device)
+        self.penalty = torch.tensor([p.repetition_penalty for p in points], dtype=torch.float32, device=device)
         self.keys = torch.tensor([r.key for r in rows], dtype=torch.int64, device=device)
         self.greedy = self.temperature == 0
         self.any_sampled = not bool(self.greedy.all())

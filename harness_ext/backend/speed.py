@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 
-from harness_ext.measure import Summary, cuda_devices, floor_ms_per_step, model_devices, weight_bytes_by_device
-from harness_ext.sampling import RowParams
+from harness_ext.backend.measure import Summary, cuda_devices, floor_ms_per_step, model_devices, weight_bytes_by_device
+from harness_ext.backend.sampler import Row
+from harness_ext.point import SamplingPoint
 
 
 def special_token_ids(tokenizer: Any) -> set[int]:
@@ -52,15 +53,15 @@ def benchmark(
     vocab = lm.model.get_input_embeddings().weight.shape[0]
     ids = synthetic_prompts(vocab, batch_size, prompt_tokens, special_token_ids(lm.tokenizer))
     mask = torch.ones_like(ids)
-    params = [RowParams()] * batch_size
+    rows = [Row(SamplingPoint())] * batch_size  # greedy; caps and min_new_tokens fix the length
     caps = [new_tokens] * batch_size
     kv_cache = "dynamic"  # eager: transformers' default generate path (compiled mode always uses a static one)
     lm.pop_calls()
     for _ in range(warmup):  # compiled mode compiles here: its cost is the warm-up's excess over a timed call
-        lm.generate_rows(ids, mask, params, caps, (), min_new_tokens=new_tokens, mode=mode, kv_cache=kv_cache)
+        lm.generate_rows(ids, mask, rows, caps, (), min_new_tokens=new_tokens, mode=mode, kv_cache=kv_cache)
     warm = lm.pop_calls()
     for _ in range(repeats):
-        lm.generate_rows(ids, mask, params, caps, (), min_new_tokens=new_tokens, mode=mode, kv_cache=kv_cache)
+        lm.generate_rows(ids, mask, rows, caps, (), min_new_tokens=new_tokens, mode=mode, kv_cache=kv_cache)
     calls = lm.pop_calls()
     for c in calls:
         if c.new_tokens != batch_size * new_tokens:
