@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         from tiny import build_tiny_model
 
         import harness_ext
-        from harness_ext.runner import plan
+        from harness_ext.run.runner import plan
         from harness_ext.spec import load_spec
 
         print(f"code: {Path(harness_ext.__file__).parent}", flush=True)

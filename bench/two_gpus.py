@@ -67,8 +67,8 @@ def split(args: argparse.Namespace) -> None:
 def fault(args: argparse.Namespace) -> None:
     """A worker SIGKILLs itself after its first computed record (once per study); Ray retries it."""
     from harness_ext.cli import parse_only
-    from harness_ext.executors import RayExecutor
-    from harness_ext.runner import Runner
+    from harness_ext.run.executors import RayExecutor
+    from harness_ext.run.runner import Runner
     from harness_ext.spec import load_spec
 
     marker = args.out / "killed-worker.pid"
@@ -104,8 +104,8 @@ def _die_once(marker: Path) -> Any:
     def task(payload: dict[str, Any]) -> dict[str, Any]:
         import signal
 
-        from harness_ext import runner as runner_module
-        from harness_ext.executors import pair_task
+        from harness_ext.run import runner as runner_module
+        from harness_ext.run.executors import pair_task
 
         save = runner_module.Runner._save
 

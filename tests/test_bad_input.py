@@ -217,7 +217,7 @@ def _disk_full(call: str, only: str | None = None) -> Callable[[Ctx], list[str]]
 
 
 def _corrupt_record(c: Ctx) -> list[str]:
-    from harness_ext.runner import plan
+    from harness_ext.run.runner import plan
     from harness_ext.spec import load_spec
 
     argv = c.run()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from harness_ext.probes import ProbePoint, distribution, grid_points, next_token_logits, probe_metrics, seen_tokens
-from harness_ext.runner import Runner, plan
+from harness_ext.run.runner import Runner, plan
 from harness_ext.sampling import draw, uniforms
 from harness_ext.spec import parse_spec
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from harness_ext.cli import main
-from harness_ext.runner import Runner, reference_record_hash
+from harness_ext.run.runner import Runner, reference_record_hash
 from harness_ext.spec import expand, parse_spec
 from harness_ext.store import RunStore
 from harness_ext.tasks.metrics import first_word
@@ -68,7 +68,7 @@ def test_a_changed_shape_or_cpu_thread_count_is_a_new_cell() -> None:
 def test_ids_of_eval_cells_stay_those_of_the_committed_demo() -> None:
     """Identity fields are added only where they were missing: the committed demo's evaluation
     cells keep their ids (its CPU speed cells, on 2 threads, became new cells)."""
-    from harness_ext.runner import plan
+    from harness_ext.run.runner import plan
     from harness_ext.spec import load_spec
 
     committed = {c["cell_id"] for c in json.loads((REPO / "reports/demo/data/run.json").read_text())["expected_cells"]}

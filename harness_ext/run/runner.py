@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from harness_ext import environment, machine, schedule
+from harness_ext import environment, machine
+from harness_ext.run import schedule
 from harness_ext.errors import DataError, HarnessExtError, SpecError, StoreError
 from harness_ext.measure import measure_copy_bandwidth
 from harness_ext.models import file_sha256
@@ -144,7 +145,7 @@ class Runner:
         store: Any = None,
         device_map: str | None = None,
     ):
-        from harness_ext import executors
+        from harness_ext.run import executors
 
         self.spec = spec
         self.spec_text = spec_text

@@ -1,6 +1,6 @@
 """Where the (model, scheme) pairs of a study run: in this process, or as tasks on a Ray cluster.
 
-Both executors run the same code for a pair (:meth:`harness_ext.runner.Runner._run_pair`); they
+Both executors run the same code for a pair (:meth:`harness_ext.run.runner.Runner._run_pair`); they
 differ in where. With Ray, each pair is a task that asks for the CPUs and GPUs its model needs, runs
 on whichever node has them, and returns its records to the driver, which writes them atomically
 into the one run directory — so no shared file system is needed, resume works as locally, and a
@@ -22,7 +22,7 @@ from harness_ext.errors import HarnessExtError
 from harness_ext.store import MemoryStore, Record, now
 
 if TYPE_CHECKING:
-    from harness_ext.runner import Runner
+    from harness_ext.run.runner import Runner
     from harness_ext.spec import Cell, ModelSpec
 
 Pairs = dict[tuple[str, str], list["Cell"]]
@@ -45,7 +45,7 @@ class LocalExecutor:
         progress: Callable[[int, int], None] | None = None,
     ) -> list[float] | None:
         """Mean NLL of each (prompt, text) under the model's reference; ``progress(done, total)`` per batch."""
-        from harness_ext.runner import score_nll
+        from harness_ext.run.runner import score_nll
 
         scorer = runner.load_lm(model, ref, scoring=True)
         try:
@@ -67,7 +67,7 @@ def pair_task(payload: dict[str, Any]) -> dict[str, Any]:
     """Run one pair's cells on a Ray worker; return its records, new artifacts and loads."""
     import torch
 
-    from harness_ext.runner import Runner, _quiet_lm_eval
+    from harness_ext.run.runner import Runner, _quiet_lm_eval
     from harness_ext.spec import StudySpec, expand
 
     spec = StudySpec.model_validate(payload["spec"])
@@ -107,7 +107,7 @@ def _placement() -> dict[str, Any]:
 
 def score_task(payload: dict[str, Any]) -> list[float]:
     """Reference scoring on a Ray worker: load the reference once, score every (prompt, text)."""
-    from harness_ext.runner import Runner
+    from harness_ext.run.runner import Runner
     from harness_ext.spec import StudySpec
 
     spec = StudySpec.model_validate(payload["spec"])
@@ -209,7 +209,7 @@ class RayExecutor:
                     try:
                         result = ray.get(ref)
                     except Exception as e:  # the task itself broke (not a cell): its cells fail with the reason
-                        from harness_ext.runner import _reason
+                        from harness_ext.run.runner import _reason
 
                         for c in cells:
                             runner._save(
@@ -270,7 +270,7 @@ def _is_reference(runner: Runner, cell: Cell) -> bool:
 
 def _reference_artifacts(runner: Runner, cells: list[Cell]) -> dict[str, Any]:
     """The reference probe logits a pair's probe cells compare against (sent with the task)."""
-    from harness_ext.runner import probe_artifact
+    from harness_ext.run.runner import probe_artifact
 
     ref = runner.spec.reference_scheme(cells[0].model)
     out: dict[str, Any] = {}
