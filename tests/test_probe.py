@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from harness_ext.probes import ProbePoint, distribution, grid_points, next_token_logits, probe_metrics, seen_tokens
+from harness_ext.run import probe
 from harness_ext.run.runner import Runner, plan
 from harness_ext.sampling import draw, uniforms
 from harness_ext.spec import parse_spec
@@ -114,7 +115,7 @@ def _probe_records(model: Path, scheme: str, batch_size: int, lms: dict[str, Any
     text = PROBE_SPEC.format(model=model, scheme=scheme, batch_size=batch_size)
     runner = Runner(parse_spec(text), text, progress=False, output_dir=out)
     cells = sorted((c for c in plan(runner.spec, "cpu") if c.kind == "probe"), key=lambda c: c.scheme.name != "fp32")
-    return [runner._probe(lms[c.scheme.name], c, {}) for c in cells]
+    return [probe.measure(runner, lms[c.scheme.name], c) for c in cells]
 
 
 @pytest.mark.parametrize("scheme", ["nf4", "int8"])

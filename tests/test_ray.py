@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness_ext.run.runner import Runner
+from harness_ext.run import Runner
 from harness_ext.spec import parse_spec
 from harness_ext.store import RunStore
 
@@ -79,7 +79,7 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(tiny_model
         from harness_ext.run import runner as runner_module
         from harness_ext.run.executors import pair_task
 
-        save = runner_module.Runner._save
+        save = runner_module.Runner.save
 
         def save_then_die(self, rec, records):
             save(self, rec, records)
@@ -87,11 +87,11 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(tiny_model
                 marker.write_text(str(os.getpid()))
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        runner_module.Runner._save = save_then_die
+        runner_module.Runner.save = save_then_die
         try:
             return pair_task(payload)
         finally:
-            runner_module.Runner._save = save
+            runner_module.Runner.save = save
 
     text = SPEC.format(model=tiny_model) + "executor: ray\n"
     out = tmp_path / "run"

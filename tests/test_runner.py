@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness_ext.run.runner import Runner
+from harness_ext.run import Runner
 from harness_ext.spec import parse_spec
 from harness_ext.store import RunStore
 
@@ -204,7 +204,7 @@ def test_sigkill_then_resume(tiny_model, tmp_path) -> None:
 
 
 def test_score_nll_dedupes_without_changing_values(tiny_lm_factory) -> None:
-    from harness_ext.run.runner import score_nll
+    from harness_ext.run.reference import score_nll
 
     lm = tiny_lm_factory()
     pairs = [
