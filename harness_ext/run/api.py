@@ -27,6 +27,10 @@ Records = dict[str, "Record"]
 TaskParams = dict[str, dict[str, Any]]
 #: Work units in order: the cells that share one load of a (model, scheme) (see ``schedule``).
 Pairs = dict["UnitKey", list["Cell"]]
+#: (prompt, text) pairs to score under a reference model.
+TextPairs = list[tuple[str, str]]
+#: ``progress(done, total)``, called after each scoring batch.
+Progress = Callable[[int, int], None] | None
 
 
 class QuantLM(Protocol):
@@ -130,16 +134,10 @@ class RunnerAPI(Protocol):
         ...
 
     def fail(
-        self,
-        cells: list[Cell],
-        records: Records,
-        error: str,
-        *,
-        started: str | None = None,
-        traceback: str | None = None,
-        load: dict[str, Any] | None = None,
+        self, cells: list[Cell], records: Records, error: str, *, started: str | None = None, **fields: Any
     ) -> None:
-        """Store every cell of ``cells`` as failed with the one-line ``error``."""
+        """Store every cell of ``cells`` as failed with the one-line ``error`` (``fields``: a bug's
+        ``traceback``, the pair's ``load``)."""
         ...
 
     def run_cell(self, cell: Cell, work: PairWork, compute: Callable[[], dict[str, Any]]) -> None:
@@ -180,12 +178,7 @@ class Executor(Protocol):
         ...
 
     def score(
-        self,
-        runner: RunnerAPI,
-        model: ModelSpec,
-        ref: Scheme,
-        pairs: list[tuple[str, str]],
-        progress: Callable[[int, int], None] | None = None,
+        self, runner: RunnerAPI, model: ModelSpec, ref: Scheme, pairs: TextPairs, progress: Progress = None
     ) -> list[float] | None:
         """Mean NLL of each (prompt, text) under the model's reference scheme."""
         ...

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm import tqdm
@@ -40,6 +40,9 @@ from harness_ext.run.reference import add_run_reference_metrics
 from harness_ext.spec import Cell, ModelSpec, StudySpec, expand, resolve_device
 from harness_ext.store import Record, RunStore, now
 from harness_ext.tasks import loaders
+
+if TYPE_CHECKING:
+    from harness_ext.quant import Scheme
 
 log = logging.getLogger("harness_ext")
 
@@ -251,7 +254,7 @@ class Runner:
         )
 
     # -- the public API (harness_ext.run.api.RunnerAPI) ----------------------------------------
-    def load_lm(self, model: ModelSpec, scheme: Any, *, scoring: bool = False) -> QuantLM:
+    def load_lm(self, model: ModelSpec, scheme: Scheme, *, scoring: bool = False) -> QuantLM:
         """Load (model, scheme) as an ``hf-quant`` LM; counted in :attr:`loads` or :attr:`scoring_loads`.
         The one place a model is loaded: tests replace it to inject failures."""
         from harness_ext.backend import HFQuantLM
@@ -336,21 +339,13 @@ class Runner:
                 write_stderr(rec.traceback)
 
     def fail(
-        self,
-        cells: list[Cell],
-        records: Records,
-        error: str,
-        *,
-        started: str | None = None,
-        traceback: str | None = None,
-        load: dict[str, Any] | None = None,
+        self, cells: list[Cell], records: Records, error: str, *, started: str | None = None, **fields: Any
     ) -> None:
-        """Store every cell of ``cells`` as failed with the one-line ``error`` (and a bug's traceback)."""
+        """Store every cell of ``cells`` as failed with the one-line ``error`` (``fields``: a bug's
+        ``traceback``, the pair's ``load``)."""
         started = started or now()
         for c in cells:
-            self.save(
-                self.new_record(c, started, status="failed", error=error, traceback=traceback, load=load), records
-            )
+            self.save(self.new_record(c, started, status="failed", error=error, **fields), records)
 
     def run_cell(self, cell: Cell, work: PairWork, compute: Callable[[], dict[str, Any]]) -> None:
         """Run one cell's ``compute`` (its record fields); store it as ok, or failed with the reason."""

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from harness_ext.run.api import Pairs, Records, RunnerAPI, TaskParams
+from harness_ext.run.api import Pairs, Progress, Records, RunnerAPI, TaskParams, TextPairs
 
 if TYPE_CHECKING:
     from harness_ext.quant import Scheme
@@ -21,12 +20,7 @@ class LocalExecutor:
             runner.run_pair(cells, records, task_params)
 
     def score(
-        self,
-        runner: RunnerAPI,
-        model: ModelSpec,
-        ref: Scheme,
-        pairs: list[tuple[str, str]],
-        progress: Callable[[int, int], None] | None = None,
+        self, runner: RunnerAPI, model: ModelSpec, ref: Scheme, pairs: TextPairs, progress: Progress = None
     ) -> list[float] | None:
         """Mean NLL of each (prompt, text) under the model's reference; ``progress(done, total)`` per batch."""
         from harness_ext.run.reference import score_nll

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from harness_ext.errors import HarnessExtError
-from harness_ext.run.api import Pairs, Records, RunnerAPI, RunnerFactory, TaskParams
+from harness_ext.run.api import Pairs, Progress, Records, RunnerAPI, RunnerFactory, TaskParams, TextPairs
 from harness_ext.run.executors.local import LocalExecutor
 from harness_ext.run.failures import reason
 from harness_ext.store import MemoryStore, Record, now
@@ -202,12 +202,7 @@ class RayExecutor:
             raise
 
     def score(
-        self,
-        runner: RunnerAPI,
-        model: ModelSpec,
-        ref: Scheme,
-        pairs: list[tuple[str, str]],
-        progress: Callable[[int, int], None] | None = None,
+        self, runner: RunnerAPI, model: ModelSpec, ref: Scheme, pairs: TextPairs, progress: Progress = None
     ) -> list[float] | None:
         """As :meth:`LocalExecutor.score`, in one Ray task (no progress from it: it runs remotely)."""
         ray = self._init(runner)
