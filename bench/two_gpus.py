@@ -75,8 +75,8 @@ def split(args: argparse.Namespace) -> None:
 def fault(args: argparse.Namespace) -> None:
     """A worker SIGKILLs itself after its first computed record (once per study); Ray retries it."""
     from harness_ext.cli import parse_only
-    from harness_ext.executors import RayExecutor
-    from harness_ext.runner import Runner
+    from harness_ext.run import Runner
+    from harness_ext.run.executors import RayExecutor
     from harness_ext.spec import load_spec
 
     marker = args.out / "killed-worker.pid"
@@ -112,10 +112,10 @@ def _die_once(marker: Path) -> Any:
     def task(payload: dict[str, Any]) -> dict[str, Any]:
         import signal
 
-        from harness_ext import runner as runner_module
-        from harness_ext.executors import pair_task
+        from harness_ext.run import runner as runner_module
+        from harness_ext.run.executors import pair_task
 
-        save = runner_module.Runner._save
+        save = runner_module.Runner.save
 
         def save_then_die(self: Any, rec: Any, records: Any) -> None:
             save(self, rec, records)
@@ -123,11 +123,11 @@ def _die_once(marker: Path) -> Any:
                 marker.write_text(str(os.getpid()))
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        runner_module.Runner._save = save_then_die
+        runner_module.Runner.save = save_then_die
         try:
             return pair_task(payload)
         finally:
-            runner_module.Runner._save = save
+            runner_module.Runner.save = save
 
     return task
 

@@ -204,7 +204,7 @@ def _run_spec(
     redo: bool = False,
 ) -> int:
     from harness_ext import preflight
-    from harness_ext.runner import Runner
+    from harness_ext.run import Runner
 
     if time_limit_min is not None and not (math.isfinite(time_limit_min) and time_limit_min > 0):
         raise SpecError(f"--time-limit must be a positive number of minutes, not {time_limit_min:g}")

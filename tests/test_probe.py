@@ -13,7 +13,8 @@ import torch
 from harness_ext.backend.probe import distribution, grid_points, next_token_logits, probe_metrics, seen_tokens
 from harness_ext.backend.sampler import draw, uniforms
 from harness_ext.point import SamplingPoint
-from harness_ext.runner import Runner
+from harness_ext.run import probe
+from harness_ext.run.runner import Runner
 from harness_ext.spec import parse_spec, plan
 
 GRID = {"temperature": [0.0, 1e-4, 0.7, 1.5], "top_k": [None, 1, 10], "top_p": [1.0, 0.9], "repetition_penalty": [1.0]}
@@ -119,7 +120,7 @@ def _probe_records(model: Path, scheme: str, batch_size: int, lms: dict[str, Any
     text = PROBE_SPEC.format(model=model, scheme=scheme, batch_size=batch_size)
     runner = Runner(parse_spec(text), text, progress=False, output_dir=out)
     cells = sorted((c for c in plan(runner.spec, "cpu") if c.kind == "probe"), key=lambda c: c.scheme.name != "fp32")
-    return [runner._probe(lms[c.scheme.name], c, {}) for c in cells]
+    return [probe.measure(runner, lms[c.scheme.name], c) for c in cells]
 
 
 @pytest.mark.parametrize("scheme", ["nf4", "int8"])

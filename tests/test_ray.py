@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness_ext.runner import Runner
+from harness_ext.run import Runner
 from harness_ext.spec import parse_spec
 from harness_ext.store import RunStore
 
@@ -67,7 +67,7 @@ def test_ray_executor_gives_the_same_records_as_local(tiny_model, tmp_path, clus
 
 
 def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(tiny_model, tmp_path, cluster) -> None:
-    from harness_ext.executors import RayExecutor
+    from harness_ext.run.executors import RayExecutor
 
     marker = tmp_path / "killed-worker.pid"
 
@@ -76,10 +76,10 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(tiny_model
         import os
         import signal
 
-        from harness_ext import runner as runner_module
-        from harness_ext.executors import pair_task
+        from harness_ext.run import runner as runner_module
+        from harness_ext.run.executors import pair_task
 
-        save = runner_module.Runner._save
+        save = runner_module.Runner.save
 
         def save_then_die(self, rec, records):
             save(self, rec, records)
@@ -87,11 +87,11 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(tiny_model
                 marker.write_text(str(os.getpid()))
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        runner_module.Runner._save = save_then_die
+        runner_module.Runner.save = save_then_die
         try:
             return pair_task(payload)
         finally:
-            runner_module.Runner._save = save
+            runner_module.Runner.save = save
 
     text = SPEC.format(model=tiny_model) + "executor: ray\n"
     out = tmp_path / "run"
@@ -125,7 +125,7 @@ def test_a_pair_asking_for_more_gpus_than_the_cluster_has_fails_at_once(tiny_mod
 
 
 def test_only_probing_reference_pairs_go_first(tiny_model) -> None:
-    from harness_ext.executors import waves
+    from harness_ext.run.executors import waves
     from harness_ext.spec import plan
 
     text = SPEC.format(model=tiny_model) + "executor: ray\n"

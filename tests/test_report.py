@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from harness_ext.report import render
-from harness_ext.runner import Runner
+from harness_ext.run import Runner
 from harness_ext.spec import parse_spec
 from harness_ext.store import RunStore
 

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from harness_ext.runner import score_nll, split_results
+from harness_ext.run.reference import score_nll
+from harness_ext.run.results import split_results
 from harness_ext.store import RunStore
 
 
@@ -97,7 +98,7 @@ def test_score_nll_matches_a_direct_computation(tiny_lm_factory, window) -> None
 
 def _write_run(tmp_path, tiny_model) -> tuple[RunStore, dict]:
     """A one-cell run directory (a speed cell of the tiny model)."""
-    from harness_ext.runner import Runner
+    from harness_ext.run import Runner
     from harness_ext.spec import parse_spec
 
     text = (
@@ -130,7 +131,7 @@ def test_edited_or_wrongly_versioned_records_are_unreadable(tiny_model, tmp_path
 
 
 def test_an_unreadable_record_is_said_on_stderr_and_recomputed(tiny_model, tmp_path, capfd) -> None:
-    from harness_ext.runner import Runner
+    from harness_ext.run import Runner
     from harness_ext.spec import parse_spec
 
     store, data = _write_run(tmp_path, tiny_model)

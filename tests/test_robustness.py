@@ -26,7 +26,7 @@ from test_bad_input import _DiskFull, invoke
 from harness_ext import cli, store
 from harness_ext.errors import SpecError, StoreError
 from harness_ext.report import render
-from harness_ext.runner import Runner
+from harness_ext.run import Runner
 from harness_ext.spec import parse_spec
 from harness_ext.store import RunStore
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from harness_ext.cli import main
-from harness_ext.runner import Runner, reference_record_hash
+from harness_ext.run import Runner
+from harness_ext.run.reference import reference_record_hash
 from harness_ext.spec import expand, parse_spec
 from harness_ext.store import RunStore
 from harness_ext.tasks.metrics import first_word

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness_ext.runner import Runner
+from harness_ext.run import Runner
 from harness_ext.spec import parse_spec
 from harness_ext.store import RunStore
 
@@ -204,7 +204,7 @@ def test_sigkill_then_resume(tiny_model, tmp_path) -> None:
 
 
 def test_score_nll_dedupes_without_changing_values(tiny_lm_factory) -> None:
-    from harness_ext.runner import score_nll
+    from harness_ext.run.reference import score_nll
 
     lm = tiny_lm_factory()
     pairs = [
@@ -242,3 +242,36 @@ def test_grid_batched_cells_have_the_metrics_of_unbatched_ones(tiny_model, tmp_p
     # one evaluation per task served all six grid points; unbatched, one per cell
     assert {r.measurements["evaluation"]["cells"] for r in runs[True].values()} == {6}
     assert {r.measurements["evaluation"]["cells"] for r in runs[False].values()} == {1}
+
+
+def test_every_cell_kind_has_a_handler() -> None:
+    """The kind -> handler registry covers every kind a cell can have, and nothing else."""
+    from typing import get_args, get_type_hints
+
+    from harness_ext.run import HANDLERS
+    from harness_ext.spec import Cell
+
+    assert set(HANDLERS) == set(get_args(get_type_hints(Cell)["kind"]))
+    assert all(callable(make()) for make in HANDLERS.values())
+
+
+def test_executors_and_handlers_use_the_runner_only_through_its_public_api() -> None:
+    """No import cycle: what the runner imports (executors, handlers, reference scoring, ...) never
+    imports the runner module, and calls no private method of the runner it is handed."""
+    import ast
+
+    run_dir = Path(__file__).resolve().parent.parent / "harness_ext" / "run"
+    checked = [p for p in run_dir.rglob("*.py") if p not in (run_dir / "runner.py", run_dir / "__init__.py")]
+    assert {"local.py", "ray.py", "eval.py", "probe.py", "speed.py", "reference.py", "api.py"} <= {
+        p.name for p in checked
+    }
+    for path in checked:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported = {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+                assert "harness_ext.run.runner" not in imported, path
+                assert not (node.module == "harness_ext.run" and {a.name for a in node.names} & {"Runner"}), path
+            if isinstance(node, ast.Import):
+                assert all(not a.name.startswith("harness_ext.run.runner") for a in node.names), path
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "runner":
+                assert not node.attr.startswith("_"), f"{path.name}: runner.{node.attr}"

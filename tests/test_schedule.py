@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from harness_ext import machine, schedule
-from harness_ext.runner import Runner
+from harness_ext import machine
+from harness_ext.run import Runner, schedule
 from harness_ext.spec import expand, parse_spec
 
 SPEC = """\

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from harness_ext.errors import SpecError, UnsupportedSchemeError
-from harness_ext.runner import Runner
+from harness_ext.run import Runner
 from harness_ext.spec import expand, parse_spec
 from harness_ext.store import RunStore
 

@@ -1,6 +1,6 @@
 """Speed figures per round, and scheme ratios paired within a round.
 
-A round (see :mod:`harness_ext.schedule`) is one load + warm-up + timed repeats of a (model,
+A round (see :mod:`harness_ext.run.schedule`) is one load + warm-up + timed repeats of a (model,
 scheme). Repeats inside one round share the load, the process and the machine's state; they are
 not replicates, and their p10–p90 is a *within-round spread*, never a confidence interval. Two
 schemes are compared within a round (paired: same round, same invocation) and the rounds are the

@@ -1,6 +1,6 @@
-"""Where the (model, scheme) pairs of a study run: in this process, or as tasks on a Ray cluster.
+"""The Ray executor: each work unit a Ray task on whichever node has the CPUs and GPUs it needs.
 
-Both executors run the same code for a pair (:meth:`harness_ext.runner.Runner._run_pair`); they
+Both executors run the same code for a unit (:meth:`harness_ext.run.api.RunnerAPI.run_pair`); they
 differ in where. With Ray, each pair is a task that asks for the CPUs and GPUs its model needs, runs
 on whichever node has them, and returns its records to the driver, which writes them atomically
 into the one run directory — so no shared file system is needed, resume works as locally, and a
@@ -10,6 +10,9 @@ not retried. The unquantized reference pairs with probe cells run first (their p
 the other pairs' probes are compared with), then the rest, as many at once as the cluster's GPUs
 allow; each record says which worker and GPUs computed it (``measurements.placement``), and a pair
 that asks for more GPUs than the cluster has fails at once instead of waiting forever.
+
+A worker builds its runner with the driver's runner class, sent by reference in the task's payload
+(``payload["runner"]``): this module never imports the runner.
 """
 
 from __future__ import annotations
@@ -19,39 +22,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from harness_ext.errors import HarnessExtError
+from harness_ext.run.api import Pairs, Progress, Records, RunnerAPI, RunnerFactory, TaskParams, TextPairs
+from harness_ext.run.executors.local import LocalExecutor
+from harness_ext.run.failures import reason
 from harness_ext.store import MemoryStore, Record, now
 
 if TYPE_CHECKING:
-    from harness_ext.runner import Runner
     from harness_ext.spec import Cell, ModelSpec
-
-Pairs = dict[tuple[str, str], list["Cell"]]
-
-
-class LocalExecutor:
-    """Pairs one after another in this process."""
-
-    def run_pairs(self, runner: Runner, pairs: Pairs, records: dict[str, Record], task_params: dict[str, Any]) -> None:
-        for cells in pairs.values():
-            runner._check_time()
-            runner._run_pair(cells, records, task_params)
-
-    def score(
-        self,
-        runner: Runner,
-        model: ModelSpec,
-        ref: Any,
-        pairs: list[tuple[str, str]],
-        progress: Callable[[int, int], None] | None = None,
-    ) -> list[float] | None:
-        """Mean NLL of each (prompt, text) under the model's reference; ``progress(done, total)`` per batch."""
-        from harness_ext.runner import score_nll
-
-        scorer = runner.load_lm(model, ref, scoring=True)
-        try:
-            return score_nll(scorer, pairs, batch_size=runner.spec.batch_size, progress=progress)
-        finally:
-            del scorer
+    from harness_ext.spec.schemes import Scheme
 
 
 # -- Ray -----------------------------------------------------------------------------------------
@@ -67,7 +45,7 @@ def pair_task(payload: dict[str, Any]) -> dict[str, Any]:
     """Run one pair's cells on a Ray worker; return its records, new artifacts and loads."""
     import torch
 
-    from harness_ext.runner import Runner, _quiet_lm_eval
+    from harness_ext.run.quiet import quiet_lm_eval
     from harness_ext.spec import StudySpec, expand
 
     spec = StudySpec.model_validate(payload["spec"])
@@ -76,10 +54,11 @@ def pair_task(payload: dict[str, Any]) -> dict[str, Any]:
     wanted = set(payload["cell_ids"])
     cells = [c for c in expand(spec, payload["device"], payload["task_params"]) if c.id in wanted]
     store = MemoryStore(payload["artifacts"])
-    runner = Runner(spec, payload["spec_text"], progress=False, store=store, device_map=payload.get("device_map"))
+    make_runner: RunnerFactory = payload["runner"]
+    runner = make_runner(spec, payload["spec_text"], progress=False, store=store, device_map=payload.get("device_map"))
     runner.invocation = payload["invocation"]
-    with _quiet_lm_eval():
-        runner._run_pair(cells, {}, payload["task_params"])
+    with quiet_lm_eval():
+        runner.run_pair(cells, {}, payload["task_params"])
     placement = _placement()
     records = [r.model_dump(mode="json") for r in store.records]
     for data in records:  # which worker and GPUs computed the cell: evidence that pairs ran where planned
@@ -107,11 +86,11 @@ def _placement() -> dict[str, Any]:
 
 def score_task(payload: dict[str, Any]) -> list[float]:
     """Reference scoring on a Ray worker: load the reference once, score every (prompt, text)."""
-    from harness_ext.runner import Runner
     from harness_ext.spec import StudySpec
 
     spec = StudySpec.model_validate(payload["spec"])
-    runner = Runner(
+    make_runner: RunnerFactory = payload["runner"]
+    runner = make_runner(
         spec, payload["spec_text"], progress=False, store=MemoryStore(), device_map=payload.get("device_map")
     )
     model = next(m for m in spec.models if m.label == payload["model"])
@@ -126,7 +105,7 @@ class RayExecutor:
         self.task_fn = task_fn
 
     # resources ----------------------------------------------------------------------------------
-    def resources(self, runner: Runner, model: ModelSpec, scheme: Any) -> dict[str, float]:
+    def resources(self, runner: RunnerAPI, model: ModelSpec, scheme: Scheme) -> dict[str, float]:
         """``num_cpus``/``num_gpus`` of a pair: the spec's, or GPUs enough for the weights."""
         opts = runner.spec.ray
         num_gpus = model.num_gpus if model.num_gpus is not None else opts.num_gpus
@@ -136,7 +115,7 @@ class RayExecutor:
             )
         return {"num_cpus": opts.num_cpus, "num_gpus": num_gpus}
 
-    def _init(self, runner: Runner) -> Any:
+    def _init(self, runner: RunnerAPI) -> Any:
         ray = _ray()
         if not ray.is_initialized():
             opts = runner.spec.ray
@@ -151,13 +130,14 @@ class RayExecutor:
 
     def _payload(
         self,
-        runner: Runner,
+        runner: RunnerAPI,
         cells: list[Cell],
-        task_params: dict[str, Any],
+        task_params: TaskParams,
         artifacts: dict[str, Any],
         resources: dict[str, float],
     ) -> dict[str, Any]:
         return {
+            "runner": type(runner),
             "spec": runner.spec.model_dump(mode="json"),
             "spec_text": runner.spec_text,
             "cell_ids": [c.id for c in cells],
@@ -169,7 +149,7 @@ class RayExecutor:
         }
 
     # pairs --------------------------------------------------------------------------------------
-    def run_pairs(self, runner: Runner, pairs: Pairs, records: dict[str, Record], task_params: dict[str, Any]) -> None:
+    def run_pairs(self, runner: RunnerAPI, pairs: Pairs, records: Records, task_params: TaskParams) -> None:
         ray = self._init(runner)
         remote = ray.remote(self.task_fn)
         gpus = float(ray.cluster_resources().get("GPU", 0.0))
@@ -189,17 +169,15 @@ class RayExecutor:
             self._collect(ray, runner, pending, records)
 
     @staticmethod
-    def _refuse(runner: Runner, cells: list[Cell], records: dict[str, Record], wanted: float, have: float) -> None:
+    def _refuse(runner: RunnerAPI, cells: list[Cell], records: Records, wanted: float, have: float) -> None:
         """Record a pair that asks for more GPUs than the cluster has as failed, with the fix."""
-        reason = (
+        why = (
             f"needs {wanted:g} GPUs, the Ray cluster has {have:g}: set models[].num_gpus (or ray.num_gpus), "
             "or run it on a larger cluster"
         )
-        started = now()
-        for c in cells:
-            runner._save(Record(**runner._base(c, started), status="failed", error=reason), records)
+        runner.fail(cells, records, why)
 
-    def _collect(self, ray: Any, runner: Runner, pending: dict[Any, list[Cell]], records: dict[str, Record]) -> None:
+    def _collect(self, ray: Any, runner: RunnerAPI, pending: dict[Any, list[Cell]], records: Records) -> None:
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
@@ -209,40 +187,28 @@ class RayExecutor:
                     try:
                         result = ray.get(ref)
                     except Exception as e:  # the task itself broke (not a cell): its cells fail with the reason
-                        from harness_ext.runner import _reason
-
-                        for c in cells:
-                            runner._save(
-                                Record(
-                                    **runner._base(c, started), status="failed", error=f"ray task failed: {_reason(e)}"
-                                ),
-                                records,
-                            )
+                        runner.fail(cells, records, f"ray task failed: {reason(e)}", started=started)
                         continue
                     for name, tensor in result["artifacts"].items():
                         runner.store.put_tensor(name, tensor)
                     for data in result["records"]:
-                        runner._save(Record.model_validate(data), records)
+                        runner.save(Record.model_validate(data), records)
                     runner.loads.extend(tuple(x) for x in result["loads"])
                 if pending:
-                    runner._check_time()
+                    runner.check_time()
         except BaseException:
             for ref in pending:  # interrupted or out of time: stop what is still running
                 ray.cancel(ref, force=True)
             raise
 
     def score(
-        self,
-        runner: Runner,
-        model: ModelSpec,
-        ref: Any,
-        pairs: list[tuple[str, str]],
-        progress: Callable[[int, int], None] | None = None,
+        self, runner: RunnerAPI, model: ModelSpec, ref: Scheme, pairs: TextPairs, progress: Progress = None
     ) -> list[float] | None:
         """As :meth:`LocalExecutor.score`, in one Ray task (no progress from it: it runs remotely)."""
         ray = self._init(runner)
         res = self.resources(runner, model, ref)
         payload = {
+            "runner": type(runner),
             "spec": runner.spec.model_dump(mode="json"),
             "spec_text": runner.spec_text,
             "model": model.label,
@@ -255,7 +221,7 @@ class RayExecutor:
         return ray.get(remote.remote(payload))
 
 
-def waves(runner: Runner, pairs: Pairs) -> tuple[Pairs, Pairs]:
+def waves(runner: RunnerAPI, pairs: Pairs) -> tuple[Pairs, Pairs]:
     """(first, then): the reference pairs whose probe cells the other pairs' probes compare with, then
     everything else. Only probes need the reference first, so speed-only work (rounds included) all
     goes in the second wave, where it can use every GPU at once."""
@@ -263,14 +229,14 @@ def waves(runner: Runner, pairs: Pairs) -> tuple[Pairs, Pairs]:
     return first, {k: v for k, v in pairs.items() if k not in first}
 
 
-def _is_reference(runner: Runner, cell: Cell) -> bool:
+def _is_reference(runner: RunnerAPI, cell: Cell) -> bool:
     ref = runner.spec.reference_scheme(cell.model)
     return ref is not None and ref.name == cell.scheme.name
 
 
-def _reference_artifacts(runner: Runner, cells: list[Cell]) -> dict[str, Any]:
+def _reference_artifacts(runner: RunnerAPI, cells: list[Cell]) -> dict[str, Any]:
     """The reference probe logits a pair's probe cells compare against (sent with the task)."""
-    from harness_ext.runner import probe_artifact
+    from harness_ext.run.probe import probe_artifact
 
     ref = runner.spec.reference_scheme(cells[0].model)
     out: dict[str, Any] = {}
@@ -286,7 +252,7 @@ def _reference_artifacts(runner: Runner, cells: list[Cell]) -> dict[str, Any]:
 BYTES_PER_PARAM = {"none": {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}, "int8": 1.0, "nf4": 0.55, "fp4": 0.55}
 
 
-def gpus_needed(model: ModelSpec, scheme: Any, gpu_memory_gb: float, headroom: float = 1.3) -> int:
+def gpus_needed(model: ModelSpec, scheme: Scheme, gpu_memory_gb: float, headroom: float = 1.3) -> int:
     """GPUs for a model's weights in a scheme, with headroom for activations and the KV cache;
     the parameter count comes from the config on the meta device (no weights are read)."""
     params = count_parameters(model)
@@ -309,19 +275,3 @@ def count_parameters(model: ModelSpec) -> int:
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(config)
     return sum(p.numel() for p in meta.parameters())
-
-
-def make(name: str) -> LocalExecutor | RayExecutor:
-    return RayExecutor() if name == "ray" else LocalExecutor()
-
-
-__all__ = [
-    "LocalExecutor",
-    "RayExecutor",
-    "count_parameters",
-    "gpus_needed",
-    "make",
-    "pair_task",
-    "score_task",
-    "waves",
-]
