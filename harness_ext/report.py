@@ -46,7 +46,6 @@ FIGURE_METRICS = ["p_gold", "tv", "exact_match", "distinct_2", "rouge_l_ref", "n
 PALETTE = ["#1b6ca8", "#d1495b", "#2e8b57", "#edae49", "#6c4f9c", "#00798c", "#8d6a4f", "#555555"]
 
 
-
 def render(
     run_dir: str | Path, output_dir: str | Path | None = None, warn: Callable[[str], None] | None = None
 ) -> Path:
