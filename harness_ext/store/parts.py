@@ -121,11 +121,22 @@ class GridPoint(Part):
     repetition_penalty: Number
 
 
+class PointMetricValue(MetricValue):
+    """A probe metric at one grid point: the mean over prompts and its standard error; its numbers
+    are kept as computed (``n`` is the int count of prompts), as the probe has always written them."""
+
+    value: Number | None = None
+    stderr: Number | None = None
+    lo: Number | None = None
+    hi: Number | None = None
+    n: Number | None = None
+
+
 class PointResult(Part):
     """The probe's aggregate metrics at one grid point (one entry of ``points``)."""
 
     point: GridPoint
-    metrics: dict[str, MetricValue]
+    metrics: dict[str, PointMetricValue]
 
 
 class SampleMetrics(Part):

@@ -60,10 +60,10 @@ class Record(BaseModel):
     @classmethod
     def _measurements_of_kind(cls, data: Any) -> Any:
         """Read ``measurements`` as the part of the record's kind (eval, probe or speed)."""
-        if isinstance(data, dict) and isinstance(data.get("measurements"), dict):
+        if isinstance(data, dict) and isinstance(data.get("measurements", {}), dict):
             part = MEASUREMENTS.get(data.get("kind"))  # type: ignore[arg-type]
             if part is not None:
-                data = {**data, "measurements": part.model_validate(data["measurements"])}
+                data = {**data, "measurements": part.model_validate(data.get("measurements", {}))}
         return data
 
 
