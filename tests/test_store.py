@@ -181,3 +181,14 @@ def test_fresh_records_of_every_kind_write_what_the_untyped_record_wrote(tiny_mo
     records = RunStore(tmp_path / "r").load_records()
     with_ref = [r for r in records.values() if "rouge_l_ref" in r.metrics]
     assert with_ref and all(isinstance(s, SampleMetrics) for r in with_ref for s in r.sample_metrics)
+
+
+def test_a_table_column_of_the_wrong_type_is_named_against_the_schema() -> None:
+    import pyarrow as pa
+
+    from harness_ext.store.tables import SAMPLES, frame, mismatches
+
+    row = dict.fromkeys(SAMPLES.names) | {"cell_id": "c", "doc_id": 0, "metric": "em", "value": 1.0}
+    assert mismatches(pa.Schema.from_pandas(frame([row], SAMPLES), preserve_index=False), SAMPLES) == []
+    bad = pa.Schema.from_pandas(frame([row | {"doc_id": "first"}], SAMPLES), preserve_index=False)
+    assert mismatches(bad, SAMPLES) == ["column doc_id is large_string, not int64"]
