@@ -81,7 +81,7 @@ def test_parts_write_the_keys_given_in_the_order_given() -> None:
         "kind": "eval",
         "metrics": {"em": {"n": 3, "value": 1, "stderr": None}, "x": {"value": 0.5}},
         "sample_metrics": [{"doc_id": 0, "em": 1.0, "x": None}],
-        "generations": [{"doc_id": 0, "sample": 0, "text": "a", "prompt": None, "finish": "eos", "new_tokens": 2}],
+        "generations": [{"doc_id": 0, "sample": 0, "prompt": None, "text": "a", "finish": "eos"}],  # no new_tokens
         "measurements": {"kv_cache": None, "grid_batched": True, "evaluation": {"wall_s": 1, "cells": 2}},
     }
     typed = Record(**copy.deepcopy(fields))

@@ -2,9 +2,11 @@
 
 Each part is validated where it is built (producers may pass plain dicts: pydantic coerces them)
 and where it is read back from disk. A part serializes to exactly the JSON its producer's dict did:
-the keys it was given, in the order given (a field left out stays out; one given as null stays
-null), and numbers as they were (an ``int`` stays an int where the field is a :data:`Number`). So
-records written before the parts were typed re-serialize byte-identically (tests/test_calibration.py).
+the keys it was given (a field left out stays out; one given as null stays null), in the order
+given (a part's fields are declared in its producer's order; an :class:`OrderedPart`, whose
+producers differ in order, remembers the order it was given), and numbers as they were (an ``int``
+stays an int where the field is a :data:`Number`). So records written before the parts were typed
+re-serialize byte-identically (tests/test_committed_reports.py, tests/test_store.py).
 
 A part also reads like the mapping it replaces (``g["text"]``, ``m.get("value")``, ``row[m] = v``),
 so code written against the dicts keeps working while it moves to attributes (``g.text``).
@@ -22,9 +24,65 @@ Number = int | float
 
 
 class Part(BaseModel, MutableMapping):  # type: ignore[misc]
-    """Base of the record parts: typed fields, serialized as given, readable as a mapping."""
+    """Base of the record parts: typed fields, dumped as given (only the keys set), readable as a
+    mapping. Its fields are declared in the order its producer writes them."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+        """As pydantic's, but only the keys the part was given (or set since) by default."""
+        kwargs.setdefault("exclude_unset", True)
+        return super().model_dump(**kwargs)
+
+    def model_dump_json(self, **kwargs: Any) -> str:
+        kwargs.setdefault("exclude_unset", True)
+        return super().model_dump_json(**kwargs)
+
+    def _keys(self) -> list[str]:
+        """The keys this part holds: the fields given (or set later) and the extra keys."""
+        held = self.model_fields_set
+        return [*(k for k in type(self).model_fields if k in held), *(self.__pydantic_extra__ or {})]
+
+    # -- the mapping view -------------------------------------------------------------------------
+    def __getitem__(self, key: str) -> Any:
+        extra = self.__pydantic_extra__
+        if key in self.model_fields_set or (extra is not None and key in extra):
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        setattr(self, key, value)
+
+    def __delitem__(self, key: str) -> None:
+        extra = self.__pydantic_extra__ or {}
+        if key in extra:
+            del extra[key]
+        elif key in self.model_fields_set:
+            self.model_fields_set.discard(key)
+            object.__setattr__(self, key, type(self).model_fields[key].get_default(call_default_factory=True))
+        else:
+            raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:  # type: ignore[override]
+        return iter(self._keys())
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.model_fields_set or key in (self.__pydantic_extra__ or {})
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self.items()) == dict(other.items())
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class OrderedPart(Part):
+    """A part whose producers write its keys in different orders (a metric value of lm-eval's and
+    one of the speed benchmark's): it remembers the order given and dumps its keys in that order."""
 
     _order: list[str] = PrivateAttr(default_factory=list)  # keys in the order the producer gave them
 
@@ -39,69 +97,34 @@ class Part(BaseModel, MutableMapping):  # type: ignore[misc]
     @model_serializer(mode="wrap")
     def _as_given(self, handler: Any) -> Any:
         out = handler(self)
-        if not isinstance(self, Part):  # a plain dict put into a typed slot after validation
+        if not isinstance(self, OrderedPart):  # a plain dict put into a typed slot after validation
             return out
-        return {k: out[k] for k in self._keys()}
+        return {k: out[k] for k in self._keys() if k in out}
 
     def _keys(self) -> list[str]:
-        """The keys this part holds: the fields given (or set later) and the extra keys, in order."""
-        extra = self.__pydantic_extra__ or {}
-        held = set(self.model_fields_set) | set(extra)
+        held = super()._keys()
         ordered = [k for k in self._order if k in held]
-        rest = [k for k in (*type(self).model_fields, *extra) if k in held and k not in ordered]
-        return ordered + rest
+        return ordered + [k for k in held if k not in ordered]
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
         if not name.startswith("_") and name not in self._order:
             self._order.append(name)
 
-    # -- the mapping view -------------------------------------------------------------------------
-    def __getitem__(self, key: str) -> Any:
-        if key not in self._keys():
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        setattr(self, key, value)
-
     def __delitem__(self, key: str) -> None:
-        extra = self.__pydantic_extra__ or {}
-        if key in extra:
-            del extra[key]
-        elif key in self.model_fields_set:
-            self.model_fields_set.discard(key)
-            object.__setattr__(self, key, type(self).model_fields[key].get_default(call_default_factory=True))
-        else:
-            raise KeyError(key)
+        super().__delitem__(key)
         if key in self._order:
             self._order.remove(key)
 
-    def __iter__(self) -> Iterator[str]:  # type: ignore[override]
-        return iter(self._keys())
 
-    def __len__(self) -> int:
-        return len(self._keys())
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._keys()
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Mapping):
-            return dict(self.items()) == dict(other.items())
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-
-class Open(Part):
+class Open(OrderedPart):
     """A part with documented fields and room for more (measurements and load information grow)."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
 
 # -- what every kind records ---------------------------------------------------------------------
-class MetricValue(Part):
+class MetricValue(OrderedPart):
     """An aggregate metric: lm-eval's value and stderr (eval), the median with p10/p90 as lo/hi
     (speed), the mean and its standard error (probe, metrics against the reference)."""
 

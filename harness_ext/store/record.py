@@ -58,13 +58,35 @@ class Record(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _measurements_of_kind(cls, data: Any) -> Any:
-        """Read ``measurements`` as the part of the record's kind (eval, probe or speed)."""
-        if isinstance(data, dict) and isinstance(data.get("measurements", {}), dict):
-            part = MEASUREMENTS.get(data.get("kind"))  # type: ignore[arg-type]
-            if part is not None:
-                data = {**data, "measurements": part.model_validate(data.get("measurements", {}))}
+    def _complete(cls, data: Any) -> Any:
+        """Every field of the record itself counts as given (its defaults are written: ``error:
+        null``, ``points: []``), unlike a part's; ``measurements`` is read as the part of the
+        record's kind (eval, probe or speed)."""
+        if not isinstance(data, dict):
+            return data
+        data = {**_defaults(), "measurements": {}, **data}
+        part = MEASUREMENTS.get(data.get("kind"))  # type: ignore[arg-type]
+        if part is not None and isinstance(data["measurements"], dict):
+            data["measurements"] = part.model_validate(data["measurements"])
         return data
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+        """As pydantic's, but each part holds only the keys it was given (or set since) by default."""
+        kwargs.setdefault("exclude_unset", True)
+        return super().model_dump(**kwargs)
+
+    def model_dump_json(self, **kwargs: Any) -> str:
+        kwargs.setdefault("exclude_unset", True)
+        return super().model_dump_json(**kwargs)
+
+
+def _defaults() -> dict[str, Any]:
+    """The record's fields that have a default (``traceback`` aside: it is written only when set)."""
+    return {
+        name: field.get_default(call_default_factory=True)
+        for name, field in Record.model_fields.items()
+        if not field.is_required() and name != "traceback"
+    }
 
 
 def record_dict(record: Record) -> dict[str, Any]:
@@ -72,7 +94,7 @@ def record_dict(record: Record) -> dict[str, Any]:
     byte-identical to those written before the field existed. A part that a producer replaced by
     a plain dict after the record was built is written as that dict (no warning)."""
     exclude = {"traceback"} if record.traceback is None else None
-    return record.model_dump(mode="python", exclude=exclude, warnings=False)
+    return record.model_dump(mode="python", exclude=exclude, exclude_unset=True, warnings=False)
 
 
 def definition_hash(definition: dict[str, Any]) -> str:
