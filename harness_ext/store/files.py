@@ -30,7 +30,6 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import ValidationError
 
 from harness_ext.errors import StoreError
-from harness_ext.store import tables
 from harness_ext.store.record import RECORD_VERSION, Record, definition_hash, dumps, now, record_dict
 
 #: The writer lock of a run directory, and the note beside it naming its holder.
@@ -254,6 +253,8 @@ class RunStore:
         self, records: Iterable[Record], spec_text: str | None = None, extra: dict[str, Any] | None = None
     ) -> dict[str, Path]:
         """Write the tidy tables (CSV and parquet; :mod:`harness_ext.store.tables`) and ``run.json``."""
+        from harness_ext.store import tables  # pyarrow and pandas: only where tables are written
+
         spec_text = spec_text if spec_text is not None else _read(self.root / "spec.yaml")
         files = tables.table_files(records, spec_text, self.invocations(), self.problems, extra)
         self.tables_dir.mkdir(parents=True, exist_ok=True)
