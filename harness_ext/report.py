@@ -26,6 +26,7 @@ from harness_ext import analysis
 from harness_ext.analysis import Estimate, Study
 from harness_ext.errors import StoreError
 from harness_ext.store import atomic_write
+from harness_ext.store.tables import DERIVED_KEYS, TABLE_FILES  # a report keeps these input tables in data/
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,6 @@ QUALITY_METRICS = [  # (metric, kind, label, higher is better, format)
 ]
 FIGURE_METRICS = ["p_gold", "tv", "exact_match", "distinct_2", "rouge_l_ref", "nll_ref"]
 PALETTE = ["#1b6ca8", "#d1495b", "#2e8b57", "#edae49", "#6c4f9c", "#00798c", "#8d6a4f", "#555555"]
-
-
-#: The input tables a report keeps beside it (``data/``), so that it can be re-rendered from there.
-TABLE_FILES = ("cells.csv", "cells.parquet", "samples.parquet", "generations.parquet", "run.json")
-#: Keys of run.json re-derived from the records (the rest comes from the spec, at run time).
-DERIVED_KEYS = ("record_version", "spec_text", "invocations", "loads", "problems")
 
 
 def render(
@@ -117,25 +112,10 @@ def input_tables(run_dir: Path, warn: Callable[[str], None]) -> dict[str, bytes]
 
 def derived_tables(store: Any, records: list[Any], run: dict[str, Any]) -> dict[str, bytes]:
     """The bytes of ``tables/*`` as :meth:`RunStore.export_tables` would write them from ``records``."""
-    from harness_ext import store as st
+    from harness_ext.store import tables
 
-    cells = pd.DataFrame(st.cell_rows(records), columns=[*st.CELL_COLUMNS, *st.VALUE_COLUMNS])
-    samples = pd.DataFrame(st.sample_rows(records), columns=[*st.SAMPLE_COLUMNS])
-    gens = pd.DataFrame(st.generation_rows(records), columns=[*st.GENERATION_COLUMNS])
-    derived = {
-        "record_version": st.RECORD_VERSION,
-        "spec_text": run.get("spec_text"),
-        "invocations": store.invocations(),
-        "loads": st._loads(records),
-        "problems": store.problems,
-    }
-    return {
-        "cells.csv": cells.to_csv(index=False).encode(),
-        "cells.parquet": _parquet_bytes(cells),
-        "samples.parquet": _parquet_bytes(samples),
-        "generations.parquet": _parquet_bytes(gens),
-        "run.json": st.dumps({**derived, **{k: v for k, v in run.items() if k not in DERIVED_KEYS}}).encode(),
-    }
+    extra = {k: v for k, v in run.items() if k not in DERIVED_KEYS}
+    return tables.table_files(records, run.get("spec_text"), store.invocations(), store.problems, extra)
 
 
 def read_run_json(tables: Path) -> dict[str, Any]:
@@ -179,12 +159,6 @@ def _read_bytes(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as e:
         raise StoreError(f"cannot read {path}: {e.strerror or e}") from None
-
-
-def _parquet_bytes(frame: pd.DataFrame) -> bytes:
-    buf = io.BytesIO()
-    frame.to_parquet(buf, index=False)
-    return buf.getvalue()
 
 
 def _resolved(p: Path) -> Path:

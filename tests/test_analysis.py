@@ -312,3 +312,18 @@ def test_a_speed_reading_names_the_comparison_that_decided_it() -> None:
     assert why == "not replicated: fp16/nf4 (eager, batch 1) was timed in 2 uncontended rounds in common (≥ 3 needed)"
     verdict, why = speed_reading([slow], [("fp16/int4 (eager, batch 1)", np.log([1.5, 1.52, 1.49]))], margin_log=0.1)
     assert verdict == "does not hold" and "fp16/int4 (eager, batch 1) 1.50×" in why
+
+
+def test_store_and_analysis_import_neither_torch_nor_the_backend_nor_the_runner() -> None:
+    """Reading a run directory and analysing its tables needs no model: a fresh interpreter that
+    imports both has not imported torch (which takes seconds and a GPU stack to load)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, harness_ext.store, harness_ext.store.tables, harness_ext.analysis; "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('harness_ext.backend', "
+        "'harness_ext.runner', 'harness_ext.run.', 'harness_ext.executors'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -36,8 +36,9 @@ from typing import Any
 
 import pytest
 
-from harness_ext import cli, store
+from harness_ext import cli
 from harness_ext.store import RunStore
+from harness_ext.store import files as store_files
 
 # line numbers of this spec are what the spec-error rows point at (see the comments)
 BASE = """\
@@ -189,7 +190,7 @@ def _output_dir_is_a_file(c: Ctx) -> list[str]:
 
 
 class _DiskFull:
-    """Stands in for the ``os`` module inside harness_ext.store: one call fails with ENOSPC."""
+    """Stands in for the ``os`` module inside harness_ext.store.files: one call fails with ENOSPC."""
 
     def __init__(self, call: str, only: str | None = None):
         self.call, self.only = call, only
@@ -210,7 +211,7 @@ class _DiskFull:
 
 def _disk_full(call: str, only: str | None = None) -> Callable[[Ctx], list[str]]:
     def build(c: Ctx) -> list[str]:
-        c.monkeypatch.setattr(store, "os", _DiskFull(call, only))
+        c.monkeypatch.setattr(store_files, "os", _DiskFull(call, only))
         return c.run()
 
     return build

@@ -23,12 +23,13 @@ from pathlib import Path
 import pytest
 from test_bad_input import _DiskFull, invoke
 
-from harness_ext import cli, store
+from harness_ext import cli
 from harness_ext.errors import SpecError, StoreError
 from harness_ext.report import render
 from harness_ext.run import Runner
 from harness_ext.spec import parse_spec
 from harness_ext.store import RunStore
+from harness_ext.store import files as store_files
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = """\
@@ -150,7 +151,7 @@ def test_report_disk_full_is_one_line_and_leaves_the_previous_output_whole(
     out = tmp_path / "out"
     render(run_dir, out)
     before = tree(out)
-    monkeypatch.setattr(store, "os", _DiskFull("fsync", only="/data/.cells.parquet"))
+    monkeypatch.setattr(store_files, "os", _DiskFull("fsync", only="/data/.cells.parquet"))
     res = invoke(["report", str(run_dir), "--output-dir", str(out)], capsys, caplog)
     assert res.code == 1 and "Traceback" not in res.err, res.err
     assert "No space left on device" in res.err and res.err.count("\n") == 1

@@ -29,11 +29,7 @@ def speed_table(study: Study) -> pd.DataFrame:
     sp = study.ok[study.ok["kind"] == "speed"].copy()
     if sp.empty:
         return pd.DataFrame()
-    if "mode" not in sp.columns:
-        sp["mode"] = "eager"
-    sp["mode"] = sp["mode"].fillna("eager")
-    if "invocation" not in sp.columns:
-        sp["invocation"] = None
+    sp["mode"] = sp["mode"].fillna("eager")  # tables made before modes: every speed cell was eager
     sp["invocation"] = sp["invocation"].fillna("?").astype(str)
     keys = ["model", "scheme", "batch_size", "mode", "cell_id", "invocation"]
     wide = sp.pivot_table(index=keys, columns="metric", values=["value", "lo", "hi"], aggfunc="first")

@@ -19,8 +19,7 @@ from typing import Any
 import pandas as pd
 
 from harness_ext.analysis.stats import Estimate
-
-POINT_COLUMNS = ("temperature", "top_k", "top_p", "max_new_tokens", "repetition_penalty")
+from harness_ext.store.tables import POINT_COLUMNS, SCHEMAS, SCHEME_COLUMNS
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -32,6 +31,11 @@ class Study:
     samples: pd.DataFrame
     generations: pd.DataFrame
     run: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        self.cells = with_schema_columns(self.cells, "cells")
+        self.samples = with_schema_columns(self.samples, "samples")
+        self.generations = with_schema_columns(self.generations, "generations")
 
     @classmethod
     def load(cls, folder: str | Path) -> Study:
@@ -59,8 +63,7 @@ class Study:
     def schemes(self, measured: bool = False) -> pd.DataFrame:
         """One row per scheme: name, quant, bits, double_quant, dtype, compute_dtype (in spec order);
         ``measured``: only schemes with at least one completed cell (failed ones cannot decide anything)."""
-        cols = ["scheme", "quant", "bits", "double_quant", "dtype", "compute_dtype"]
-        table = (self.ok if measured else self.cells)[cols].drop_duplicates("scheme")
+        table = (self.ok if measured else self.cells)[list(SCHEME_COLUMNS)].drop_duplicates("scheme")
         order = {name: i for i, name in enumerate(self.run.get("schemes") or {})}
         return table.sort_values("scheme", key=lambda c: c.map(lambda n: order.get(n, len(order)))).reset_index(
             drop=True
@@ -106,6 +109,18 @@ def _read(folder: Path, name: str) -> pd.DataFrame:
     if (folder / f"{name}.csv").is_file():
         return pd.read_csv(folder / f"{name}.csv")
     return pd.DataFrame()
+
+
+def with_schema_columns(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    """``frame`` with every column of its table's schema (:mod:`harness_ext.store.tables`), in the
+    schema's order: a column that tables of an older version lack is added without values (so no
+    reader has to ask whether a column exists); columns beyond the schema follow."""
+    names = SCHEMAS[name].names
+    missing = [c for c in names if c not in frame.columns]
+    if not missing:
+        return frame
+    order = [*names, *(c for c in frame.columns if c not in names)]
+    return frame.assign(**dict.fromkeys(missing)).reindex(columns=order)
 
 
 # -- per-prompt tables ---------------------------------------------------------------------------

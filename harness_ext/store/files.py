@@ -20,79 +20,36 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
-import math
 import os
 import socket
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from harness_ext.errors import StoreError
+from harness_ext.store.record import RECORD_VERSION, Record, definition_hash, dumps, now, record_dict
 
-RECORD_VERSION = 1
 #: The writer lock of a run directory, and the note beside it naming its holder.
 LOCK_FILE = ".writer.lock"
 HOLDER_FILE = ".writer.json"
-#: Columns of tables/cells.* describing a cell (then metric, value, stderr, lo, hi, n).
-CELL_COLUMNS = (
-    "cell_id",
-    "kind",
-    "status",
-    "model",
-    "scheme",
-    "quant",
-    "bits",
-    "double_quant",
-    "dtype",
-    "compute_dtype",
-    "device",
-    "task",
-    "temperature",
-    "top_k",
-    "top_p",
-    "max_new_tokens",
-    "repetition_penalty",
-    "seed",
-    "batch_size",
-    "mode",
-    "grid_batched",
-    "invocation",
-    "error",
-)
-VALUE_COLUMNS = ("metric", "value", "stderr", "lo", "hi", "n")
 
 
-def now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+@runtime_checkable
+class Store(Protocol):
+    """Where a runner puts what a cell produced: its record and its tensor artifacts. A
+    :class:`RunStore` writes them into the run directory; a :class:`MemoryStore` keeps them for a
+    remote worker to send back to the driver."""
 
+    problems: list[str]
 
-class Record(BaseModel):
-    """One cell's outcome. ``metrics`` are aggregates (name -> value/stderr/lo/hi/n); ``sample_metrics``
-    are per prompt (``doc_id`` plus metric values; probe rows also carry their grid point)."""
+    def write(self, record: Record) -> None: ...
 
-    model_config = ConfigDict(extra="forbid")
+    def put_tensor(self, name: str, tensor: Any) -> None: ...
 
-    record_version: int = RECORD_VERSION
-    cell_id: str
-    kind: Literal["eval", "probe", "speed"]
-    label: str
-    definition: dict[str, Any]
-    status: Literal["ok", "failed"]
-    error: str | None = None
-    traceback: str | None = None  # failed on an unexpected error (a bug): the traceback, for the report
-    started_at: str
-    finished_at: str
-    invocation: str
-    metrics: dict[str, dict[str, float | None]] = Field(default_factory=dict)
-    points: list[dict[str, Any]] = Field(default_factory=list)  # probe: per grid point {point, metrics}
-    sample_metrics: list[dict[str, Any]] = Field(default_factory=list)
-    generations: list[dict[str, Any]] = Field(default_factory=list)  # doc_id, sample, prompt, text, new_tokens
-    measurements: dict[str, Any] = Field(default_factory=dict)
-    load: dict[str, Any] | None = None
-    lm_eval: dict[str, Any] | None = None  # lm-eval's own results dict for this cell, as it is
+    def get_tensor(self, name: str) -> Any: ...
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -131,39 +88,6 @@ _UMASK = _current_umask()
 def _unlink(p: str | Path) -> None:
     with contextlib.suppress(OSError):
         os.unlink(p)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    return str(o)
-
-
-def _clean(o: Any) -> Any:
-    """JSON-safe copy: NaN/inf become null, str subclasses plain str, unknown objects their str()."""
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if isinstance(o, bool) or o is None:
-        return o
-    if isinstance(o, str):
-        return str(o)
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, int):
-        return int(o)
-    if hasattr(o, "item") and getattr(o, "ndim", 1) == 0:
-        return _clean(o.item())
-    return _json_default(o)
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(_clean(obj), indent=1, allow_nan=False)
 
 
 class RunStore:
@@ -328,47 +252,16 @@ class RunStore:
     def export_tables(
         self, records: Iterable[Record], spec_text: str | None = None, extra: dict[str, Any] | None = None
     ) -> dict[str, Path]:
-        """Write the tidy tables (CSV and parquet) and ``run.json`` from ``records``."""
-        import pandas as pd
+        """Write the tidy tables (CSV and parquet; :mod:`harness_ext.store.tables`) and ``run.json``."""
+        from harness_ext.store import tables  # pyarrow and pandas: only where tables are written
 
-        records = list(records)
-        cells = pd.DataFrame(cell_rows(records), columns=[*CELL_COLUMNS, *VALUE_COLUMNS])
-        samples = pd.DataFrame(sample_rows(records), columns=[*SAMPLE_COLUMNS])
-        gens = pd.DataFrame(generation_rows(records), columns=[*GENERATION_COLUMNS])
+        spec_text = spec_text if spec_text is not None else _read(self.root / "spec.yaml")
+        files = tables.table_files(records, spec_text, self.invocations(), self.problems, extra)
         self.tables_dir.mkdir(parents=True, exist_ok=True)
-        paths = {
-            "cells.csv": self.tables_dir / "cells.csv",
-            "cells.parquet": self.tables_dir / "cells.parquet",
-            "samples.parquet": self.tables_dir / "samples.parquet",
-            "generations.parquet": self.tables_dir / "generations.parquet",
-            "run.json": self.tables_dir / "run.json",
-        }
-        atomic_write(paths["cells.csv"], cells.to_csv(index=False))
-        for name, frame in (("cells.parquet", cells), ("samples.parquet", samples), ("generations.parquet", gens)):
-            atomic_write(paths[name], _parquet_bytes(frame))
-        run = {
-            "record_version": RECORD_VERSION,
-            "spec_text": spec_text if spec_text is not None else _read(self.root / "spec.yaml"),
-            "invocations": self.invocations(),
-            "loads": _loads(records),
-            "problems": self.problems,
-            **(extra or {}),
-        }
-        atomic_write(paths["run.json"], dumps(run))
+        paths = {name: self.tables_dir / name for name in tables.TABLE_FILES}
+        for name in tables.TABLE_FILES:
+            atomic_write(paths[name], files[name])
         return paths
-
-
-def definition_hash(definition: dict[str, Any]) -> str:
-    """The cell id a definition hashes to (:func:`harness_ext.spec.content_hash`)."""
-    from harness_ext.spec import content_hash
-
-    return content_hash(definition)
-
-
-def record_dict(record: Record) -> dict[str, Any]:
-    """A record as stored. ``traceback`` is left out when empty, so that records without one stay
-    byte-identical to those written before the field existed."""
-    return record.model_dump(mode="python", exclude={"traceback"} if record.traceback is None else None)
 
 
 class MemoryStore:
@@ -396,160 +289,3 @@ def _read(p: Path) -> str | None:
         return p.read_text(encoding="utf-8")
     except OSError:
         return None
-
-
-def _parquet_bytes(frame: Any) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    frame.to_parquet(buf, index=False)
-    return buf.getvalue()
-
-
-def _describe(rec: Record) -> dict[str, Any]:
-    d = rec.definition
-    scheme = d.get("scheme", {})
-    point = d.get("point") or {}
-    params = d.get("params", {})
-    bits = {"nf4": 4, "fp4": 4, "int8": 8}.get(scheme.get("quant"), 32 if scheme.get("dtype") == "float32" else 16)
-    return {
-        "cell_id": rec.cell_id,
-        "kind": rec.kind,
-        "status": rec.status,
-        "model": d.get("model", {}).get("name"),
-        "scheme": scheme.get("name"),
-        "quant": scheme.get("quant"),
-        "bits": bits,
-        "double_quant": scheme.get("double_quant"),
-        "dtype": scheme.get("dtype"),
-        "compute_dtype": scheme.get("compute_dtype"),
-        "device": d.get("device"),
-        "task": d.get("task") if rec.kind != "probe" else f"probe:{d.get('task')}",
-        "temperature": point.get("temperature"),
-        "top_k": point.get("top_k"),
-        "top_p": point.get("top_p"),
-        "max_new_tokens": point.get("max_new_tokens"),
-        "repetition_penalty": point.get("repetition_penalty"),
-        "seed": d.get("seed"),
-        "batch_size": params.get("batch_size"),
-        "mode": params.get("mode"),
-        "grid_batched": rec.measurements.get("grid_batched"),
-        "invocation": rec.invocation,
-        "error": rec.error,
-    }
-
-
-def cell_rows(records: Iterable[Record]) -> list[dict[str, Any]]:
-    """One row per cell x metric (probe: per grid point x metric); failed cells get one row."""
-    rows = []
-    for rec in records:
-        base = _describe(rec)
-        if rec.status != "ok":
-            rows.append({**base, "metric": None, "value": None, "stderr": None, "lo": None, "hi": None, "n": None})
-            continue
-        if rec.kind == "probe":
-            for pt in rec.points:
-                b = {**base, **{k: pt["point"][k] for k in ("temperature", "top_k", "top_p", "repetition_penalty")}}
-                for metric, v in pt["metrics"].items():
-                    rows.append({**b, "metric": metric, **_value(v)})
-            continue
-        for metric, v in rec.metrics.items():
-            rows.append({**base, "metric": metric, **_value(v)})
-    return rows
-
-
-def _value(v: dict[str, Any]) -> dict[str, Any]:
-    return {"value": v.get("value"), "stderr": v.get("stderr"), "lo": v.get("lo"), "hi": v.get("hi"), "n": v.get("n")}
-
-
-SAMPLE_COLUMNS = (
-    "cell_id",
-    "kind",
-    "model",
-    "scheme",
-    "task",
-    "temperature",
-    "top_k",
-    "top_p",
-    "max_new_tokens",
-    "repetition_penalty",
-    "seed",
-    "doc_id",
-    "metric",
-    "value",
-)
-
-
-def sample_rows(records: Iterable[Record]) -> list[dict[str, Any]]:
-    """One row per cell x prompt x metric, for bootstrap confidence intervals and paired differences."""
-    rows = []
-    keys = (
-        "cell_id",
-        "kind",
-        "model",
-        "scheme",
-        "task",
-        "temperature",
-        "top_k",
-        "top_p",
-        "max_new_tokens",
-        "repetition_penalty",
-        "seed",
-    )
-    for rec in records:
-        if rec.status != "ok":
-            continue
-        base = {k: v for k, v in _describe(rec).items() if k in keys}
-        for s in rec.sample_metrics:
-            b = base
-            if "point" in s:
-                b = {**base, **{k: s["point"][k] for k in ("temperature", "top_k", "top_p", "repetition_penalty")}}
-            for metric, value in s.items():
-                if metric in ("doc_id", "point"):
-                    continue
-                rows.append({**b, "doc_id": s["doc_id"], "metric": metric, "value": value})
-    return rows
-
-
-GENERATION_COLUMNS = (
-    "cell_id",
-    "model",
-    "scheme",
-    "task",
-    "temperature",
-    "top_k",
-    "top_p",
-    "max_new_tokens",
-    "repetition_penalty",
-    "seed",
-    "doc_id",
-    "sample",
-    "prompt",
-    "text",
-    "new_tokens",
-    "finish",
-)
-
-
-def generation_rows(records: Iterable[Record]) -> list[dict[str, Any]]:
-    rows = []
-    for rec in records:
-        if rec.status != "ok" or rec.kind != "eval":
-            continue
-        base = {k: v for k, v in _describe(rec).items() if k in GENERATION_COLUMNS}
-        for g in rec.generations:
-            rows.append(
-                {**base, **{k: g.get(k) for k in ("doc_id", "sample", "prompt", "text", "new_tokens", "finish")}}
-            )
-    return rows
-
-
-def _loads(records: Iterable[Record]) -> list[dict[str, Any]]:
-    """One entry per (model, scheme): the load information of its most recent record."""
-    seen: dict[tuple[str, str], dict[str, Any]] = {}
-    for rec in records:
-        if rec.load:
-            key = (rec.definition["model"]["name"], rec.definition["scheme"]["name"])
-            fields = {k: v for k, v in rec.load.items() if k != "scheme"}
-            seen[key] = {**fields, "model": key[0], "scheme": key[1], "scheme_fields": rec.load.get("scheme")}
-    return list(seen.values())

@@ -1,0 +1,62 @@
+"""The run directory and its records: the contract between running and reporting (docs/RECORDS.md).
+
+- :mod:`~harness_ext.store.record`: :class:`Record` (format version 1) and its JSON form;
+- :mod:`~harness_ext.store.parts`: the record's typed parts (metric value, generation row, ...);
+- :mod:`~harness_ext.store.files`: :class:`RunStore` (atomic writes, the writer lock, artifacts),
+  :class:`MemoryStore` (a remote worker's) and the :class:`Store` protocol both satisfy;
+- :mod:`~harness_ext.store.tables`: the ONE schema of each tidy table, its rows and files.
+
+Importing the store imports neither torch nor the backend: a run directory is read without a model.
+"""
+
+from harness_ext.store.files import HOLDER_FILE, LOCK_FILE, MemoryStore, RunStore, Store, atomic_write
+from harness_ext.store.parts import (
+    MEASUREMENTS,
+    EvalMeasurements,
+    EvaluationCall,
+    Generation,
+    GridPoint,
+    Load,
+    Measurements,
+    MetricValue,
+    Part,
+    PointMetricValue,
+    PointResult,
+    ProbeMeasurements,
+    ReferenceMetrics,
+    SampleMetrics,
+    SpeedMeasurements,
+    SpeedSummary,
+)
+from harness_ext.store.record import RECORD_VERSION, Record, definition_hash, dumps, now, record_dict
+
+__all__ = [
+    "HOLDER_FILE",
+    "LOCK_FILE",
+    "MEASUREMENTS",
+    "RECORD_VERSION",
+    "EvalMeasurements",
+    "EvaluationCall",
+    "Generation",
+    "GridPoint",
+    "Load",
+    "Measurements",
+    "MemoryStore",
+    "MetricValue",
+    "Part",
+    "PointMetricValue",
+    "PointResult",
+    "ProbeMeasurements",
+    "Record",
+    "ReferenceMetrics",
+    "RunStore",
+    "SampleMetrics",
+    "SpeedMeasurements",
+    "SpeedSummary",
+    "Store",
+    "atomic_write",
+    "definition_hash",
+    "dumps",
+    "now",
+    "record_dict",
+]
