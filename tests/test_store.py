@@ -152,8 +152,7 @@ def test_both_stores_satisfy_the_store_protocol(tmp_path) -> None:
 def test_fresh_records_of_every_kind_write_what_the_untyped_record_wrote(tiny_model, tmp_path, monkeypatch) -> None:
     """Every record a real run builds (eval with metrics against the reference, probe, speed) writes
     the same JSON through the typed parts as through the untyped record, from the same fields."""
-    from harness_ext.runner import Runner
-
+    from harness_ext.run import Runner
     from harness_ext.spec import parse_spec
 
     built: list[dict[str, Any]] = []
