@@ -34,8 +34,8 @@ RULE = (
     "uncontended rounds of log ms/token for speed), Benjamini–Hochberg at 5% over the cells of each table. "
     "It treats the runs as independent although they share prompts and seeds, which makes it conservative: "
     "it flags what the reports' own intervals can resolve, not numeric jitter (stricter intervals would "
-    "flag every rounding difference between two devices). Cheaper than requiring the two 95% intervals "
-    "not to overlap, which is stricter still (up to √2 on the standard error)."
+    "flag every rounding difference between two devices). It is less strict than requiring the two "
+    "95% intervals not to overlap (by up to √2 on the standard error)."
 )
 QUALITY_KEYS = ["model", "scheme", "task", "metric", *analysis.POINT_COLUMNS]
 SPEED_KEYS = ["model", "scheme", "batch_size", "mode"]
@@ -53,6 +53,7 @@ class Comparison:
     quality: pd.DataFrame
     speed: pd.DataFrame
     only: dict[str, list[str]] = field(default_factory=dict)  # "A"/"B" -> cells present in that run only
+    environment: list[str] = field(default_factory=list)  # "field: value in A → value in B", where they differ
     rule: str = RULE
 
 
@@ -89,11 +90,12 @@ def compare(a: Study, b: Study, name_a: str = "A", name_b: str = "B") -> Compari
     return Comparison(
         a=name_a,
         b=name_b,
-        warnings=spec_warnings(a, b) + environment_warnings(a, b),
+        warnings=spec_warnings(a, b) + environment_warnings(env := environment_changes(a, b)),
         claims=claim_changes(_claims(a), _claims(b)),
         quality=moved(qa, qb, QUALITY_KEYS),
         speed=moved(sa, sb, SPEED_KEYS),
         only=only,
+        environment=env,
     )
 
 
@@ -151,14 +153,22 @@ def _values(xs: Any) -> str:
     return " / ".join(dict.fromkeys(str(x) for x in xs if x is not None)) or "unrecorded"
 
 
-def environment_warnings(a: Study, b: Study) -> list[str]:
+def environment_changes(a: Study, b: Study) -> list[str]:
+    """'field: A → B' for every environment field that differs between the runs."""
     ea, eb = environment(a), environment(b)
-    diff = [
+    return [
         f"{k}: {ea.get(k, 'unrecorded')} → {eb.get(k, 'unrecorded')}"
         for k in dict.fromkeys([*ea, *eb])
         if ea.get(k, "unrecorded") != eb.get(k, "unrecorded")
     ]
-    return [f"the environments differ — {'; '.join(diff)}"] if diff else []
+
+
+def environment_warnings(changes: list[str]) -> list[str]:
+    """One warning naming the fields that differ (each change is listed beside it)."""
+    if not changes:
+        return []
+    names = ", ".join(x.split(":")[0] for x in changes)
+    return [f"the environments differ in {names}: figures may have moved for that"]
 
 
 # -- claims ---------------------------------------------------------------------------------------------
@@ -394,6 +404,7 @@ def summary(c: Comparison, limit: int = 20) -> str:
     """The comparison as plain text for the terminal: warnings, every claim, the moved figures."""
     lines = [f"compare: A = {c.a}", f"         B = {c.b}"]
     lines += [f"warning: {w}" for w in c.warnings]
+    lines += [f"  {x}" for x in c.environment]
     lines.append("claims:")
     for r in c.claims.to_dict("records"):
         mark = "MOVED" if r["moved"] else "same "
