@@ -23,12 +23,12 @@ name: compare-test
 models:
   - {{name: tiny, pretrained: "{model}"}}
 schemes: [bf16, fp32, int8]
-sampling: {{temperature: [0, 0.7], max_new_tokens: [4]}}
+sampling: {{temperature: [0.7], max_new_tokens: [2]}}
 tasks: [quant_nextword]
 limit: 8
 seeds: [0]
 probe: {{enabled: false}}
-speed: {{batch_sizes: [1], prompt_tokens: 8, new_tokens: 3, warmup: 0, repeats: 3, rounds: 3}}
+speed: {{batch_sizes: [1], prompt_tokens: 8, new_tokens: 2, warmup: 0, repeats: 3, rounds: 3}}
 threads: 1
 """
 # decode ms/token per round: in A int8 is much slower and bf16 the fastest (claim (d) holds); in B
@@ -107,7 +107,7 @@ def test_compare_reports_the_moved_verdict_and_figures_and_reads_only(runs, tmp_
     row = hit.iloc[0]
     assert (row["scheme"], row["temperature"], row["metric"]) == (*EDITED, "exact_match")
     assert (row["value_a"], row["value_b"]) == (0.125, 0.875)
-    assert quality["judged"].all() and len(quality) >= 6  # the unchanged cells were compared, not skipped
+    assert quality["judged"].all() and len(quality) >= 4  # the unchanged cells were compared, not skipped
 
     html = (out / "compare.html").read_text()
     html5lib.HTMLParser(strict=True, namespaceHTMLElements=False).parse(html)
