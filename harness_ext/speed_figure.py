@@ -64,14 +64,15 @@ def fig_speed_rounds(study: Study, speed: pd.DataFrame | None = None) -> dict[st
             ax.set_title(f"{model}, batch {int(bs)}", fontsize=9)
             if col == 0:
                 ax.set_ylabel("decode ms/token")
-    _legend(fig, plt, modes, has_floor)
+    _legend(fig, modes, has_floor, len(batches))
     fig.tight_layout()
     return {"id": FIG_ID, "svg": _svg(fig), "caption": _caption(modes, has_floor)}
 
 
 def _width(speed: pd.DataFrame, modes: list[str]) -> float:
+    """Inches per panel: room for every scheme's modes, the whole row kept within a page (~15 in)."""
     per_panel = speed.groupby(["model", "batch_size"])["scheme"].nunique().max()
-    return max(3.2, 0.45 * per_panel * len(modes) + 1.4)
+    return max(3.2, min(0.45 * per_panel * len(modes) + 1.4, 15 / speed["model"].nunique()))
 
 
 def _dots(ax: Any, rounds: pd.DataFrame, at: float, color: str | None, marker: str, group: int) -> None:
@@ -104,7 +105,7 @@ def _floor(ax: Any, rounds: pd.DataFrame, at: float, group: int) -> bool:
     return True
 
 
-def _legend(fig: Any, plt: Any, modes: list[str], has_floor: bool) -> None:
+def _legend(fig: Any, modes: list[str], has_floor: bool, rows: int) -> None:
     from matplotlib.lines import Line2D
 
     handles = [
@@ -114,7 +115,9 @@ def _legend(fig: Any, plt: Any, modes: list[str], has_floor: bool) -> None:
     handles.append(Line2D([], [], ls="none", marker="o", mfc="none", color="#555555", label="ran contended"))
     if has_floor:
         handles.append(Line2D([], [], **FLOOR_STYLE, label="weight-streaming floor"))
-    fig.legend(handles=handles, loc="upper center", ncol=len(handles), frameon=False, bbox_to_anchor=(0.5, 1.06))
+    fig.legend(
+        handles=handles, loc="upper center", ncol=len(handles), frameon=False, bbox_to_anchor=(0.5, 1 + 0.06 / rows)
+    )
 
 
 def _caption(modes: list[str], has_floor: bool) -> str:

@@ -52,6 +52,17 @@ def test_one_marker_per_round_and_the_floor_on_the_gpu_run(paper_speed) -> None:
     assert len(floors) == 10 and "weight-streaming floor" in fig["caption"]
 
 
+def test_eager_and_compiled_side_by_side() -> None:
+    study = load_study(REPO / "reports" / "paper_speed_single" / "run", print)
+    speed = analysis.speed_table(study)
+    assert set(speed["mode"]) == {"eager", "compiled"}
+    fig = fig_speed_rounds(study, speed)
+    dots = _groups(fig["svg"], DOTS_GID)
+    assert len(dots) == len(speed.groupby(["model", "batch_size", "scheme", "mode"]))  # a group per mode
+    assert sum(_markers(g) for g in dots.values()) == len(speed)
+    assert "eager and compiled side by side" in fig["caption"]
+
+
 def test_cpu_run_has_rounds_but_no_floor_and_a_run_without_speed_has_no_figure(demo) -> None:
     speed = analysis.speed_table(demo)
     fig = fig_speed_rounds(demo)
