@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
         help="where index.html goes (default: the spec's report.output_dir, else RUN_DIR/report; "
         "for a folder of tables, runs/<study>/report). Nothing in RUN_DIR itself is written",
     )
+    rp.add_argument(
+        "--compare",
+        metavar="RUN_B",
+        help="instead of the report, compare RUN_B against RUN_DIR: which verdicts and figures moved (compare.html "
+        "and compare_*.csv in the report folder, a summary on stdout); both runs are only read",
+    )
 
     s = sub.add_parser("schema", help="write the JSON Schema of study specs (for editor completion)")
     s.add_argument("-o", "--output", help="file to write (default: stdout)")
@@ -252,6 +258,10 @@ def _run_spec(
 def _report(args: argparse.Namespace, argv: list[str]) -> int:
     from harness_ext.report import render
 
+    if args.compare:
+        from harness_ext.compare import main as compare
+
+        return compare(Path(args.run_dir), Path(args.compare), args.output_dir, warn=_warn)
     out = render(Path(args.run_dir), Path(args.output_dir) if args.output_dir else None, warn=_warn)
     print(f"report: {out}")
     return 0

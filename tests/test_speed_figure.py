@@ -1,0 +1,75 @@
+"""The per-round speed figure: one marker per round, the weight-streaming floor where it was measured,
+nothing where the run timed nothing."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from harness_ext import analysis
+from harness_ext.compare import load_study
+from harness_ext.speed_figure import DOTS_GID, FLOOR_GID, fig_speed_rounds
+
+REPO = Path(__file__).resolve().parent.parent
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def _groups(svg: str, prefix: str) -> dict[str, ET.Element]:
+    root = ET.fromstring(svg)
+    return {g.get("id"): g for g in root.iter(f"{SVG}g") if (g.get("id") or "").startswith(prefix + "-")}
+
+
+def _markers(group: ET.Element) -> int:
+    return len(list(group.iter(f"{SVG}use")))
+
+
+@pytest.fixture(scope="module")
+def paper_speed() -> analysis.Study:
+    return load_study(REPO / "reports" / "paper_speed" / "run", print)
+
+
+@pytest.fixture(scope="module")
+def demo() -> analysis.Study:
+    return load_study(REPO / "reports" / "demo" / "data", print)
+
+
+def test_one_marker_per_round_and_the_floor_on_the_gpu_run(paper_speed) -> None:
+    speed = analysis.speed_table(paper_speed)
+    fig = fig_speed_rounds(paper_speed, speed)
+    assert fig is not None and set(fig) == {"id", "svg", "caption"}
+    dots = _groups(fig["svg"], DOTS_GID)
+    per_cell = speed.groupby(["model", "batch_size", "scheme", "mode"]).size()
+    assert len(dots) == len(per_cell) == 10  # 2 models x 5 schemes, eager only
+    assert sorted(_markers(g) for g in dots.values()) == sorted(per_cell.tolist()) == [3] * 10  # 3 rounds each
+    assert sum(_markers(g) for g in dots.values()) == len(speed) == 30
+    floors = _groups(fig["svg"], FLOOR_GID)
+    assert (
+        len(floors)
+        == speed.groupby(["model", "batch_size", "scheme", "mode"])["floor_ms_per_token"].count().gt(0).sum()
+    )
+    assert len(floors) == 10 and "weight-streaming floor" in fig["caption"]
+
+
+def test_eager_and_compiled_side_by_side() -> None:
+    study = load_study(REPO / "reports" / "paper_speed_single" / "run", print)
+    speed = analysis.speed_table(study)
+    assert set(speed["mode"]) == {"eager", "compiled"}
+    fig = fig_speed_rounds(study, speed)
+    dots = _groups(fig["svg"], DOTS_GID)
+    assert len(dots) == len(speed.groupby(["model", "batch_size", "scheme", "mode"]))  # a group per mode
+    assert sum(_markers(g) for g in dots.values()) == len(speed)
+    assert "eager and compiled side by side" in fig["caption"]
+
+
+def test_cpu_run_has_rounds_but_no_floor_and_a_run_without_speed_has_no_figure(demo) -> None:
+    speed = analysis.speed_table(demo)
+    fig = fig_speed_rounds(demo)
+    assert fig is not None
+    dots = _groups(fig["svg"], DOTS_GID)
+    assert sum(_markers(g) for g in dots.values()) == len(speed) > 0
+    assert _groups(fig["svg"], FLOOR_GID) == {}
+    assert "No weight-streaming floor" in fig["caption"]
+    no_speed = analysis.Study(demo.cells[demo.cells["kind"] != "speed"], demo.samples, demo.generations, demo.run)
+    assert fig_speed_rounds(no_speed) is None
