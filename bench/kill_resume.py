@@ -149,15 +149,17 @@ def kill_report(out: Path, report: Path, log: Path, work: Path, kill_at: float) 
     return stray, problems
 
 
-def run_to_end(spec: Path, out: Path, log: Path, work: Path, timeout: float) -> tuple[int, float]:
+def run_to_end(spec: Path, out: Path, log: Path, work: Path, timeout: float) -> tuple[int | None, float]:
+    """Exit code and seconds of a run to its end; ``None`` where it ran past ``timeout`` and this
+    bench stopped it (not a result of the run: an overloaded machine, or a hang — see its log)."""
     t0 = time.perf_counter()
     proc = start(spec, out, log, work)
     try:
-        code = proc.wait(timeout=timeout)
+        code: int | None = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        code = -9
+        code = None
     return code, time.perf_counter() - t0
 
 
@@ -303,8 +305,13 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait()
             before = snapshot(out) if out.is_dir() else {}
             stale = len(tmp_files(out))
-            code, _ = run_to_end(spec, out, log, work, timeout=max(600.0, 10 * duration))
-            problems = [f"resume exit code {code}"] if code != 0 else []
+            timeout = max(600.0, 10 * duration)
+            code, _ = run_to_end(spec, out, log, work, timeout=timeout)
+            if code is None:
+                stored = len(list((out / "records").glob("*.json")))
+                problems = [f"resume stopped by this bench after {timeout:.0f} s ({stored} records stored by then)"]
+            else:
+                problems = [f"resume exit code {code}"] if code != 0 else []
             problems += check(out, cell_ids, before)
             after = len(snapshot(out))
             report_kill_at = rng.uniform(0.2, report_s)
