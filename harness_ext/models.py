@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness_ext.errors import ModelLoadError
+from harness_ext.sources import gguf_caveat
 
 #: Built-in models: name -> (package, file inside it, note for the report).
 BUILTIN_MODELS: dict[str, dict[str, str]] = {
@@ -69,10 +70,6 @@ def builtin_gguf(name: str) -> Path:
     return path
 
 
-#: GGUF tensor types that hold weights unquantized; any other type (Q4_K, Q8_0, ...) is a quantization.
-UNQUANTIZED_GGUF_TYPES = frozenset({"F64", "F32", "F16", "BF16"})
-
-
 @functools.lru_cache(maxsize=16)
 def _gguf_tensor_types(path: str, size: int, mtime_ns: int) -> tuple[tuple[str, int], ...]:
     from gguf import GGUFReader
@@ -91,17 +88,6 @@ def gguf_tensor_types(gguf: Path) -> dict[str, int]:
         return dict(_gguf_tensor_types(str(gguf.resolve()), st.st_size, st.st_mtime_ns))
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot read the GGUF metadata of {gguf}: {type(e).__name__}: {e}") from e
-
-
-def gguf_caveat(tensor_types: dict[str, int] | None) -> str | None:
-    """The sentence a report owes its reader when a GGUF's weights were quantized; None otherwise."""
-    quantized = [t for t in (tensor_types or {}) if t not in UNQUANTIZED_GGUF_TYPES]
-    if not quantized:
-        return None
-    return (
-        f"the unquantized reference is dequantized from a {'/'.join(quantized)} GGUF: it carries that "
-        "quantization's error"
-    )
 
 
 def _gguf_origin(gguf: Path, folder: Path, **extra: Any) -> dict[str, Any]:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from harness_ext import models
-from harness_ext.report import describe_source
+from harness_ext.report.sections import describe_source
+from harness_ext.sources import UNQUANTIZED_GGUF_TYPES
 
 CAVEAT = "carries that quantization's error"
 
@@ -68,7 +69,7 @@ def test_builtin_gguf_types_are_read_from_the_file(no_conversion) -> None:
     assert sum(types.values()) == len(tensors) and types == dict(
         sorted(((t, n) for t, n in types.items()), key=lambda kv: -kv[1])
     )
-    quantized = [t for t in types if t not in models.UNQUANTIZED_GGUF_TYPES]
+    quantized = [t for t in types if t not in UNQUANTIZED_GGUF_TYPES]
     assert "Q4_1" in quantized  # the file is named .Q4_1.gguf: its metadata agrees
     text = describe_source(source.origin)
     assert text.startswith("built-in smollm2-135m (SmolLM2-135M-Instruct.Q4_1.gguf")

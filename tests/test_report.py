@@ -177,7 +177,7 @@ def test_times_reference_divides_by_the_same_model_batch_mode_and_round() -> Non
     """The committed GPU report's 7B fp16 eager row read 4.25x against itself: the reference row was
     matched on model and batch only, and the compiled row sorted first."""
     from harness_ext.analysis import Study
-    from harness_ext.report import speed_rows
+    from harness_ext.report.sections import speed_rows
 
     rows = []
     for mode, ms in (("compiled", 5.0), ("eager", 21.25)):
@@ -195,3 +195,34 @@ def test_times_reference_divides_by_the_same_model_batch_mode_and_round() -> Non
     got = {(r["mode"], r["scheme"]): r["ratio"] for r in speed_rows(study, analysis.speed_table(study))}
     assert got == {("compiled", "fp16"): "1.00×", ("compiled", "nf4"): "2.00×",
                    ("eager", "fp16"): "1.00×", ("eager", "nf4"): "2.00×"}
+
+
+def _modules_after(code: str) -> set[str]:
+    """The modules a fresh interpreter holds after running ``code`` (no fixture, no conftest)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys; print(' '.join(sorted(sys.modules)))"],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent,
+    )
+    return set(out.stdout.split())
+
+
+def test_report_renders_without_torch_the_backend_or_the_runner(tmp_path) -> None:
+    """A report renders on any machine: importing it and rendering a run's tables loads neither torch,
+    nor the model code, nor the runner (issue 18: environment → measure → torch did)."""
+    modules = _modules_after(f"from harness_ext.report import render; render('reports/demo/data', {str(tmp_path)!r})")
+    assert (tmp_path / "index.html").is_file()
+    assert "torch" not in modules and "transformers" not in modules
+    assert not {m for m in modules if m.split(".")[:2] in (["harness_ext", "models"], ["harness_ext", "runner"],
+                                                           ["harness_ext", "backend"], ["harness_ext", "run"])}
+
+
+def test_report_of_a_run_directory_renders_without_torch(run_dir, tmp_path) -> None:
+    """The same from a run directory, whose records are re-read (and their cell ids re-hashed)."""
+    if "torch" in _modules_after("import harness_ext.spec"):
+        pytest.xfail("the store re-hashes records through harness_ext.spec, which imports torch until the spec "
+                     "package of issue 18 makes it torch-free")
+    modules = _modules_after(f"from harness_ext.report import render; render({str(run_dir)!r}, {str(tmp_path)!r})")
+    assert (tmp_path / "index.html").is_file() and "torch" not in modules
