@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,17 @@ def _figure(
 
 def _colors(study: Study) -> dict[str, str]:
     return {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(study.schemes()["scheme"])}
+
+
+#: The speed section's figures, drawn in order under its tables: each ``study -> figure or None``
+#: (a figure: {"id", "svg", "caption"}, as :func:`_figure` returns). Issue 19's per-round speed dots
+#: against the weight-streaming floor plug in here.
+SPEED_FIGURES: list[Callable[[Study], dict[str, str] | None]] = []
+
+
+def speed_figures(study: Study) -> list[dict[str, str]]:
+    """The speed section's figures (:data:`SPEED_FIGURES`), those that have something to draw."""
+    return [f for draw in SPEED_FIGURES if (f := draw(study))]
 
 
 def figures(study: Study, quality: pd.DataFrame) -> list[dict[str, str]]:
@@ -224,8 +236,15 @@ def fig_speed(study: Study) -> dict[str, str] | None:
                     xs = np.full(len(r), x[j] + i * width) + np.linspace(-0.25, 0.25, len(r)) * width
                     ok = ~r["contended"].to_numpy()
                     y = r["decode_ms_per_token"].astype(float).to_numpy()
-                    ax.scatter(xs[ok], y[ok], s=12, color=colors.get(s), marker=markers[mode], zorder=3,
-                               label=None if s in labelled else s)
+                    ax.scatter(
+                        xs[ok],
+                        y[ok],
+                        s=12,
+                        color=colors.get(s),
+                        marker=markers[mode],
+                        zorder=3,
+                        label=None if s in labelled else s,
+                    )
                     labelled.add(s)
                     ax.scatter(xs[~ok], y[~ok], s=14, facecolors="none", edgecolors=colors.get(s), marker=markers[mode])
         ax.set_xticks(x + width * (len(schemes) - 1) / 2, models)
@@ -249,4 +268,3 @@ def fig_speed(study: Study) -> dict[str, str] | None:
         "ordered by size.",
         legend_y=1.06,
     )
-

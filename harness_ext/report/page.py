@@ -27,7 +27,9 @@ import pandas as pd
 
 from harness_ext import analysis
 from harness_ext.analysis import Estimate, Study
+from harness_ext.analysis.stats import fmt_number
 from harness_ext.errors import StoreError
+from harness_ext.report import examples as ex
 from harness_ext.report import figures as figs
 from harness_ext.report import sections as sec
 from harness_ext.store import atomic_write
@@ -196,7 +198,9 @@ def build(study: Study, opts: dict[str, Any]) -> tuple[str, dict[str, pd.DataFra
         "title": opts.get("title")
         or f"Quantization and sampling: {(study.run.get('study') or {}).get('name', 'study')}",
         "study": study.run.get("study") or {},
-        "abstract": sec.abstract(study, claims, q_desc),
+        "abstract": sec.abstract(study, q_desc),
+        "caveats": sec.caveats(study),
+        "glance": sec.glance(claims),
         "setup": sec.setup(study),
         "claims": claims,
         "margin": margin,
@@ -206,16 +210,15 @@ def build(study: Study, opts: dict[str, Any]) -> tuple[str, dict[str, pd.DataFra
         or analysis.describe_slice(analysis.per_prompt(study, "exact_match")),
         "speed_rows": sec.speed_rows(study, speed),
         "speed_summary": (summ := analysis.speed_summary(study, speed)).to_dict("records") if not speed.empty else [],
+        "speed_figures": figs.speed_figures(study),
         "min_rounds": analysis.MIN_ROUNDS,
         "sensitivity_margin": sensitivity_margin,
         "has_floor": bool(not speed.empty and "floor_ms_per_token" in speed.columns),
-        "quality_rows": sec.quality_rows(study, quality),
-        "quality_metrics": [m for m in sec.QUALITY_METRICS if not quality.empty and m[0] in set(quality["metric"])],
-        "paired_rows": (pr := sec.paired_rows(study, paired)),
-        "paired_temps": sec.paired_temperatures(pr),
+        "quality_tables": sec.quality_tables(study, quality),
+        "paired_tables": sec.paired_tables(study, paired),
         "sens_rows": sens.to_dict("records") if not sens.empty else [],
         "figures": figs.figures(study, quality),
-        "examples": sec.examples(study, int(opts.get("examples", 3))),
+        "examples": ex.examples(study, int(opts.get("examples", 3))),
         "failed": sec.failed_rows(study),
         "missing": sec.missing_cells(study),
         "spec_text": study.run.get("spec_text") or "",
@@ -251,6 +254,7 @@ def build(study: Study, opts: dict[str, Any]) -> tuple[str, dict[str, pd.DataFra
                     "scope": c.scope,
                     "per_model": json.dumps(c.per_model),
                     "reason": c.reason,
+                    "deciding": c.deciding,
                     "rule": c.rule,
                     "evidence": json.dumps(c.evidence),
                 }
@@ -288,5 +292,4 @@ def _template(name: str) -> str:
 def _num(v: Any, fmt: str = ".3f") -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
-    return f"{v:{fmt}}"
-
+    return fmt_number(v, fmt)

@@ -29,10 +29,12 @@ QUALITY_METRICS = [  # (metric, kind, label, higher is better, format)
     ("nll_ref", "eval", "continuation: NLL under reference (nats/token)", False, ".2f"),
     ("hit_cap", "eval", "continuation: share hitting the token cap", None, ".2f"),
 ]
+#: metrics whose paired differences (scheme minus reference) the page shows; every one is in the CSV
+PAIRED_METRICS = ["p_gold", "exact_match", "distinct_2", "nll_ref", "entropy"]
 
 
-def abstract(study: Study, claims: list[analysis.Claim], q_desc: str) -> list[str]:
-    """Sentences generated from what was measured and decided."""
+def abstract(study: Study, q_desc: str) -> list[str]:
+    """Sentences generated from what was measured (the verdicts follow in the at-a-glance table)."""
     models = study.models()
     schemes = study.schemes()["scheme"].tolist()
     env = (study.run.get("invocations") or [{}])[-1]
@@ -45,10 +47,74 @@ def abstract(study: Study, claims: list[analysis.Claim], q_desc: str) -> list[st
     ]
     if q_desc:
         out.append(f"Quality verdicts use {q_desc}.")
-    for c in claims:
-        where = f" on {c.scope}" if c.scope and c.verdict != "not tested" else ""
-        out.append(f"({c.key}) {c.statement} — {c.verdict}{where}: {c.reason}.")
     return out
+
+
+def caveats(study: Study) -> list[str]:
+    """What bounds every verdict of this run, said where the reader starts: a reference that is itself
+    a dequantized GGUF, models with random weights (shape only), and the device that was timed."""
+    out = []
+    sources = {m: info.get("source") or {} for (m, _), info in study.loads().items()}
+    for model, source in sources.items():
+        caveat = gguf_caveat(source.get("gguf_tensor_types"))
+        if caveat:
+            out.append(
+                f"{model}: {caveat}, so quality differences between schemes are measured against an "
+                "already-quantized model."
+            )
+    shapes = [m for m, source in sources.items() if "shape" in source]
+    if shapes:
+        out.append(
+            f"{', '.join(shapes)}: random weights of the real shapes (shape only): their speed and memory are those "
+            "of the architecture; they have no quality to measure."
+        )
+    out.extend(_device_caveats(study))
+    return out
+
+
+def _device_caveats(study: Study) -> list[str]:
+    """Which device each kind of measurement ran on; speed verdicts belong to that device only."""
+    if "device" not in study.cells:
+        return []
+    ok = study.ok
+    by_kind = {k: sorted({str(d) for d in g["device"].dropna()}) for k, g in ok.groupby("kind")}
+    speed = by_kind.get("speed") or []
+    out = []
+    if speed:
+        gpus = sorted({g["name"] for inv in study.run.get("invocations") or [] for g in inv.get("gpus") or []})
+        where = (
+            f"the GPU ({', '.join(gpus)})"
+            if speed == ["cuda"] and gpus
+            else "the CPU"
+            if speed == ["cpu"]
+            else ", ".join(speed)
+        )
+        other = "a GPU" if speed == ["cpu"] else "other GPUs or a CPU"
+        out.append(
+            f"Speed was timed on {where}: bitsandbytes' kernels differ between devices, so the speed verdicts "
+            f"describe this device, not {other}."
+        )
+    quality = sorted({d for k in ("eval", "probe") for d in by_kind.get(k) or []})
+    if speed and quality and quality != speed:
+        out.append(f"Quality was measured on {', '.join(quality)}, speed on {', '.join(speed)}.")
+    return out
+
+
+def glance(claims: list[analysis.Claim]) -> list[dict[str, str]]:
+    """The verdicts at a glance: one row per claim, with its scope, the figure that decided it and
+    the anchor of its section."""
+    return [
+        {
+            "key": c.key,
+            "title": c.title,
+            "verdict": c.verdict,
+            "css": c.css,
+            "scope": c.scope if c.verdict != "not tested" else "",
+            "deciding": c.deciding or c.reason,
+            "anchor": f"claim-{c.key}",
+        }
+        for c in claims
+    ]
 
 
 def setup(study: Study) -> dict[str, Any]:
@@ -158,9 +224,7 @@ def speed_rows(study: Study, speed: pd.DataFrame) -> list[dict[str, Any]]:
     for _, r in speed.iterrows():
         ref = study.reference(r["model"])
         base = speed[(speed[same] == r[same]).all(axis=1) & (speed["scheme"] == ref)]
-        ratio = (
-            float(r["decode_ms_per_token"]) / float(base["decode_ms_per_token"].iloc[0]) if not base.empty else None
-        )
+        ratio = float(r["decode_ms_per_token"]) / float(base["decode_ms_per_token"].iloc[0]) if not base.empty else None
         g = r.get
         rows.append(
             {
@@ -210,6 +274,22 @@ def quality_rows(study: Study, quality: pd.DataFrame) -> list[dict[str, Any]]:
     return sorted(rows.values(), key=lambda r: (r["model"], order.get(r["scheme"], 99), r["temperature"]))
 
 
+def quality_tables(study: Study, quality: pd.DataFrame) -> list[dict[str, Any]]:
+    """The quality rows split by task family (next word, continuation): two tables of a few columns
+    each, rather than one that does not fit a page; a row appears where it has a value."""
+    rows = quality_rows(study, quality)
+    present = set(quality["metric"]) if not quality.empty else set()
+    tables = []
+    for family in ("next word", "continuation"):
+        metrics = [m for m in QUALITY_METRICS if m[2].startswith(family) and m[0] in present]
+        mine = [r for r in rows if any(m[0] in r for m in metrics)]
+        if metrics and mine:
+            tables.append(
+                {"title": family, "metrics": [(*m[:2], m[2].split(": ", 1)[1], *m[3:]) for m in metrics], "rows": mine}
+            )
+    return tables
+
+
 def slice_rows(summary: pd.DataFrame) -> pd.DataFrame:
     """Summary rows at the profile slice, chosen per task (axes differ between tasks)."""
     if summary.empty:
@@ -218,27 +298,36 @@ def slice_rows(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts) if parts else summary
 
 
-def paired_rows(study: Study, paired: pd.DataFrame) -> list[dict[str, Any]]:
+def paired_tables(study: Study, paired: pd.DataFrame) -> list[dict[str, Any]]:
+    """One table per metric: a row per (model, temperature), a column per scheme (scheme minus its
+    reference), at the profile slice. Temperatures run down the page, so a dense probe grid stays narrow."""
     if paired.empty:
         return []
-    keep = paired[paired["metric"].isin(["p_gold", "exact_match", "distinct_2", "nll_ref", "entropy"])]
-    keep = (
-        pd.concat([analysis.profile_slice(g) for _, g in keep.groupby(["task", "metric"])]) if not keep.empty else keep
-    )
+    keep = paired[paired["metric"].isin(PAIRED_METRICS)]
+    if keep.empty:
+        return []
+    keep = pd.concat([analysis.profile_slice(g) for _, g in keep.groupby(["task", "metric"])])
     labels = {m: lab for m, _, lab, *_ in QUALITY_METRICS}
     order = {s: i for i, s in enumerate(study.schemes()["scheme"])}
-    rows: dict[tuple, dict[str, Any]] = {}
-    for _, r in keep.iterrows():  # one row per (model, metric, scheme); one column per temperature
-        key = (r["model"], labels.get(r["metric"], r["metric"]), r["scheme"])
-        row = rows.setdefault(
-            key, {"model": key[0], "metric": key[1], "scheme": key[2], "reference": r["reference"], "by_t": {}}
+    tables = []
+    for metric in [m for m in PAIRED_METRICS if m in set(keep["metric"])]:
+        sel = keep[keep["metric"] == metric]
+        schemes = sorted(set(sel["scheme"]), key=lambda s: order.get(s, 99))
+        refs = sorted(set(sel["reference"]))
+        rows: dict[tuple, dict[str, Any]] = {}
+        for _, r in sel.iterrows():
+            row = rows.setdefault(
+                (r["model"], r["temperature"]), {"model": r["model"], "temperature": r["temperature"], "by": {}}
+            )
+            row["by"][r["scheme"]] = Estimate(r["diff"], r["lo"], r["hi"], int(r["n"]))
+        tables.append(
+            {
+                "metric": labels.get(metric, metric),
+                "columns": [(s, f"{s} − {refs[0] if len(refs) == 1 else 'reference'}") for s in schemes],
+                "rows": sorted(rows.values(), key=lambda x: (x["model"], x["temperature"])),
+            }
         )
-        row["by_t"][r["temperature"]] = Estimate(r["diff"], r["lo"], r["hi"], int(r["n"]))
-    return sorted(rows.values(), key=lambda x: (x["model"], x["metric"], order.get(x["scheme"], 99)))
-
-
-def paired_temperatures(rows: list[dict[str, Any]]) -> list[float]:
-    return sorted({t for r in rows for t in r["by_t"]})
+    return tables
 
 
 def failed_rows(study: Study) -> list[dict[str, Any]]:
@@ -269,46 +358,3 @@ def _point_label(r: pd.Series) -> str:
         f"T={r['temperature']:g} k={'-' if k is None or (isinstance(k, float) and math.isnan(k)) else int(k)} "
         f"n={int(r['max_new_tokens']) if r.get('max_new_tokens') == r.get('max_new_tokens') else '-'}"
     )
-
-
-def examples(study: Study, per_scheme: int) -> list[dict[str, Any]]:
-    """A few continuation prompts, each with every scheme's output side by side, greedy and sampled."""
-    g = study.generations
-    if g.empty or per_scheme <= 0:
-        return []
-    cont = g[g["task"].astype(str).str.contains("continuation")]
-    g = cont if not cont.empty else g
-    g = g[(g["seed"].fillna(0) == g["seed"].fillna(0).min()) & (g["sample"] == 0)]
-    k = g["top_k"]
-    g = g[(k.isna()) if k.isna().any() else (k == k.max())]
-    g = g[g["max_new_tokens"] == g["max_new_tokens"].max()]
-    temps = sorted(g["temperature"].unique())
-    chosen = [
-        *[t for t in temps if t == 0.0][:1],
-        min((t for t in temps if t > 0), key=lambda t: abs(t - 0.7), default=None),
-    ]
-    chosen = [t for t in chosen if t is not None]
-    order = list(study.schemes()["scheme"])
-    out = []
-    for model in study.models():
-        m = g[g["model"] == model]
-        for doc in sorted(m["doc_id"].unique())[:per_scheme]:
-            d = m[m["doc_id"] == doc]
-            rows = []
-            for t in chosen:
-                for s in order:
-                    x = d[(d["temperature"] == t) & (d["scheme"] == s)]
-                    if not x.empty:
-                        rows.append(
-                            {
-                                "temperature": t,
-                                "scheme": s,
-                                "text": str(x.iloc[0]["text"]),
-                                "finish": x.iloc[0].get("finish") or "",
-                            }
-                        )
-            if rows:
-                out.append({"model": model, "doc_id": int(doc), "prompt": str(d.iloc[0]["prompt"] or ""), "rows": rows})
-    return out
-
-

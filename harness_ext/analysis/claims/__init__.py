@@ -21,6 +21,12 @@ Verdict = Literal["supported", "contradicted", "holds", "does not hold", "inconc
 PerModel = Literal["holds", "does not hold", "inconclusive", "not tested"]
 
 
+#: What an evidence value's bracketed interval is (its ``interval`` key): one label per statistic.
+OVER_PROMPTS = "95 % t-interval over prompts"
+OVER_ROUNDS = "95 % t-interval over rounds (log-ratio)"
+BOOTSTRAP_OVER_PROMPTS = "95 % paired bootstrap interval over prompts"
+
+
 @dataclass
 class Options:
     """The margins a study's report sets (ReportSpec), in one object."""
@@ -44,6 +50,8 @@ class Claim:
     scope: str = ""
     evidence: list[dict[str, str]] = field(default_factory=list)
     per_model: dict[str, PerModel] = field(default_factory=dict)
+    #: the one figure that decided the verdict, with what it measures ("" where none did: not tested)
+    deciding: str = ""
 
     def decide(self, verdict: Verdict, reason: str) -> Claim:
         self.verdict, self.reason = verdict, reason
@@ -118,6 +126,36 @@ def across_models(
     if fails == n:
         return c.decide("contradicted" if general else "does not hold", f"{words['does not hold']} ({tally})")
     return c.decide("inconclusive", f"{words['inconclusive']} ({tally})")
+
+
+#: the per-model reading a verdict across models stands on
+_READING_OF: dict[str, PerModel] = {
+    "supported": "holds",
+    "holds": "holds",
+    "contradicted": "does not hold",
+    "does not hold": "does not hold",
+    "inconclusive": "inconclusive",
+}
+
+
+def decided_by(c: Claim, readings: dict[str, tuple[str, ...]], *, first_part: bool = False) -> Claim:
+    """Name the figure that decided ``c``'s verdict (``c.deciding``): among the evidence rows of the
+    models read as the verdict reads, the first whose reading starts with ``readings[that reading][0]``,
+    else with the next prefix. ``first_part``: the row's value lists several comparisons (``a; b``);
+    the first one decided it."""
+    target = _READING_OF.get(c.verdict)
+    if target is None:
+        return c
+    models = [m for m, v in c.per_model.items() if v == target] or list(c.per_model)
+    rows = [e for e in c.evidence if any(e["what"].startswith(m) for m in models)]
+    for prefix in readings.get(target, ()):
+        e = next((e for e in rows if str(e.get("verdict", "")).startswith(prefix)), None)
+        if e is not None:
+            value = e["value"].split("; ")[0] if first_part else e["value"]
+            reading = e["verdict"] if e["verdict"] not in _READING_OF.values() else ""
+            c.deciding = f"{e['what'].removesuffix(': reading')}: {value}" + (f" ({reading})" if reading else "")
+            break
+    return c
 
 
 def claims(
