@@ -378,6 +378,10 @@ def test_every_evidence_row_of_b_has_a_reading_and_d_names_the_failed_condition(
     by_key = {c.key: c for c in decide(Study.load(REPO / "reports" / "demo" / "data"))}
     assert by_key["b"].evidence and all(e.get("verdict") for e in by_key["b"].evidence)
     assert by_key["b"].evidence[0]["verdict"] == "nf4 ahead at every T"
+    assert all(e.get("verdict") for c in by_key.values() for e in c.evidence)  # every row says what it shows
+    rows = {e["what"]: e["verdict"] for e in by_key["d"].evidence}
+    assert rows["smollm2-135m / eager / batch 1: int8/nf4 decode time"].startswith("not shown above 1.10×")
+    assert rows["smollm2-135m / eager / batch 1: int8/bf16 decode time"].startswith("meets above 1.10×")
     assert "not shown above 1.10× ('much slower')" in by_key["d"].reason
     assert claims.loc["d", "reason"] == by_key["d"].reason  # the committed report says so too
 

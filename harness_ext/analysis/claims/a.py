@@ -71,7 +71,9 @@ def claim_a(study: Study, o: Options) -> list[Claim]:
                 }
             )
         else:
-            c.evidence.append({"what": f"{model}: quality", "value": "not measured for this model"})
+            c.evidence.append(
+                {"what": f"{model}: quality", "value": "not measured for this model", "verdict": "part not tested"}
+            )
         for key, g in sp[sp["model"] == model].groupby(rounds.GROUP[1:]) if not sp.empty else []:
             if not {nf4, fp4} <= set(g["scheme"]):
                 continue

@@ -75,7 +75,9 @@ def claim_b(study: Study, o: Options) -> list[Claim]:
         a, b = matrix(q, model, nf4), matrix(q, model, fp4)
         ts = temps(a, b) if not (a.empty or b.empty) else []
         if len(ts) < 2:
-            c.evidence.append({"what": model, "value": "needs ≥ 2 temperatures for both schemes"})
+            c.evidence.append(
+                {"what": model, "value": "needs ≥ 2 temperatures for both schemes", "verdict": "not tested"}
+            )
             continue
         g = (a[ts] - b[ts]).dropna().to_numpy()
         if g.shape[0] >= MIN_PROMPTS:
@@ -137,7 +139,9 @@ def _resilience(study: Study, c2: Claim, model: str, a, b, nf4: str, fp4: str) -
     family = study.family(model)
     low = [t for t in temps(a, b) if 0 < t <= LOW_T_MAX]
     if 0.0 not in a.columns or 0.0 not in b.columns or not low:
-        c2.evidence.append({"what": f"{model} ({family})", "value": "needs T=0 and a temperature in (0, 1]"})
+        c2.evidence.append(
+            {"what": f"{model} ({family})", "value": "needs T=0 and a temperature in (0, 1]", "verdict": "not tested"}
+        )
         return "not tested"
     drop_a = (a[[0.0]].to_numpy() - a[low].to_numpy()).mean(axis=1)
     drop_b = (b[[0.0]].to_numpy() - b[low].to_numpy()).mean(axis=1)

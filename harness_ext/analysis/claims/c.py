@@ -105,7 +105,9 @@ def claim_c(study: Study, o: Options) -> list[Claim]:
             continue
         dr = drops(q, model, ref, low)
         if dr is None:
-            c.evidence.append({"what": model, "value": "needs T=0 and a temperature in (0, 1]"})
+            c.evidence.append(
+                {"what": model, "value": "needs T=0 and a temperature in (0, 1]", "verdict": "not tested"}
+            )
             per[model] = per2[model] = "not tested"
             continue
         readings, readings2 = [], []
@@ -134,6 +136,7 @@ def claim_c(study: Study, o: Options) -> list[Claim]:
                     if math.isfinite(rel[0])
                     else "n/a (the reference loses nothing)",
                     "interval": BOOTSTRAP_OVER_PROMPTS,
+                    "verdict": "shown beside the absolute scale; not tested",
                 }
             )
             if len(band) >= MIN_TEMPS and len(other) >= MIN_TEMPS:
@@ -149,6 +152,7 @@ def claim_c(study: Study, o: Options) -> list[Claim]:
                         "what": f"{model}: {s} excess in band T={fmt_t(band)}",
                         "value": Estimate.t(eb).text(),
                         "interval": OVER_PROMPTS,
+                        "verdict": "one side of the in-band minus out-of-band test below",
                     }
                 )
                 c2.evidence.append(
@@ -156,6 +160,7 @@ def claim_c(study: Study, o: Options) -> list[Claim]:
                         "what": f"{model}: {s} excess outside, T={fmt_t(other)}",
                         "value": Estimate.t(eo).text(),
                         "interval": OVER_PROMPTS,
+                        "verdict": "one side of the in-band minus out-of-band test below",
                     }
                 )
                 c2.evidence.append(

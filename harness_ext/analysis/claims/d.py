@@ -57,6 +57,15 @@ def speed_reading(
     return "inconclusive", "not separated over rounds: " + "; ".join(undecided)
 
 
+def comparison_reading(lr, margin_log: float, up: bool, min_rounds: int = rounds.MIN_ROUNDS) -> str:
+    """One comparison's own reading: whether its one-sided test over rounds meets the condition
+    (the claim needs every one of them), or too few rounds to tell."""
+    if len(lr) < min_rounds:
+        return f"not replicated ({len(lr)} round{'s' * (len(lr) != 1)})"
+    p = p_greater(lr, margin_log) if up else p_less(lr, margin_log)
+    return f"{'meets' if p < ALPHA else 'not shown'} {_condition(margin_log, up)} (p = {p:.2g})"
+
+
 def _condition(margin_log: float, up: bool) -> str:
     """The condition a comparison must meet, in words: above the 'much slower' margin, or below 1x."""
     return f"above {math.exp(margin_log):.2f}× ('much slower')" if up else "below 1× (faster)"
@@ -106,7 +115,11 @@ def claim_d(study: Study, o: Options) -> list[Claim]:
         for mode, g in g_bs.groupby("mode"):
             label = f"{model} / {mode} / batch {int(g['batch_size'].iloc[0])}"
             present = list(dict.fromkeys(g["scheme"]))
-            for subject, out, evid in ((int8, slower, c), (fast, faster, c), (bf16, faster2, c2)):
+            for subject, out, evid, up in (
+                (int8, slower, c, True),
+                (fast, faster, c, False),
+                (bf16, faster2, c2, False),
+            ):
                 for s in subject:
                     if s not in present:
                         continue
@@ -120,6 +133,7 @@ def claim_d(study: Study, o: Options) -> list[Claim]:
                                 "what": f"{label}: {s}/{other} decode time",
                                 "value": RoundRatio.of(lr).text(),
                                 "interval": OVER_ROUNDS,
+                                "verdict": comparison_reading(lr, ml if up else 0.0, up),
                             }
                         )
             for s in present:
@@ -129,12 +143,17 @@ def claim_d(study: Study, o: Options) -> list[Claim]:
                         "what": f"{label}: {s} spread",
                         "value": f"between rounds CV {_pct(sd['between'])} over {sd['rounds']} uncontended round(s); "
                         f"within a round (p90−p10)/median {_pct(sd['within'])}",
+                        "verdict": "context: the spread behind the intervals (no test)",
                     }
                 )
             flagged = g[g["contended"]]
             for _, r in flagged.iterrows():
                 c.evidence.append(
-                    {"what": f"{label}: {r['scheme']} round {int(r['round'])}", "value": "ran contended: excluded"}
+                    {
+                        "what": f"{label}: {r['scheme']} round {int(r['round'])}",
+                        "value": "ran contended",
+                        "verdict": "excluded from every test",
+                    }
                 )
         v, why = speed_reading(slower, faster, margin_log=ml)
         if v == "holds" and (not int8 or not fast):  # a conjunction with a missing part is not shown to hold
