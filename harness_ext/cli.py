@@ -259,7 +259,7 @@ def _report(args: argparse.Namespace, argv: list[str]) -> int:
     from harness_ext.report import render
 
     if args.compare:
-        from harness_ext.compare import main as compare
+        from harness_ext.report.compare_page import main as compare
 
         return compare(Path(args.run_dir), Path(args.compare), args.output_dir, warn=_warn)
     out = render(Path(args.run_dir), Path(args.output_dir) if args.output_dir else None, warn=_warn)

@@ -1,16 +1,18 @@
-"""What a run ran on: package versions, torch/CUDA, GPU, CPU, threads, git SHA, command line."""
+"""What a run ran on: package versions, torch/CUDA, GPU, CPU, threads, git SHA, command line.
+
+Torch-free at import: :func:`capture` (the runner's) imports torch when called; :func:`hardware_line`
+(the report's) reads a captured mapping only."""
 
 from __future__ import annotations
 
 import importlib.metadata as md
+import os
 import platform
 import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
-
-from harness_ext.backend.measure import cpu_count, cpu_name
 
 PACKAGES = (
     "harness-ext",
@@ -26,6 +28,23 @@ PACKAGES = (
     "gguf",
     "ray",
 )
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def package_versions() -> dict[str, str | None]:

@@ -1,5 +1,6 @@
 """A minimal Chrome DevTools Protocol client: load a page in headless Chromium, collect console
-errors and dialogs, evaluate an expression, take a screenshot. Test helper only."""
+errors and dialogs, evaluate an expression, take a screenshot (of the page or of one element), and
+print a page to PDF. Test helper only."""
 
 from __future__ import annotations
 
@@ -24,8 +25,12 @@ FLAGS = [
     "--no-first-run",
     "--disable-quic",
     "--remote-debugging-port=0",
-    "--window-size=1280,1600",
+    "--window-size=1400,1600",
 ]
+#: the window width the report is read at (issue 19: a researcher's 1400 px browser window)
+WIDTH = 1400
+#: CSS pixels across an A4 page inside the report's print margins (210 mm - 2 x 12 mm, at 96 px per inch)
+A4_PRINT_WIDTH = round((210 - 24) / 25.4 * 96)
 
 
 def chromium() -> str | None:
@@ -36,8 +41,19 @@ def chromium() -> str | None:
     return None
 
 
-def load(url: str, expression: str, screenshot: Path, timeout: float = 60.0) -> dict[str, Any]:
-    """Open ``url``; return {"errors": [...], "dialogs": [...], "value": <expression result>}."""
+def load(
+    url: str,
+    expression: str,
+    screenshot: Path,
+    timeout: float = 60.0,
+    *,
+    width: int = WIDTH,
+    media: str | None = None,
+    clip_selector: str | None = None,
+) -> dict[str, Any]:
+    """Open ``url`` in a ``width``-pixel window (with ``media``: emulate that CSS media, e.g. "print");
+    return {"errors": [...], "dialogs": [...], "value": <expression result>, "height": ..., "clip": ...}.
+    The screenshot is of the page, or of the element ``clip_selector`` names ("clip": its box)."""
     import websocket
 
     profile = tempfile.mkdtemp(prefix="chromium-")
@@ -72,18 +88,26 @@ def load(url: str, expression: str, screenshot: Path, timeout: float = 60.0) -> 
 
         for domain in ("Runtime", "Log", "Page"):
             call(f"{domain}.enable")
+        call("Emulation.setDeviceMetricsOverride", width=width, height=1600, deviceScaleFactor=1, mobile=False)
+        if media:
+            call("Emulation.setEmulatedMedia", media=media)
         call("Page.navigate", url=url)
         while not any(e.get("method") == "Page.loadEventFired" for e in events) and time.time() < deadline:
             events.append(json.loads(ws.recv()))
         value = call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
         metrics = call("Page.getLayoutMetrics")
         height = int(metrics["cssContentSize"]["height"])
-        shot = call(
-            "Page.captureScreenshot",
-            format="png",
-            captureBeyondViewport=True,
-            clip={"x": 0, "y": 0, "width": 1280, "height": min(height, 16000), "scale": 1},
-        )
+        clip = {"x": 0, "y": 0, "width": width, "height": min(height, 16000), "scale": 1}
+        if clip_selector:
+            box = call(
+                "Runtime.evaluate",
+                expression=f"""(() => {{ const r = document.querySelector({json.dumps(clip_selector)})
+                    .getBoundingClientRect(); return {{x: r.left + scrollX, y: r.top + scrollY,
+                    width: r.width, height: r.height}}; }})()""",
+                returnByValue=True,
+            )["result"]["value"]
+            clip = {**box, "scale": 1}
+        shot = call("Page.captureScreenshot", format="png", captureBeyondViewport=True, clip=clip)
         screenshot.write_bytes(base64.b64decode(shot["data"]))
         ws.close()
         errors = [
@@ -94,8 +118,30 @@ def load(url: str, expression: str, screenshot: Path, timeout: float = 60.0) -> 
             or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
         ]
         dialogs = [e for e in events if e.get("method") == "Page.javascriptDialogOpening"]
-        return {"errors": errors, "dialogs": dialogs, "value": value, "height": height}
+        return {"errors": errors, "dialogs": dialogs, "value": value, "height": height, "clip": clip}
     finally:
         proc.kill()
         proc.wait()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def print_to_pdf(path: Path, pdf: Path, timeout: float = 120.0) -> bytes:
+    """``chromium --headless --print-to-pdf`` of a local page (its print stylesheet); the PDF's bytes."""
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    try:
+        subprocess.run(
+            [
+                chromium(),
+                *[f for f in FLAGS if not f.startswith("--remote-debugging")],
+                f"--user-data-dir={profile}",
+                "--no-pdf-header-footer",
+                f"--print-to-pdf={pdf}",
+                path.resolve().as_uri(),
+            ],
+            capture_output=True,
+            timeout=timeout,
+            check=True,
+        )
+        return pdf.read_bytes()
+    finally:
         shutil.rmtree(profile, ignore_errors=True)

@@ -12,10 +12,10 @@ from pathlib import Path
 import html5lib
 import pandas as pd
 import pytest
-from harness_ext.runner import Runner
 
-from harness_ext import compare
 from harness_ext.cli import main
+from harness_ext.report import compare
+from harness_ext.run import Runner
 from harness_ext.spec import parse_spec
 
 SPEC = """\

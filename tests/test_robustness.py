@@ -397,7 +397,7 @@ def test_packaged_specs_are_found_in_an_installed_layout(tmp_path) -> None:
 
 def test_run_json_round_trip_keeps_report_options(run_dir) -> None:
     """The report derives its tables in memory with the same run.json facts the run wrote."""
-    from harness_ext.report import input_tables
+    from harness_ext.report.page import input_tables
 
     files = input_tables(run_dir, warn=pytest.fail)
     run = json.loads(files["run.json"])
@@ -412,7 +412,7 @@ INVISIBLE = ["\u202e", "\u202a", "\u202d", "\u2066", "\u2069", "\u200b", "\u200f
 
 @pytest.mark.parametrize("char", INVISIBLE, ids=lambda c: f"U+{ord(c):04X}")
 def test_visible_escapes_bidi_and_invisible_characters(char) -> None:
-    from harness_ext.report import visible
+    from harness_ext.report.page import visible
 
     assert visible(f"a{char}b") == f"a\\u{ord(char):04x}b"
 

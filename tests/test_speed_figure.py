@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from harness_ext import analysis
-from harness_ext.compare import load_study
-from harness_ext.speed_figure import DOTS_GID, FLOOR_GID, fig_speed_rounds
+from harness_ext.report.compare import load_study
+from harness_ext.report.speed_figure import DOTS_GID, FLOOR_GID, fig_speed_rounds
 
 REPO = Path(__file__).resolve().parent.parent
 SVG = "{http://www.w3.org/2000/svg}"

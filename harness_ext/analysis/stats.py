@@ -55,7 +55,7 @@ class Estimate:
     def text(self, fmt: str = ".3f") -> str:
         if not math.isfinite(self.value):
             return "n/a"
-        return f"{self.value:{fmt}} [{self.lo:{fmt}}, {self.hi:{fmt}}]"
+        return f"{fmt_number(self.value, fmt)} [{fmt_number(self.lo, fmt)}, {fmt_number(self.hi, fmt)}]"
 
     def above(self, x: float) -> bool:
         return self.lo > x
@@ -75,6 +75,15 @@ class Estimate:
         v = _finite(values)
         mean, lo, hi = t_interval(v, level)
         return cls(mean, lo, hi, int(v.size))
+
+
+def fmt_number(v: float, spec: str = ".3f") -> str:
+    """``v`` formatted; a value that rounds to zero never shows a minus sign (``-0.000`` reads as a
+    negative number that is not there)."""
+    text = f"{v:{spec}}"
+    if text.startswith("-") and any(ch.isdigit() for ch in text) and not any(ch in "123456789" for ch in text):
+        return ("+" if "+" in spec else "") + text[1:]
+    return text
 
 
 # -- tests -----------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from harness_ext.analysis.claims import PerModel
+from harness_ext.analysis.claims.base import PerModel
 from harness_ext.analysis.stats import ALPHA, holm, p_greater, p_less, p_outside, tost
 from harness_ext.analysis.study import Study, _matrix
 

@@ -7,7 +7,6 @@ import math
 import numpy as np
 
 from harness_ext.analysis import rounds
-from harness_ext.analysis.claims import Claim, Options, PerModel, across_models, claim
 from harness_ext.analysis.claims._common import (
     MIN_PROMPTS,
     equivalence_parts,
@@ -15,6 +14,16 @@ from harness_ext.analysis.claims._common import (
     four_bit_pair,
     matrix,
     temps,
+)
+from harness_ext.analysis.claims.base import (
+    OVER_PROMPTS,
+    OVER_ROUNDS,
+    Claim,
+    Options,
+    PerModel,
+    across_models,
+    claim,
+    decided_by,
 )
 from harness_ext.analysis.stats import Estimate, RoundRatio
 from harness_ext.analysis.study import Study, primary_quality
@@ -57,11 +66,14 @@ def claim_a(study: Study, o: Options) -> list[Claim]:
                 {
                     "what": f"{model}: accuracy {nf4} − {fp4} (mean over T, {d.size} prompts)",
                     "value": Estimate.t(d).text(),
+                    "interval": OVER_PROMPTS,
                     "verdict": _part(parts[-1]) if d.size >= MIN_PROMPTS else f"fewer than {MIN_PROMPTS} prompts",
                 }
             )
         else:
-            c.evidence.append({"what": f"{model}: quality", "value": "not measured for this model"})
+            c.evidence.append(
+                {"what": f"{model}: quality", "value": "not measured for this model", "verdict": "part not tested"}
+            )
         for key, g in sp[sp["model"] == model].groupby(rounds.GROUP[1:]) if not sp.empty else []:
             if not {nf4, fp4} <= set(g["scheme"]):
                 continue
@@ -74,7 +86,12 @@ def claim_a(study: Study, o: Options) -> list[Claim]:
                 parts.append(equivalence_parts(lr, lm))
                 reading = _part(parts[-1])
             c.evidence.append(
-                {"what": f"{where}: decode time {nf4}/{fp4}", "value": RoundRatio.of(lr).text(), "verdict": reading}
+                {
+                    "what": f"{where}: decode time {nf4}/{fp4}",
+                    "value": RoundRatio.of(lr).text(),
+                    "verdict": reading,
+                    "interval": OVER_ROUNDS,
+                }
             )
             memory = _memory(g, nf4, fp4, o.speed_margin)
             if memory is not None and key == min(g.groupby(rounds.GROUP[1:]).groups):
@@ -93,7 +110,13 @@ def claim_a(study: Study, o: Options) -> list[Claim]:
         or "the tests neither establish equivalence nor a difference beyond the margins",
         "not tested": "nothing measured for the nf4/fp4 pair",
     }
-    return [across_models(study, c, per, words=words)]
+    across_models(study, c, per, words=words)
+    deciding = {
+        "holds": ("equivalent",),
+        "does not hold": ("differs",),
+        "inconclusive": ("undecided", "inconclusive", "fewer than", "differs"),
+    }
+    return [decided_by(c, deciding)]
 
 
 def _undecided(c: Claim, per: dict[str, PerModel]) -> str:

@@ -5,8 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness_ext.analysis.claims import Claim, Options, PerModel, across_models, claim, scope_of
 from harness_ext.analysis.claims._common import LOW_T_MAX, MIN_PROMPTS, fmt_t, four_bit_pair, matrix, temps
+from harness_ext.analysis.claims.base import (
+    OVER_PROMPTS,
+    Claim,
+    Options,
+    PerModel,
+    across_models,
+    claim,
+    decided_by,
+    scope_of,
+)
 from harness_ext.analysis.stats import ALPHA, Estimate, holm, interaction_p, p_greater, p_less, tost
 from harness_ext.analysis.study import Study, primary_quality
 
@@ -66,7 +75,9 @@ def claim_b(study: Study, o: Options) -> list[Claim]:
         a, b = matrix(q, model, nf4), matrix(q, model, fp4)
         ts = temps(a, b) if not (a.empty or b.empty) else []
         if len(ts) < 2:
-            c.evidence.append({"what": model, "value": "needs ≥ 2 temperatures for both schemes"})
+            c.evidence.append(
+                {"what": model, "value": "needs ≥ 2 temperatures for both schemes", "verdict": "not tested"}
+            )
             continue
         g = (a[ts] - b[ts]).dropna().to_numpy()
         if g.shape[0] >= MIN_PROMPTS:
@@ -75,7 +86,8 @@ def claim_b(study: Study, o: Options) -> list[Claim]:
         c.evidence.append(
             {
                 "what": f"{model}: mean gap {nf4} − {fp4} at T={fmt_t(ts)} ({g.shape[0]} prompts)",
-                "value": ", ".join(f"{v:+.3f}" for v in profile),
+                "value": ", ".join(signed(v) for v in profile),
+                "verdict": profile_reading(profile, ts, nf4, fp4),
             }
         )
         per2[model] = _resilience(study, c2, model, a, b, nf4, fp4)
@@ -101,15 +113,35 @@ def claim_b(study: Study, o: Options) -> list[Claim]:
         "not tested": "no model has both formats at ≥ 2 temperatures on ≥ 10 prompts",
     }
     across_models(study, c, per, words=words)
+    decided_by(c, {"holds": ("holds",), "does not hold": ("does not hold",), "inconclusive": ("not shown",)})
     _family_verdict(study, c2, per2)
+    decided_by(c2, {v: ("more resilient",) for v in ("holds", "does not hold", "inconclusive")})
     return [c, c2]
+
+
+def signed(v: float) -> str:
+    """``+0.076``; a mean that rounds to zero reads ``0.000``, never ``-0.000``."""
+    text = f"{v:+.3f}"
+    return "0.000" if float(text) == 0 else text
+
+
+def profile_reading(profile: np.ndarray, ts: list[float], nf4: str, fp4: str) -> str:
+    """What the per-temperature gaps show before any test: which format is ahead, and where that changes
+    (the interaction row below tests whether the change exceeds the margin)."""
+    ahead = [nf4 if v > 0 else fp4 if v < 0 else "neither" for v in np.round(profile, 3)]
+    if len(set(ahead)) == 1:
+        return f"{ahead[0]} ahead at every T" if ahead[0] != "neither" else "no gap at any T"
+    changes = [f"T={ts[i]:g}" for i in range(1, len(ahead)) if ahead[i] != ahead[i - 1]]
+    return f"{ahead[0]} ahead at T={ts[0]:g}; the lead changes at {', '.join(changes)}"
 
 
 def _resilience(study: Study, c2: Claim, model: str, a, b, nf4: str, fp4: str) -> PerModel:
     family = study.family(model)
     low = [t for t in temps(a, b) if 0 < t <= LOW_T_MAX]
     if 0.0 not in a.columns or 0.0 not in b.columns or not low:
-        c2.evidence.append({"what": f"{model} ({family})", "value": "needs T=0 and a temperature in (0, 1]"})
+        c2.evidence.append(
+            {"what": f"{model} ({family})", "value": "needs T=0 and a temperature in (0, 1]", "verdict": "not tested"}
+        )
         return "not tested"
     drop_a = (a[[0.0]].to_numpy() - a[low].to_numpy()).mean(axis=1)
     drop_b = (b[[0.0]].to_numpy() - b[low].to_numpy()).mean(axis=1)
@@ -120,6 +152,7 @@ def _resilience(study: Study, c2: Claim, model: str, a, b, nf4: str, fp4: str) -
         {
             "what": f"{model} ({family}): drop {nf4} − drop {fp4}, T={fmt_t(low)}",
             "value": Estimate.t(d).text(),
+            "interval": OVER_PROMPTS,
             "verdict": f"more resilient: {winner or 'neither (not significant)'}",
         }
     )

@@ -8,7 +8,6 @@ import math
 import numpy as np
 from scipy import stats as sps
 
-from harness_ext.analysis.claims import Claim, Options, PerModel, across_models, claim
 from harness_ext.analysis.claims._common import (
     BAND,
     LOW_T_MAX,
@@ -18,6 +17,16 @@ from harness_ext.analysis.claims._common import (
     excess_reading,
     fmt_t,
     matrix,
+)
+from harness_ext.analysis.claims.base import (
+    BOOTSTRAP_OVER_PROMPTS,
+    OVER_PROMPTS,
+    Claim,
+    Options,
+    PerModel,
+    across_models,
+    claim,
+    decided_by,
 )
 from harness_ext.analysis.stats import Estimate
 from harness_ext.analysis.study import Study, primary_quality
@@ -96,7 +105,9 @@ def claim_c(study: Study, o: Options) -> list[Claim]:
             continue
         dr = drops(q, model, ref, low)
         if dr is None:
-            c.evidence.append({"what": model, "value": "needs T=0 and a temperature in (0, 1]"})
+            c.evidence.append(
+                {"what": model, "value": "needs T=0 and a temperature in (0, 1]", "verdict": "not tested"}
+            )
             per[model] = per2[model] = "not tested"
             continue
         readings, readings2 = [], []
@@ -114,6 +125,7 @@ def claim_c(study: Study, o: Options) -> list[Claim]:
                 {
                     "what": f"{model}: {s} vs {ref}, T={fmt_t(low)}: excess loss (absolute; margin {m_abs:.3f})",
                     "value": Estimate.t(e).text(),
+                    "interval": OVER_PROMPTS,
                     "verdict": r,
                 }
             )
@@ -123,6 +135,8 @@ def claim_c(study: Study, o: Options) -> list[Claim]:
                     "value": f"{rel[0]:.2f}× [{rel[1]:.2f}, {rel[2]:.2f}]"
                     if math.isfinite(rel[0])
                     else "n/a (the reference loses nothing)",
+                    "interval": BOOTSTRAP_OVER_PROMPTS,
+                    "verdict": "shown beside the absolute scale; not tested",
                 }
             )
             if len(band) >= MIN_TEMPS and len(other) >= MIN_TEMPS:
@@ -134,15 +148,26 @@ def claim_c(study: Study, o: Options) -> list[Claim]:
                 r2 = band_reading(eb.loc[idx].to_numpy(), eo.loc[idx].to_numpy(), m_abs)
                 readings2.append(r2)
                 c2.evidence.append(
-                    {"what": f"{model}: {s} excess in band T={fmt_t(band)}", "value": Estimate.t(eb).text()}
+                    {
+                        "what": f"{model}: {s} excess in band T={fmt_t(band)}",
+                        "value": Estimate.t(eb).text(),
+                        "interval": OVER_PROMPTS,
+                        "verdict": "one side of the in-band minus out-of-band test below",
+                    }
                 )
                 c2.evidence.append(
-                    {"what": f"{model}: {s} excess outside, T={fmt_t(other)}", "value": Estimate.t(eo).text()}
+                    {
+                        "what": f"{model}: {s} excess outside, T={fmt_t(other)}",
+                        "value": Estimate.t(eo).text(),
+                        "interval": OVER_PROMPTS,
+                        "verdict": "one side of the in-band minus out-of-band test below",
+                    }
                 )
                 c2.evidence.append(
                     {
                         "what": f"{model}: {s} in-band minus out-of-band",
                         "value": Estimate.t((eb.loc[idx] - eo.loc[idx]).to_numpy()).text(),
+                        "interval": OVER_PROMPTS,
                         "verdict": r2,
                     }
                 )
@@ -161,6 +186,7 @@ def claim_c(study: Study, o: Options) -> list[Claim]:
             f"the grid cannot locate the band: {len(band)} temperature(s) inside [{BAND[0]}, {BAND[1]}] and "
             f"{len(other)} outside in (0, {LOW_T_MAX:g}]; ≥ {MIN_TEMPS} of each are needed",
         )
+        c2.deciding = f"temperatures in [{BAND[0]}, {BAND[1]}]: {len(band)}; outside: {len(other)} (≥ {MIN_TEMPS} each)"
     else:
         across_models(
             study,
@@ -174,6 +200,10 @@ def claim_c(study: Study, o: Options) -> list[Claim]:
                 "not tested": "no model has the temperatures needed",
             },
         )
+    every = {"holds": ("holds",), "does not hold": ("does not hold",), "inconclusive": ("inconclusive",)}
+    decided_by(c, every)
+    if not c2.deciding:
+        decided_by(c2, every)
     return [c, c2]
 
 

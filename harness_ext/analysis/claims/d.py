@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from harness_ext.analysis import rounds
-from harness_ext.analysis.claims import Claim, Options, PerModel, across_models, claim
+from harness_ext.analysis.claims.base import OVER_ROUNDS, Claim, Options, PerModel, across_models, claim, decided_by
 from harness_ext.analysis.stats import ALPHA, RoundRatio, holm, p_greater, p_less
 from harness_ext.analysis.study import Study
 
@@ -32,8 +32,14 @@ def speed_reading(
             f"not replicated: {label} was timed in {n} uncontended round{'s' * (n != 1)} in common (≥ {min_rounds} "
             "needed)",
         )
-    if all((p_greater(lr, m) if up else p_less(lr, m)) < alpha for _, lr, m, up in comparisons):
-        return "holds", "every comparison is significant over rounds"
+    ps = [p_greater(lr, m) if up else p_less(lr, m) for _, lr, m, up in comparisons]
+    if all(p < alpha for p in ps):
+        closest = max(range(len(ps)), key=ps.__getitem__)
+        label, lr, m, up = comparisons[closest]
+        return "holds", (
+            f"every comparison is significant over rounds, the closest {label} {RoundRatio.of(lr).text()} "
+            f"({_condition(m, up)}, p = {ps[closest]:.2g})"
+        )
     against = [p_less(lr, 0.0) if up else p_greater(lr, 0.0) for _, lr, _, up in comparisons]
     reverse = holm(against, alpha)
     if any(reverse):
@@ -44,11 +50,25 @@ def speed_reading(
         ]
         return "does not hold", "goes the other way (Holm over the comparisons): " + "; ".join(named)
     undecided = [
-        f"{label} {RoundRatio.of(lr).text()}"
-        for label, lr, m, up in comparisons
-        if (p_greater(lr, m) if up else p_less(lr, m)) >= alpha
+        f"{label} {RoundRatio.of(lr).text()} — not shown {_condition(m, up)} (p = {p:.2g})"
+        for (label, lr, m, up), p in zip(comparisons, ps, strict=True)
+        if p >= alpha
     ]
     return "inconclusive", "not separated over rounds: " + "; ".join(undecided)
+
+
+def comparison_reading(lr, margin_log: float, up: bool, min_rounds: int = rounds.MIN_ROUNDS) -> str:
+    """One comparison's own reading: whether its one-sided test over rounds meets the condition
+    (the claim needs every one of them), or too few rounds to tell."""
+    if len(lr) < min_rounds:
+        return f"not replicated ({len(lr)} round{'s' * (len(lr) != 1)})"
+    p = p_greater(lr, margin_log) if up else p_less(lr, margin_log)
+    return f"{'meets' if p < ALPHA else 'not shown'} {_condition(margin_log, up)} (p = {p:.2g})"
+
+
+def _condition(margin_log: float, up: bool) -> str:
+    """The condition a comparison must meet, in words: above the 'much slower' margin, or below 1x."""
+    return f"above {math.exp(margin_log):.2f}× ('much slower')" if up else "below 1× (faster)"
 
 
 def _labelled(x: object) -> tuple[str, object]:
@@ -95,7 +115,11 @@ def claim_d(study: Study, o: Options) -> list[Claim]:
         for mode, g in g_bs.groupby("mode"):
             label = f"{model} / {mode} / batch {int(g['batch_size'].iloc[0])}"
             present = list(dict.fromkeys(g["scheme"]))
-            for subject, out, evid in ((int8, slower, c), (fast, faster, c), (bf16, faster2, c2)):
+            for subject, out, evid, up in (
+                (int8, slower, c, True),
+                (fast, faster, c, False),
+                (bf16, faster2, c2, False),
+            ):
                 for s in subject:
                     if s not in present:
                         continue
@@ -105,7 +129,12 @@ def claim_d(study: Study, o: Options) -> list[Claim]:
                         lr = rounds.paired_log_ratios(g, s, other)
                         out.append((f"{s}/{other} ({mode}, batch {int(g['batch_size'].iloc[0])})", lr))
                         evid.evidence.append(
-                            {"what": f"{label}: {s}/{other} decode time", "value": RoundRatio.of(lr).text()}
+                            {
+                                "what": f"{label}: {s}/{other} decode time",
+                                "value": RoundRatio.of(lr).text(),
+                                "interval": OVER_ROUNDS,
+                                "verdict": comparison_reading(lr, ml if up else 0.0, up),
+                            }
                         )
             for s in present:
                 sd = rounds.spread(g, s)
@@ -114,12 +143,17 @@ def claim_d(study: Study, o: Options) -> list[Claim]:
                         "what": f"{label}: {s} spread",
                         "value": f"between rounds CV {_pct(sd['between'])} over {sd['rounds']} uncontended round(s); "
                         f"within a round (p90−p10)/median {_pct(sd['within'])}",
+                        "verdict": "context: the spread behind the intervals (no test)",
                     }
                 )
             flagged = g[g["contended"]]
             for _, r in flagged.iterrows():
                 c.evidence.append(
-                    {"what": f"{label}: {r['scheme']} round {int(r['round'])}", "value": "ran contended: excluded"}
+                    {
+                        "what": f"{label}: {r['scheme']} round {int(r['round'])}",
+                        "value": "ran contended",
+                        "verdict": "excluded from every test",
+                    }
                 )
         v, why = speed_reading(slower, faster, margin_log=ml)
         if v == "holds" and (not int8 or not fast):  # a conjunction with a missing part is not shown to hold
@@ -155,6 +189,9 @@ def claim_d(study: Study, o: Options) -> list[Claim]:
             "not tested": "the study has no bf16 scheme",
         },
     )
+    every = {v: (v,) for v in ("holds", "does not hold", "inconclusive")}
+    decided_by(c, every, first_part=True)
+    decided_by(c2, every, first_part=True)
     return [c, c2]
 
 

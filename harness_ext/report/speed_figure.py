@@ -17,6 +17,7 @@ import pandas as pd
 
 from harness_ext import analysis
 from harness_ext.analysis import Study
+from harness_ext.report.plotting import pyplot, scheme_colors, svg
 
 FIG_ID = "fig-speed-rounds"
 DOTS_GID = f"{FIG_ID}-dots"  # one SVG group per (panel, scheme, mode): its markers are the rounds
@@ -29,17 +30,15 @@ def fig_speed_rounds(study: Study, speed: pd.DataFrame | None = None) -> dict[st
     """One panel per (batch size, model), models by size; in each, per scheme a dot per round for each
     mode and the floor as a dashed line over the scheme. ``speed``: the rounds table
     (:func:`harness_ext.analysis.speed_table`), computed if not given. None when the run timed nothing."""
-    from harness_ext.report import _colors, _plt, _svg
-
     speed = analysis.speed_table(study) if speed is None else speed
     if speed.empty or "decode_ms_per_token" not in speed:
         return None
-    plt = _plt()
+    plt = pyplot()
     models = sorted(speed["model"].unique(), key=lambda m: study.parameters(m) or 0)
     batches = sorted(speed["batch_size"].unique())
     modes = sorted(speed["mode"].unique(), key=lambda m: (m != "eager", m))
     order = list(study.schemes()["scheme"])
-    colors = _colors(study)
+    colors = scheme_colors(study)
     fig, axes = plt.subplots(
         len(batches), len(models), figsize=(_width(speed, modes) * len(models), 2.7 * len(batches)), squeeze=False
     )
@@ -66,7 +65,7 @@ def fig_speed_rounds(study: Study, speed: pd.DataFrame | None = None) -> dict[st
                 ax.set_ylabel("decode ms/token")
     _legend(fig, modes, has_floor, len(batches))
     fig.tight_layout()
-    return {"id": FIG_ID, "svg": _svg(fig), "caption": _caption(modes, has_floor)}
+    return {"id": FIG_ID, "svg": svg(fig), "caption": _caption(modes, has_floor)}
 
 
 def _width(speed: pd.DataFrame, modes: list[str]) -> float:
