@@ -249,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.live:
             ignore = shutil.ignore_patterns("__pycache__")
             shutil.copytree(REPO / "harness_ext", work / "src" / "harness_ext", ignore=ignore)
+            for data in ("templates", "specs"):  # installed as harness_ext.templates / .specs (pyproject)
+                shutil.copytree(REPO / data, work / "src" / "harness_ext" / data, ignore=ignore)
             sys.path.insert(0, str(work / "src"))
         sys.path.insert(0, str(REPO / "tests"))
         from tiny import build_tiny_model

@@ -48,7 +48,7 @@ def test_every_committed_record_reads_and_writes_back_byte_identically() -> None
 def test_committed_run_directories_derive_their_tables_byte_identically(run_dir: Path) -> None:
     """The tables derived from the records through the one schema are the tables committed beside
     them (the report's derivation, as ``harness-ext report <run dir>`` does it)."""
-    from harness_ext.report import input_tables
+    from harness_ext.report.page import input_tables
 
     warnings: list[str] = []
     derived = input_tables(run_dir, warnings.append)

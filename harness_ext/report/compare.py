@@ -171,8 +171,10 @@ def _claims(study: Study) -> list[Claim]:
 
 
 def deciding(c: Claim) -> str:
-    """The evidence that decided the verdict: the first entry carrying a reading of its own (else the
-    first entry), as 'what: value'."""
+    """The figure that decided the verdict (``Claim.deciding``, as the report's at-a-glance table shows
+    it); where the claim names none, the first evidence entry carrying a reading of its own."""
+    if c.deciding:
+        return c.deciding
     read = [e for e in c.evidence if e.get("verdict")] or c.evidence
     return f"{read[0]['what']}: {read[0]['value']}" if read else c.reason
 
