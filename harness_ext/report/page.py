@@ -37,7 +37,6 @@ from harness_ext.store.tables import DERIVED_KEYS, TABLE_FILES  # a report keeps
 log = logging.getLogger(__name__)
 
 
-
 def render(
     run_dir: str | Path, output_dir: str | Path | None = None, warn: Callable[[str], None] | None = None
 ) -> Path:
