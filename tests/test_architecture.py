@@ -170,25 +170,29 @@ def test_torch_free_rooms_reach_neither_torch_nor_the_backend_nor_the_runner(roo
     assert {m for m in reached if m.startswith(("harness_ext.backend", "harness_ext.run"))} == set()
 
 
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter (nothing imported yet), from the repository root."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+
+
 @pytest.mark.slow
 def test_rendering_a_report_path_imports_no_torch_at_run_time() -> None:
     """The static graph, confirmed by the interpreter: importing the reporting side loads no torch."""
-    code = (
+    out = _python(
         "import sys; import harness_ext.report, harness_ext.analysis, harness_ext.store, harness_ext.spec; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'bitsandbytes')); "
         "print(bad); sys.exit(1 if bad else 0)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 @pytest.mark.slow
 def test_the_public_surface_resolves_and_importing_the_package_loads_no_torch() -> None:
-    code = (
+    out = _python(
         "import sys, harness_ext; assert 'torch' not in sys.modules, 'import harness_ext loaded torch'; "
         "missing = [n for n in harness_ext.__all__ if getattr(harness_ext, n, None) is None]; "
         "print(missing); sys.exit(1 if missing else 0)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert sorted(__import__("harness_ext").__all__) == sorted(set(__import__("harness_ext").__all__))
+    names = __import__("harness_ext").__all__
+    assert len(names) == len(set(names))

@@ -23,20 +23,24 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, model_serializer, model
 Number = int | float
 
 
-class Part(BaseModel, MutableMapping):  # type: ignore[misc]
-    """Base of the record parts: typed fields, dumped as given (only the keys set), readable as a
-    mapping. Its fields are declared in the order its producer writes them."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class GivenKeys(BaseModel):
+    """A model that dumps only the keys it was given (or set since), unless told otherwise: a record
+    and its parts write back exactly what their producer wrote."""
 
     def model_dump(self, **kwargs: Any) -> dict[str, Any]:
-        """As pydantic's, but only the keys the part was given (or set since) by default."""
         kwargs.setdefault("exclude_unset", True)
         return super().model_dump(**kwargs)
 
     def model_dump_json(self, **kwargs: Any) -> str:
         kwargs.setdefault("exclude_unset", True)
         return super().model_dump_json(**kwargs)
+
+
+class Part(GivenKeys, MutableMapping):  # type: ignore[misc]
+    """Base of the record parts: typed fields, dumped as given (only the keys set), readable as a
+    mapping. Its fields are declared in the order its producer writes them."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     def _keys(self) -> list[str]:
         """The keys this part holds: the fields given (or set later) and the extra keys."""

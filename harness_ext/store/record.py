@@ -11,11 +11,12 @@ import json
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
+from pydantic import ConfigDict, Field, SerializeAsAny, model_validator
 
 from harness_ext.store.parts import (
     MEASUREMENTS,
     Generation,
+    GivenKeys,
     Load,
     Measurements,
     MetricValue,
@@ -30,7 +31,7 @@ def now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
-class Record(BaseModel):
+class Record(GivenKeys):
     """One cell's outcome. ``metrics`` are aggregates (name -> :class:`MetricValue`);
     ``sample_metrics`` are per prompt (``doc_id`` plus metric values; probe rows also carry their
     grid point); ``measurements`` is the kind's :class:`Measurements` subclass."""
@@ -69,15 +70,6 @@ class Record(BaseModel):
         if part is not None and isinstance(data["measurements"], dict):
             data["measurements"] = part.model_validate(data["measurements"])
         return data
-
-    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
-        """As pydantic's, but each part holds only the keys it was given (or set since) by default."""
-        kwargs.setdefault("exclude_unset", True)
-        return super().model_dump(**kwargs)
-
-    def model_dump_json(self, **kwargs: Any) -> str:
-        kwargs.setdefault("exclude_unset", True)
-        return super().model_dump_json(**kwargs)
 
 
 def _defaults() -> dict[str, Any]:
