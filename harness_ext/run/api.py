@@ -3,7 +3,8 @@ and what the runner needs of a store, an executor and a loaded model.
 
 Executors and handlers import this module, never :mod:`harness_ext.run.runner`; the runner
 imports them. So the runner's public API (:class:`RunnerAPI`) is the only way in, and there is no
-import cycle. The store protocols are local until the store package defines its own ``Store``.
+import cycle. Where a pair writes is the store's own :class:`~harness_ext.store.Store`; a whole run
+needs a :class:`RunDirectory`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from harness_ext.store import Store
 
 if TYPE_CHECKING:
     import torch
@@ -58,21 +61,8 @@ class QuantLM(Protocol):
     def pop_calls(self) -> list[Any]: ...
 
 
-class ArtifactStore(Protocol):
-    """Where one pair's work writes its records and tensor artifacts: a run directory
-    (``RunStore``) or, on a Ray worker, memory sent back to the driver (``MemoryStore``)."""
-
-    problems: list[str]
-
-    def write(self, record: Record) -> None: ...
-
-    def put_tensor(self, name: str, tensor: Any) -> None: ...
-
-    def get_tensor(self, name: str) -> Any: ...
-
-
 @runtime_checkable
-class Store(ArtifactStore, Protocol):
+class RunDirectory(Store, Protocol):
     """What a whole run needs of its run directory (``RunStore``): records to resume from, the
     writer lock, the invocation log and the exported tables."""
 
@@ -111,7 +101,7 @@ class RunnerAPI(Protocol):
     scoring_loads: list[tuple[str, str]]  # ... and of every load for reference scoring
 
     @property
-    def store(self) -> ArtifactStore: ...
+    def store(self) -> Store: ...
 
     def load_lm(self, model: ModelSpec, scheme: Scheme, *, scoring: bool = False) -> QuantLM:
         """Load (model, scheme); counted in ``loads`` (``scoring_loads`` with ``scoring``)."""
@@ -158,7 +148,7 @@ class RunnerFactory(Protocol):
         spec_text: str,
         *,
         progress: bool,
-        store: ArtifactStore,
+        store: Store,
         device_map: str | None,
     ) -> RunnerAPI: ...
 

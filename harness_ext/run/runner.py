@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from harness_ext import environment
 from harness_ext.run import executors, schedule
-from harness_ext.run.api import ArtifactStore, Executor, PairWork, QuantLM, Records, Store, TaskParams
+from harness_ext.run.api import Executor, PairWork, QuantLM, Records, RunDirectory, Store, TaskParams
 from harness_ext.run.failures import failure_fields, write_stderr
 from harness_ext.run.handlers import HANDLERS
 from harness_ext.run.quiet import quiet_lm_eval
@@ -87,15 +87,15 @@ class Runner:
         only: dict[str, set[str]] | None = None,
         redo: bool = False,
         executor: Executor | None = None,
-        store: ArtifactStore | None = None,
+        store: Store | None = None,
         device_map: str | None = None,
     ):
         """``store``: the run directory's store (default: a ``RunStore`` of ``output_dir`` or the
-        spec's ``run_dir``); an ``ArtifactStore`` suffices for :meth:`run_pair` (a Ray worker's)."""
+        spec's ``run_dir``); a :class:`~harness_ext.store.Store` suffices for :meth:`run_pair` (a Ray worker's)."""
         self.spec = spec
         self.spec_text = spec_text
         self.device = resolve_device(spec.device)
-        self.store: ArtifactStore = store if store is not None else RunStore(output_dir or spec.run_dir)
+        self.store: Store = store if store is not None else RunStore(output_dir or spec.run_dir)
         self.executor: Executor = executor if executor is not None else executors.make(spec.executor)
         self.device_map = device_map  # "auto": spread over the GPUs this process sees (a Ray task's)
         self.argv = argv
@@ -124,8 +124,8 @@ class Runner:
         }
         return all(values[k] in allowed for k, allowed in self.only.items())
 
-    def _run_store(self) -> Store:
-        if not isinstance(self.store, Store):
+    def _run_store(self) -> RunDirectory:
+        if not isinstance(self.store, RunDirectory):
             raise TypeError(f"Runner.run needs a run directory store, not {type(self.store).__name__}")
         return self.store
 
