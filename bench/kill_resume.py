@@ -33,10 +33,15 @@ nf4 on the CPU, 4 sampling points x 2 tasks, the probe and a speed cell, torch p
 (``threads: 1``), one ``simple_evaluate`` per cell (``grid_batching: false``) so that records land
 one by one and kills fall between many different states.
 
-Run it (about 30 s per trial on 2 cores)::
+Run it (a trial takes 1.5-3 min on 2 quiet cores; on a loaded machine a resume may pass this bench's
+timeout, which it then says as such)::
 
-    /work/venv/bin/python bench/kill_resume.py                # 20 trials, seed 0
-    /work/venv/bin/python bench/kill_resume.py --trials 3 --seed 1 --keep /tmp/kr
+    python bench/kill_resume.py                                # 20 trials, seed 0
+    python bench/kill_resume.py --trials 3 --seed 1 --keep /tmp/kr
+
+On a larger host, seeds run side by side (each trial pins torch to one thread): the committed
+24-trial run (reports/kill_resume/) was ``for s in 1 2 3 4 5 6 7 8; do python bench/kill_resume.py
+--trials 3 --seed $s --keep /tmp/kr$s > kr$s.log & done; wait`` on 16 cores.
 
 It prints one row per trial (run kill, then report kill) and exits 1 if any trial fails. The trials
 run a copy of ``harness_ext/`` taken when the bench starts (on ``PYTHONPATH``), so that edits made to
