@@ -29,6 +29,8 @@ TopK = Annotated[
 ]
 TopP = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False, strict=True, description="nucleus mass; 1.0 = off")]
 MaxNewTokens = Annotated[int, Field(ge=1, le=8192, strict=True)]
+#: A count in a spec (batch sizes, ...): a whole number > 0, strictly (YAML's true/false are refused, not read as 1/0).
+Count = Annotated[int, Field(gt=0, strict=True)]
 RepetitionPenalty = Annotated[float, Field(gt=0.0, le=10.0, allow_inf_nan=False, strict=True, description="1.0 = off")]
 
 

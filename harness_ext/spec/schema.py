@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from harness_ext.point import MaxNewTokens, RepetitionPenalty, SamplingPoint, Temperature, TopK, TopP
+from harness_ext.point import Count, MaxNewTokens, RepetitionPenalty, SamplingPoint, Temperature, TopK, TopP
 from harness_ext.spec.schemes import BUILTIN_SCHEMES, DType, Scheme
 
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -150,9 +150,11 @@ class TaskSpec(_Strict):
         None, description="with `data`: which of our tasks to run on it"
     )
     data: str | None = Field(None, description="JSONL file for `base` (relative to the spec file)")
-    limit: PositiveInt | None = Field(None, description="prompts; overrides the study's limit")
-    repeats: PositiveInt | None = Field(None, le=64, description="samples per prompt; overrides the study's")
-    max_new_tokens: PositiveInt | None = Field(None, description="pin this axis for this task")
+    limit: PositiveInt | None = Field(None, strict=True, description="prompts; overrides the study's limit")
+    repeats: PositiveInt | None = Field(
+        None, le=64, strict=True, description="samples per prompt; overrides the study's"
+    )
+    max_new_tokens: PositiveInt | None = Field(None, strict=True, description="pin this axis for this task")
 
     @model_validator(mode="after")
     def _data_needs_base(self) -> TaskSpec:
@@ -177,7 +179,7 @@ class ProbeSpec(_Strict):
 
     enabled: bool = True
     task: str = Field("quant_nextword", description="name of a nextword-kind task in `tasks`, or quant_nextword")
-    limit: PositiveInt | None = None
+    limit: PositiveInt | None = Field(None, strict=True)
     temperatures: list[Temperature] = Field(
         default_factory=lambda: [round(0.1 * i, 1) for i in range(16)],
         description="temperatures the probe computes besides the grid's (one forward pass serves them all): "
@@ -192,20 +194,21 @@ class SpeedSpec(_Strict):
     """Fixed-length generation benchmark per (model, scheme)."""
 
     enabled: bool = True
-    batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1], min_length=1)
+    batch_sizes: list[Count] = Field(default_factory=lambda: [1], min_length=1)
     modes: list[Mode] = Field(
         default_factory=lambda: ["eager"],
         min_length=1,
         description="eager: HF generate as is; compiled: static KV cache + torch.compile",
     )
-    prompt_tokens: PositiveInt = Field(64, le=8192)
-    new_tokens: PositiveInt = Field(64, ge=2, le=8192)
-    warmup: int = Field(1, ge=0, le=20)
-    repeats: int = Field(3, ge=3, le=100, description="timed repeats (>= 3) inside one round")
+    prompt_tokens: PositiveInt = Field(64, le=8192, strict=True)
+    new_tokens: PositiveInt = Field(64, ge=2, le=8192, strict=True)
+    warmup: int = Field(1, ge=0, le=20, strict=True)
+    repeats: int = Field(3, ge=3, le=100, strict=True, description="timed repeats (>= 3) inside one round")
     rounds: int = Field(
         3,
         ge=1,
         le=100,
+        strict=True,
         description="rounds: each loads, warms up and times every scheme afresh, in a shuffled order; "
         "speed verdicts need >= 3. Raising it later adds rounds without redoing earlier ones",
     )
@@ -223,7 +226,7 @@ class RaySpec(_Strict):
     num_cpus: float = Field(1.0, gt=0, description="CPUs per (model, scheme) task")
     num_gpus: float | None = Field(None, ge=0, description="GPUs per task; default: enough for the weights on CUDA")
     gpu_memory_gb: float = Field(80.0, gt=0, description="memory of one GPU, to size num_gpus from the weights")
-    max_retries: int = Field(3, ge=0, le=100, description="retries of a task whose worker died")
+    max_retries: int = Field(3, ge=0, le=100, strict=True, description="retries of a task whose worker died")
 
 
 class ReportSpec(_Strict):
@@ -231,7 +234,7 @@ class ReportSpec(_Strict):
 
     title: str | None = Field(None, max_length=200)
     output_dir: str | None = Field(None, description="default: report/ in the run directory")
-    examples: int = Field(3, ge=0, le=20, description="example generations shown per scheme")
+    examples: int = Field(3, ge=0, le=20, strict=True, description="example generations shown per scheme")
     equivalence_margin: float = Field(
         0.05, gt=0, le=1, description="claim (a): quality difference counted as 'alike' (absolute)"
     )
@@ -281,9 +284,9 @@ class StudySpec(_Strict):
     schemes: list[SchemeEntry] = Field(min_length=1, description="built-in names or full definitions")
     sampling: SamplingGrid | None = Field(None, description="needed when a model with weights has tasks or the probe")
     tasks: list[TaskEntry] = Field(default_factory=list, description="empty: speed and memory only")
-    limit: PositiveInt | None = Field(None, description="prompts per task (default: all)")
-    repeats: PositiveInt = Field(1, le=64, description="samples per prompt per cell (sampled points)")
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    limit: PositiveInt | None = Field(None, strict=True, description="prompts per task (default: all)")
+    repeats: PositiveInt = Field(1, le=64, strict=True, description="samples per prompt per cell (sampled points)")
+    seeds: list[Annotated[int, Field(strict=True)]] = Field(default_factory=lambda: [0], min_length=1)
     probe: ProbeSpec = Field(default_factory=ProbeSpec)
     speed: SpeedSpec = Field(default_factory=SpeedSpec)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
@@ -292,7 +295,7 @@ class StudySpec(_Strict):
     executor: Literal["local", "ray"] = Field("local", description="run pairs here, or as Ray tasks on a cluster")
     ray: RaySpec = Field(default_factory=RaySpec)
     grid_batching: bool = Field(True, description="batch rows of different grid points together")
-    threads: PositiveInt | None = Field(None, le=1024, description="torch CPU threads (default: torch's)")
+    threads: PositiveInt | None = Field(None, le=1024, strict=True, description="torch CPU threads (default: torch's)")
     output_dir: str | None = Field(None, description="run directory; default runs/<name>")
     report: ReportSpec = Field(default_factory=ReportSpec)
 
