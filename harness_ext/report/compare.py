@@ -161,13 +161,8 @@ def environment_warnings(changes: list[str]) -> list[str]:
 # -- claims ---------------------------------------------------------------------------------------------
 def _claims(study: Study) -> list[Claim]:
     """The claims as the run's own report decides them (its own margins)."""
-    o = study.run.get("report") or {}
-    return analysis.claims(
-        study,
-        float(o.get("equivalence_margin", 0.05)),
-        float(o.get("speed_margin", 0.10)),
-        float(o.get("sensitivity_margin", 0.25)),
-    )
+    o = analysis.Options.of_report(study.run.get("report") or {})
+    return analysis.claims(study, o.margin, o.speed_margin, o.sensitivity_margin)
 
 
 def deciding(c: Claim) -> str:

@@ -159,10 +159,8 @@ def _resolved(p: Path) -> Path:
 # -- page ----------------------------------------------------------------------------------------
 def build(study: Study, opts: dict[str, Any]) -> tuple[str, dict[str, pd.DataFrame]]:
     """The page's HTML and its CSV tables."""
-    margin = float(opts.get("equivalence_margin", 0.05))
-    speed_margin = float(opts.get("speed_margin", 0.10))
-    sensitivity_margin = float(opts.get("sensitivity_margin", 0.25))
-    claims = analysis.claims(study, margin, speed_margin, sensitivity_margin)
+    margins = analysis.Options.of_report(opts)
+    claims = analysis.claims(study, margins.margin, margins.speed_margin, margins.sensitivity_margin)
     quality = analysis.quality_table(study)
     paired = analysis.paired_differences(study)
     sens = analysis.temperature_sensitivity(study)
@@ -177,8 +175,8 @@ def build(study: Study, opts: dict[str, Any]) -> tuple[str, dict[str, pd.DataFra
         "glance": sec.glance(claims),
         "setup": sec.setup(study),
         "claims": claims,
-        "margin": margin,
-        "speed_margin": speed_margin,
+        "margin": margins.margin,
+        "speed_margin": margins.speed_margin,
         "quality_desc": q_desc,
         "slice": analysis.describe_slice(analysis.per_prompt(study, "p_gold", kind="probe"))
         or analysis.describe_slice(analysis.per_prompt(study, "exact_match")),
@@ -186,7 +184,7 @@ def build(study: Study, opts: dict[str, Any]) -> tuple[str, dict[str, pd.DataFra
         "speed_summary": (summ := analysis.speed_summary(study, speed)).to_dict("records") if not speed.empty else [],
         "speed_figures": figs.speed_figures(study),
         "min_rounds": analysis.MIN_ROUNDS,
-        "sensitivity_margin": sensitivity_margin,
+        "sensitivity_margin": margins.sensitivity_margin,
         "has_floor": bool(not speed.empty and "floor_ms_per_token" in speed.columns),
         "quality_tables": sec.quality_tables(study, quality),
         "paired_tables": sec.paired_tables(study, paired),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from harness_ext.analysis.study import Study
 
@@ -29,6 +29,15 @@ class Options:
     speed_margin: float = 0.10  # relative speed/memory: (a) equivalence, (d) "much slower"
     sensitivity_margin: float = 0.25  # (c), (c2): share of the reference's own drop
     n_resamples: int = 2000  # sign-flip test of (b)
+
+    @classmethod
+    def of_report(cls, report: dict[str, Any]) -> Options:
+        """The margins a run's report options (``run.json``'s ``report``) give, defaults where absent."""
+        return cls(
+            float(report.get("equivalence_margin", cls.margin)),
+            float(report.get("speed_margin", cls.speed_margin)),
+            float(report.get("sensitivity_margin", cls.sensitivity_margin)),
+        )
 
 
 @dataclass
