@@ -112,8 +112,10 @@ def claim_d(study: Study, o: Options) -> list[Claim]:
     for model, gm in sp.groupby("model", sort=False):
         g_bs = gm[gm["batch_size"] == gm["batch_size"].min()]
         slower, faster, faster2 = [], [], []
-        for mode, g in g_bs.groupby("mode"):
-            label = f"{model} / {mode} / batch {int(g['batch_size'].iloc[0])}"
+        for (mode, machine), g in g_bs.groupby(["mode", "fingerprint"]):  # two machines: two tests, never one
+            label = f"{model} / {mode} / batch {int(g['batch_size'].iloc[0])}" + (
+                f" / machine {machine}" if machine else ""
+            )
             present = list(dict.fromkeys(g["scheme"]))
             for subject, out, evid, up in (
                 (int8, slower, c, True),
