@@ -47,10 +47,16 @@ def is_round(cells: list[Cell]) -> bool:
     return bool(cells) and all(c.kind == "speed" for c in cells)
 
 
+def preload(device: str) -> list[str]:
+    """What the forkserver imports for rounds on ``device``: on CUDA nothing that initialises CUDA."""
+    return PRELOAD if device.startswith("cuda") else PRELOAD_CPU
+
+
 def context(device: str) -> Any:
-    """The forkserver context of round processes, preloading what the device allows."""
+    """The forkserver context of round processes, preloading what the device allows (the forkserver
+    is one per process: the first round's device decides)."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD if device.startswith("cuda") else PRELOAD_CPU)
+    ctx.set_forkserver_preload(preload(device))
     return ctx
 
 
