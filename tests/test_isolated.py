@@ -118,3 +118,12 @@ def _die(unit: dict) -> dict:
 def test_the_forkserver_preloads_bitsandbytes_on_the_cpu_only(device: str) -> None:
     """On CUDA, importing bitsandbytes initialises CUDA, which a forked process could not use again."""
     assert ("harness_ext.run.warm" in isolated.preload(device)) is (device == "cpu")
+
+
+def test_add_rounds_must_be_positive_and_is_refused_before_anything_is_written(tmp_path) -> None:
+    from harness_ext.cli import main
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC.format(a=tmp_path, rounds=1))
+    assert main(["run", str(spec), "--add-rounds", "0", "--output-dir", str(tmp_path / "r")]) == 2
+    assert not (tmp_path / "r").exists()
