@@ -311,7 +311,8 @@ def capture(device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
 
 def key(fp: dict[str, Any]) -> str:
     """12 hex digits over the fields that change a timing: CPU identity and flags, ISA level, cores,
-    threads, GPU models, CUDA, library versions and kernel paths (not clocks, UUIDs or hostnames)."""
+    threads (CPU timings only), GPU models, CUDA, library versions and kernel paths (not clocks, UUIDs
+    or hostnames)."""
     cpu = {k: (fp.get("cpu") or {}).get(k) for k in _CPU_KEY_FIELDS}
     # the kinds of GPU, not how many of them a process happens to see (a Ray worker sees its own)
     gpus = sorted({json.dumps({k: g.get(k) for k in _GPU_KEY_FIELDS}, sort_keys=True) for g in fp.get("gpus") or []})
@@ -320,6 +321,8 @@ def key(fp: dict[str, Any]) -> str:
         if isinstance(lib, dict):
             lib.pop("why", None)  # the path is the fact; its explanation may be worded differently
     subset = {**{k: fp.get(k) for k in KEY_FIELDS}, "cpu": cpu, "gpus": gpus, "kernels": kernels}
+    if gpus:  # GPU timings do not move with torch's CPU threads (a Ray worker gets 1, its driver all cores)
+        subset["threads"] = None
     blob = json.dumps(subset, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -80,6 +80,7 @@ def test_the_key_changes_with_what_changes_a_timing_and_only_with_that() -> None
     one = [{"name": "H100", "memory_bytes": 8, "uuid": "GPU-a", "sm_mhz": 1980}]
     two = [{"name": "H100", "memory_bytes": 8, "uuid": "GPU-b", "sm_mhz": 345}] * 2
     assert fingerprint.key(_fp(gpus=one)) == fingerprint.key(_fp(gpus=two))  # the kind of GPU, not which or how many
+    assert fingerprint.key(_fp(gpus=one, threads=1)) == fingerprint.key(_fp(gpus=one, threads=32))  # GPU timings
 
 
 def test_the_fingerprint_key_is_part_of_a_speed_cells_identity_only() -> None:

@@ -73,7 +73,8 @@ class SpeedHandler:
         if planned is not None and planned != mine["key"]:
             raise HarnessExtError(
                 f"this process's machine fingerprint {mine['key']} is not {planned}, the one the cell was planned "
-                f"for ({fingerprint.describe(mine)}): time a study's speed cells on one kind of machine per invocation"
+                f"for ({fingerprint.describe(mine)}): time a study's speed cells on one kind of machine per "
+                "invocation, with the spec's `threads:` set (a Ray worker runs with its task's num_cpus threads)"
             )
         gpus = cuda_devices(model_devices(lm.model))
         uuids = [u for u in (gpu_uuid(d) for d in gpus) if u]
