@@ -13,7 +13,7 @@ from harness_ext.cli import main
 from harness_ext.run import Runner
 from harness_ext.run.reference import reference_record_hash
 from harness_ext.spec import expand, parse_spec
-from harness_ext.store import RunStore
+from harness_ext.store import Record, RunStore
 from harness_ext.tasks.metrics import first_word
 
 REPO = Path(__file__).resolve().parent.parent
@@ -137,6 +137,38 @@ def test_redoing_the_reference_recomputes_the_metrics_against_it(tiny_model, tmp
         assert rec.measurements["reference_metrics"]["reference_record"] == reference_record_hash(ref)
     assert first.ok == len(records)
     assert "metrics against the reference" in shown.out and "vs reference" in shown.err  # (17.11): its own bar
+
+
+def test_a_failed_reference_scoring_is_retried_by_the_next_run(tmp_path) -> None:
+    """The NLL under the reference is left out when its scoring fails, and the next run scores it
+    (the reference's hash is stamped only once every metric against it was computed)."""
+    from types import SimpleNamespace
+
+    from harness_ext.run.reference import add_run_reference_metrics
+
+    spec = parse_spec(_spec(tmp_path, schemes="[fp32, nf4]", tasks="[{name: quant_continuation, limit: 2}]"))
+    cells = expand(spec, "cpu", {"quant_continuation": {"base": "quant_continuation"}})
+    gens = [{"doc_id": d, "sample": 0, "prompt": f"p{d}", "text": f"t{d}"} for d in range(2)]
+    times = {"started_at": "t", "finished_at": "t", "invocation": "i"}
+    records = {
+        c.id: Record(cell_id=c.id, kind="eval", label="", definition={}, status="ok", generations=gens, **times)
+        for c in cells
+    }
+    attempts = []
+
+    def score(runner, model, ref, pairs, progress=None):
+        attempts.append(len(pairs))
+        if len(attempts) == 1:
+            raise RuntimeError("scorer went away")
+        return [1.5] * len(pairs)
+
+    runner = SimpleNamespace(spec=spec, progress=False, note=lambda *a, **k: None, store=SimpleNamespace(write=id))
+    for _ in range(2):
+        add_run_reference_metrics(runner, SimpleNamespace(score=score), cells, records)
+    assert attempts == [4, 4]  # the second run scores again
+    assert all(r.metrics["nll_ref"]["value"] == 1.5 for r in records.values())
+    add_run_reference_metrics(runner, SimpleNamespace(score=score), cells, records)
+    assert len(attempts) == 2  # complete now: nothing left to do
 
 
 # -- (9) and (12): bugs are loud; the summary counts what ran --------------------------------------------
