@@ -76,6 +76,82 @@ def test_ids_of_eval_cells_stay_those_of_the_committed_demo() -> None:
     assert {c.id for c in cells if c.kind == "eval"} <= committed
 
 
+def _eval_ids(text: str) -> list[str]:
+    from harness_ext.spec import plan
+
+    return [c.id for c in plan(parse_spec(text), "cpu") if c.kind == "eval"]
+
+
+def test_changed_local_weights_are_new_cells_and_are_read_once(tmp_path, monkeypatch) -> None:
+    """A local folder is identified by its files' contents, not its path alone; the digest is cached
+    (a file is read again only when its size or mtime changed)."""
+    from harness_ext import weights
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"\0" * 64)
+    (folder / "README.md").write_text("notes")
+    reads = []
+    digest = weights.hashlib.file_digest
+    monkeypatch.setattr(
+        weights.hashlib, "file_digest", lambda f, alg: reads.append(Path(f.name).parent) or digest(f, alg)
+    )
+    text = _spec(folder)
+    first = _eval_ids(text)
+    assert reads.count(folder) == 2 and _eval_ids(text) == first and reads.count(folder) == 2  # cached
+    (folder / "README.md").write_text("other notes")
+    assert _eval_ids(text) == first  # not a file from_pretrained reads
+    (folder / "model.safetensors").write_bytes(b"\1" * 64)
+    assert _eval_ids(text) != first
+    assert plan_definition(text)["model"]["weights_sha256"] == weights.folder_sha256(folder)[:16]
+
+
+def plan_definition(text: str) -> dict:
+    from harness_ext.spec import plan
+
+    return plan(parse_spec(text), "cpu")[0].definition()
+
+
+def test_a_hub_model_is_identified_and_loaded_by_its_resolved_commit(tmp_path, monkeypatch) -> None:
+    """The commit ``main`` resolves to (here from a local hub cache, offline) is in the cell's
+    identity, and the loader asks for that commit: a moved branch is a new cell."""
+    import huggingface_hub.constants
+
+    from harness_ext import weights
+    from harness_ext.backend import sources
+
+    repo = tmp_path / "hub" / "models--org--m"
+    commits = ["a" * 40, "b" * 40]
+    for c in commits:
+        (repo / "snapshots" / c).mkdir(parents=True)
+        (repo / "snapshots" / c / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    text = _spec("org/m")
+    ids = {}
+    for c in commits:
+        (repo / "refs" / "main").write_text(c)
+        weights.hub_commit.cache_clear()
+        ids[c] = _eval_ids(text)
+        assert plan_definition(text)["model"]["commit"] == c
+        assert sources.resolve("org/m").revision == c
+    assert ids[commits[0]] != ids[commits[1]]
+    weights.hub_commit.cache_clear()
+    assert weights.hub_commit("org/other") is None  # uncached, offline: unknown, left out
+    assert "commit" not in plan_definition(_spec("org/other"))["model"]
+
+
+def test_a_builtin_model_with_other_weights_than_the_catalogs_is_a_new_cell(monkeypatch) -> None:
+    from harness_ext import catalog
+
+    text = _spec("smollm2-135m")
+    same = _eval_ids(text)  # the catalog's file: no digest in the identity (ids of committed runs stay)
+    assert "weights_sha256" not in plan_definition(text)["model"]
+    monkeypatch.setitem(catalog.BUILTIN_MODELS["smollm2-135m"], "sha256", "0" * 64)
+    assert _eval_ids(text) != same
+
+
 # -- (5) few-shot draws -----------------------------------------------------------------------------
 def test_few_shot_examples_depend_on_the_cell_not_on_grid_batching(tiny_model, tmp_path, monkeypatch) -> None:
     from harness_ext import tasks

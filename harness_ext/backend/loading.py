@@ -150,8 +150,9 @@ def _config_and_tokenizer(pretrained: str, source: ModelSource, trust_remote_cod
             "harness_ext quantizes on load: point it at the unquantized checkpoint"
         )
     try:
+        revision = None if source.tokenizer else source.revision  # the model's commit is not the tokenizer's
         tok = transformers.AutoTokenizer.from_pretrained(
-            source.tokenizer or source.path, revision=source.revision, trust_remote_code=trust_remote_code
+            source.tokenizer or source.path, revision=revision, trust_remote_code=trust_remote_code
         )
     except Exception as e:
         raise ModelLoadError(f"cannot load the tokenizer of {pretrained!r}: {_one_line(e)}") from e

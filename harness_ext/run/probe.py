@@ -90,7 +90,7 @@ def probe_artifact(cell: Cell, scheme: str | None = None) -> str:
     from harness_ext.spec import content_hash
 
     key = {k: v for k, v in cell.params.items() if k != "grid"} | {
-        "model": cell.model.identity(),
+        "model": {**cell.model.identity(), **cell.weights},
         "device": cell.device,
     }
     return f"probe/{cell.model.label}/{scheme or cell.scheme.name}-{content_hash(key)}.pt"

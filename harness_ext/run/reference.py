@@ -7,6 +7,7 @@ Context/continuation splits are lm-eval's own (``TemplateLM._encode_pair``, thro
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import traceback
@@ -35,8 +36,7 @@ def reference_cell(spec: StudySpec, cell: Cell) -> Cell | None:
     ref = spec.reference_scheme(cell.model)
     if ref is None:
         return None
-    resolved = ref.resolve(cell.model.dtype)
-    return Cell(cell.kind, cell.model, resolved, cell.device, cell.task, cell.point, cell.seed, cell.params)
+    return dataclasses.replace(cell, scheme=ref.resolve(cell.model.dtype))
 
 
 def needs_reference_metrics(spec: StudySpec, cell: Cell, records: Records) -> bool:

@@ -52,7 +52,7 @@ def pair_task(payload: dict[str, Any]) -> dict[str, Any]:
     if spec.threads:
         torch.set_num_threads(spec.threads)
     wanted = set(payload["cell_ids"])
-    cells = [c for c in expand(spec, payload["device"], payload["task_params"]) if c.id in wanted]
+    cells = [c for c in expand(spec, payload["device"], payload["task_params"], payload["weights"]) if c.id in wanted]
     store = MemoryStore(payload["artifacts"])
     make_runner: RunnerFactory = payload["runner"]
     runner = make_runner(spec, payload["spec_text"], progress=False, store=store, device_map=payload.get("device_map"))
@@ -143,6 +143,7 @@ class RayExecutor:
             "cell_ids": [c.id for c in cells],
             "device": cells[0].device,
             "task_params": task_params,
+            "weights": {cells[0].model.label: cells[0].weights},  # the driver's: a worker may see other paths
             "invocation": runner.invocation,
             "artifacts": artifacts,
             "device_map": "auto" if resources["num_gpus"] > 1 else None,
