@@ -196,3 +196,17 @@ def test_plan_records_the_device_type() -> None:
 
     assert {c.device for c in plan(parse_spec(BASE), "cuda:1")} == {"cuda"}
     assert {c.device for c in plan(parse_spec(BASE), "cpu")} == {"cpu"}
+
+
+def test_the_probe_has_its_own_top_k_values_that_add_no_sampled_cells() -> None:
+    from harness_ext.spec import expand, parse_spec
+
+    base = (
+        "name: p\nmodels: [{pretrained: org/m}]\nschemes: [fp32]\ntasks: [quant_nextword]\n"
+        "sampling: {temperature: [0.5], top_k: [null, 50]}\nspeed: {enabled: false}\n"
+    )
+    plain, more_k = expand(parse_spec(base), "cpu"), expand(parse_spec(base + "probe: {top_k: [1, 5, 50]}\n"), "cpu")
+    assert [c.id for c in plain if c.kind == "eval"] == [c.id for c in more_k if c.kind == "eval"]
+    (probe,) = [c for c in more_k if c.kind == "probe"]
+    assert probe.params["grid"]["top_k"] == [1, 5, 50, None]  # the grid's and the probe's own
+    assert next(c for c in plain if c.kind == "probe").params["grid"]["top_k"] == [50, None]

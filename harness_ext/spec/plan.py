@@ -168,12 +168,12 @@ def model_weights(spec: StudySpec) -> dict[str, dict[str, Any]]:
 
 
 def probe_grid(spec: StudySpec) -> dict[str, list[Any]]:
-    """The probe's axes: every temperature of the grid and of ``probe.temperatures``, and every
-    top-k, top-p and repetition penalty of the grid."""
+    """The probe's axes: every temperature and top-k of the grid and of the probe's own lists
+    (``probe.temperatures``, ``probe.top_k``), and every top-p and repetition penalty of the grid."""
     pts = spec.sampling.expand()
     return {
         "temperature": sorted({p.temperature for p in pts} | set(spec.probe.temperatures)),
-        "top_k": sorted({p.top_k for p in pts}, key=lambda k: math.inf if k is None else k),
+        "top_k": sorted({p.top_k for p in pts} | set(spec.probe.top_k), key=lambda k: math.inf if k is None else k),
         "top_p": sorted({p.top_p for p in pts}),
         "repetition_penalty": sorted({p.repetition_penalty for p in pts}),
     }
