@@ -83,3 +83,17 @@ def test_committed_tables_conform_to_the_one_schema(path: Path) -> None:
     from harness_ext.store.tables import SCHEMAS, mismatches
 
     assert mismatches(pq.read_schema(path), SCHEMAS[path.stem]) == []
+
+
+def test_the_share_of_parameters_held_quantized_is_read_from_loads_old_and_new() -> None:
+    """The demo's records predate the recorded counts: bitsandbytes' storage dtypes give the share
+    (int8 one weight per byte, 4-bit two per uint8 byte); a recorded count gives the same."""
+    from harness_ext.analysis import Study
+    from harness_ext.report.sections import quantized_rows, quantized_share
+
+    rows = {r["scheme"]: r["share"] for r in quantized_rows(Study.load(REPO / "reports/demo/data"))}
+    unquantized = 49152 * 576 + 61 * 576  # SmolLM2-135M's tied embedding and its 61 norms stay float32
+    assert set(rows) == {"int8", "nf4", "fp4"}
+    assert all(share == 1 - unquantized / 134_515_008 for share in rows.values())
+    recorded = {"quantized_parameters": 3, "unquantized_parameters": 1, "dtypes": {"uint8": 5}}
+    assert quantized_share({**recorded, "scheme_fields": {"quant": "nf4"}}) == 0.75

@@ -71,9 +71,15 @@ def test_schemes_load_real_bitsandbytes_layers_and_shrink(tiny_model) -> None:
         footprint[name] = info.weight_bytes
         q_proj = type(model.model.layers[0].self_attn.q_proj).__name__
         assert q_proj == LAYER.get(name, "Linear"), (name, q_proj)
+        if name == "fp32":
+            blocks = sum(p.numel() for n, p in model.named_parameters() if n.endswith("proj.weight"))
+            total = info.num_parameters
+            assert (info.quantized_parameters, info.unquantized_parameters) == (0, total)
         if name in LAYER:
             assert info.layer_types[LAYER[name]] == 2 * 7  # every linear of both blocks; lm_head stays
             assert model.model.norm.weight.dtype == torch.float32  # unquantized layers in the stated dtype
+            # counted as the unquantized model counts them (bnb packs two 4-bit weights per byte)
+            assert (info.quantized_parameters, info.unquantized_parameters) == (blocks, total - blocks)
         assert info.load_s > 0 and info.num_parameters > 0
         assert info.scheme["dtype"] is not None
         del model

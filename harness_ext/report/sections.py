@@ -159,6 +159,7 @@ def setup(study: Study) -> dict[str, Any]:
     return {
         "models": models,
         "schemes": schemes,
+        "quantized": quantized_rows(study),
         "grid": grid,
         "tasks": tasks,
         "seeds": study.run.get("seeds") or [],
@@ -167,6 +168,35 @@ def setup(study: Study) -> dict[str, Any]:
         "invocations": len(envs),
         "git": envs[-1].get("git_sha") if envs else None,
     }
+
+
+def quantized_rows(study: Study) -> list[dict[str, Any]]:
+    """Per quantized (model, scheme) load: its weight bytes and the share of the parameters it holds
+    quantized. The rest (embeddings, norms, ``lm_head``) keeps the "other layers" dtype, so a model
+    with a large embedding can take more memory in a 4-bit scheme than in bf16."""
+    rows = []
+    for (model, scheme), load in study.loads().items():
+        quant = (load.get("scheme_fields") or {}).get("quant")
+        share = quantized_share(load)
+        if quant not in (None, "none") and share is not None:
+            rows.append({"model": model, "scheme": scheme, "weights": load.get("weight_bytes"), "share": share})
+    return rows
+
+
+def quantized_share(load: dict[str, Any]) -> float | None:
+    """The share of a load's parameters held quantized: recorded at load, or (records before that)
+    read from bitsandbytes' storage dtypes (int8 weights one per byte, 4-bit ones two per uint8 byte)."""
+    quantized, rest = load.get("quantized_parameters"), load.get("unquantized_parameters")
+    if quantized is None or rest is None:
+        dtypes = dict(load.get("dtypes") or {})
+        quant = (load.get("scheme_fields") or {}).get("quant")
+        storage = {"int8": ("int8", 1), "nf4": ("uint8", 2), "fp4": ("uint8", 2)}.get(quant)
+        if storage is None or storage[0] not in dtypes:
+            return None
+        quantized = dtypes.pop(storage[0]) * storage[1]
+        rest = sum(dtypes.values())
+    total = quantized + rest
+    return quantized / total if total else None
 
 
 def _none_if_nan(v: Any) -> Any:
@@ -196,7 +226,8 @@ def describe_source(source: dict[str, Any]) -> str:
             f"{s.get('num_hidden_layers')} layers"
         )
     if "hub" in source:
-        return f"hub {source['hub']}" + (f" @ {source['revision']}" if source.get("revision") else "")
+        commit = f" (commit {source['commit'][:12]})" if source.get("commit") else ""
+        return f"hub {source['hub']}" + (f" @ {source['revision']}" if source.get("revision") else "") + commit
     if "local" in source:
         return f"local folder {Path(str(source['local'])).name}"
     return ", ".join(f"{k}: {v}" for k, v in source.items())

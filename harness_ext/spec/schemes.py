@@ -92,6 +92,8 @@ class Scheme(BaseModel):
             parts.append(f"compute {self.compute_dtype}")
         if self.int8_threshold is not None:
             parts.append(f"outlier threshold {self.int8_threshold:g}")
+        if self.quant == "int8":  # bitsandbytes 0.50 warns of it: "inputs will be cast ... to float16"
+            parts.append("matmul inputs in float16: LLM.int8 casts them")
         if self.dtype:
             parts.append(f"other layers {self.dtype}")
         return f"{self.quant} ({', '.join(parts)})" if parts else self.quant
