@@ -406,6 +406,8 @@ def test_examples_say_their_settings_and_show_the_reference_beside_each_scheme(d
     block = examples[: examples.index("T = 0.7")]
     cell = re.search(r'<td class="gen ref" rowspan="4">(.*?)<span class="finish">', block, re.S)
     assert cell and cell.group(1) == html_escape(ref)
+    # on paper the spanning cell is hidden and the reference is the block's first row (rows can then break)
+    assert f'<tr class="ref-row"><td>fp32 (reference)</td><td class="gen">{html_escape(ref)}</td>' in block
     for scheme in ("bf16", "int8", "nf4", "fp4"):  # each scheme's own output for the same prompt and stream
         text = same[same["scheme"] == scheme]["text"].iloc[0]
         assert f'<td>{scheme}</td><td class="gen">{html_escape(text)}</td>' in block
