@@ -213,6 +213,8 @@ def test_redoing_the_reference_recomputes_the_metrics_against_it(tiny_model, tmp
         assert rec.measurements["reference_metrics"]["reference_record"] == reference_record_hash(ref)
     assert first.ok == len(records)
     assert "metrics against the reference" in shown.out and "vs reference" in shown.err  # (17.11): its own bar
+    # inside a long phase the bar says what it is doing: the load, then rows as each generate call ends
+    assert "loading a / int8" in shown.err and "a / int8: 4/4 rows generated" in shown.err
 
 
 def test_a_failed_reference_scoring_is_retried_by_the_next_run(tmp_path) -> None:
@@ -305,6 +307,28 @@ def test_only_and_redo_count_what_ran(tiny_model, tmp_path) -> None:
 
 
 # -- (17.13) a quiet stderr -------------------------------------------------------------------------
+def test_library_warnings_are_one_line_each_under_the_bar_and_in_full_in_the_log(capfd, caplog) -> None:
+    import logging
+
+    from harness_ext.run.quiet import library_warnings
+
+    notes: list[str] = []
+    ops, matmul = logging.getLogger("bitsandbytes.backends.cpu.ops"), logging.getLogger("bitsandbytes.autograd")
+    with caplog.at_level(logging.INFO, logger="harness_ext"), library_warnings(notes.append):
+        for _ in range(3):
+            ops.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please ...", "No module")
+            matmul.warning("MatMul8bitLt: inputs will be cast from %s to float16 during quantization", "float32")
+    assert notes == [
+        "bitsandbytes warns: Failed to load CPU gemm_4bit_forward from kernels-community: No module. Please ... "
+        "(in full with -v)",
+        "bitsandbytes warns: MatMul8bitLt: inputs will be cast from float32 to float16 during quantization "
+        "(in full with -v)",
+    ]
+    assert capfd.readouterr().err == ""  # not across the progress bar
+    assert sum("gemm_4bit_forward" in r.getMessage() for r in caplog.records) == 3  # the log keeps each
+    assert logging.getLogger("bitsandbytes").propagate  # as it was after the run
+
+
 def test_no_git_error_outside_a_git_checkout(tiny_model, tmp_path, monkeypatch, capfd) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,6 +167,7 @@ class HFQuantLM(RowGeneration, HFLM):
         self.default_seed = int(seed)
         self.calls: list[GenerateStats] = []
         self.show_progress = True
+        self.progress_hook: Callable[[int, int], None] | None = None  # (rows generated, rows) per generate call
         self.share_prefill = True
         self.max_rows: int | None = None  # rows that fitted when a CUDA out-of-memory split a call
 
@@ -195,7 +196,9 @@ class HFQuantLM(RowGeneration, HFLM):
             disable=disable_tqdm or not self.show_progress or self.rank != 0,
             desc="hf-quant generate",
         )
-        for until, jobs in self._group(requests):
+        groups = self._group(requests)
+        self._rows = [0, sum(len(jobs) for _, jobs in groups)]  # generated, to generate: for progress_hook
+        for until, jobs in groups:
             for job, row in self._generate_jobs(jobs, until):
                 for idx, own_cap in job.members:
                     out[idx] = self._finish(row, own_cap, until, requests[idx])
@@ -248,6 +251,9 @@ class HFQuantLM(RowGeneration, HFLM):
                 [j.context for j in chunk], left_truncate_len=max_ctx, truncation=self.truncation
             )
             rows = self.generate_rows(ids, mask, [j.row for j in chunk], [j.cap for j in chunk], until)
+            self._rows[0] += len(chunk)
+            if self.progress_hook is not None:
+                self.progress_hook(*self._rows)
             yield from zip(chunk, rows, strict=True)
 
     def _row(self, point: SamplingPoint, kw: dict[str, Any], context: str, sample_index: int) -> Row:
