@@ -16,6 +16,7 @@ from harness_ext import analysis
 from harness_ext.analysis import Estimate, Study
 from harness_ext.catalog import gguf_caveat
 from harness_ext.environment import hardware_line
+from harness_ext.point import row_label
 
 QUALITY_METRICS = [  # (metric, kind, label, higher is better, format)
     ("p_gold", "probe", "next word: P(gold) (probe)", True, ".3f"),
@@ -369,7 +370,7 @@ def failed_rows(study: Study) -> list[dict[str, Any]]:
             "model": r["model"],
             "scheme": r["scheme"],
             "task": r["task"] or "",
-            "point": _point_label(r),
+            "point": row_label(r),
             "error": r["error"] or "",
         }
         for _, r in f.iterrows()
@@ -379,13 +380,3 @@ def failed_rows(study: Study) -> list[dict[str, Any]]:
 def missing_cells(study: Study) -> list[dict[str, str]]:
     present = set(study.cells["cell_id"])
     return [c for c in (study.run.get("expected_cells") or []) if c["cell_id"] not in present]
-
-
-def _point_label(r: pd.Series) -> str:
-    if r.get("temperature") is None or (isinstance(r.get("temperature"), float) and math.isnan(r["temperature"])):
-        return ""
-    k = r.get("top_k")
-    return (
-        f"T={r['temperature']:g} k={'-' if k is None or (isinstance(k, float) and math.isnan(k)) else int(k)} "
-        f"n={int(r['max_new_tokens']) if r.get('max_new_tokens') == r.get('max_new_tokens') else '-'}"
-    )
