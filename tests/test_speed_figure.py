@@ -10,7 +10,7 @@ import pytest
 
 from harness_ext import analysis
 from harness_ext.report.compare import load_study
-from harness_ext.report.speed_figure import DOTS_GID, FLOOR_GID, fig_speed_rounds
+from harness_ext.report.speed_figure import DOTS_GID, FLOOR_GID, WEIGHTS_GID, fig_speed_rounds
 
 REPO = Path(__file__).resolve().parent.parent
 SVG = "{http://www.w3.org/2000/svg}"
@@ -50,6 +50,16 @@ def test_one_marker_per_round_and_the_floor_on_the_gpu_run(paper_speed) -> None:
         == speed.groupby(["model", "batch_size", "scheme", "mode"])["floor_ms_per_token"].count().gt(0).sum()
     )
     assert len(floors) == 10 and "weight-streaming floor" in fig["caption"]
+    assert len(_groups(fig["svg"], WEIGHTS_GID)) == 10  # the weight-memory panel: a bar per model and scheme
+
+
+def test_the_report_draws_one_speed_figure(demo) -> None:
+    """The per-round dots are drawn once, in the speed section, not again among the quality figures."""
+    from harness_ext.report import figures as figs
+
+    quality = analysis.quality_table(demo)
+    assert [f["id"] for f in figs.speed_figures(demo)] == ["fig-speed-rounds"]
+    assert all("speed" not in f["id"] for f in figs.figures(demo, quality))
 
 
 def test_eager_and_compiled_side_by_side() -> None:
