@@ -96,3 +96,16 @@ def test_pre_quantized_checkpoint_is_refused(tiny_model, tmp_path) -> None:
     tok.save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="already quantized"):
         load_model(str(tmp_path), BUILTIN_SCHEMES["nf4"], "cpu")
+
+
+def test_bytes_per_param_come_from_the_scheme_catalog(monkeypatch) -> None:
+    """How many GPUs a Ray pair asks for is read from the scheme itself, not from a second table."""
+    from harness_ext.run.executors import ray
+    from harness_ext.spec import ModelSpec
+
+    per = {n: s.resolve("float16").bytes_per_param for n, s in BUILTIN_SCHEMES.items()}
+    assert (per["fp32"], per["fp16"], per["bf16"], per["int8"]) == (4, 2, 2, 1)
+    assert per["nf4"] == per["fp4"] == 0.5 + 4 / 64 and 0.5 < per["nf4-dq"] < per["nf4"]
+    monkeypatch.setattr(ray, "count_parameters", lambda model: 70 * 10**9)
+    model = ModelSpec(name="big", pretrained="org/big", dtype="float16")
+    assert [ray.gpus_needed(model, BUILTIN_SCHEMES[s], 80) for s in ("fp16", "int8", "nf4")] == [3, 2, 1]
