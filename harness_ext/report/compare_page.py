@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from harness_ext.report.compare import QUALITY_KEYS, SPEED_KEYS, Comparison, compare, label, load_study
-from harness_ext.report.page import _template, default_report_dir, templates, visible
+from harness_ext.report.page import default_report_dir, template_source, templates, visible
 
 
 def main(run_a: Path, run_b: Path, output_dir: str | Path | None, warn: Callable[[str], None]) -> int:
@@ -56,7 +56,7 @@ def page(c: Comparison) -> str:
                 "speed": _counts(c.speed),
                 "claims": int(c.claims["moved"].sum()) if not c.claims.empty else 0,
             },
-            css=_template("report.css"),
+            css=template_source("report.css"),
         )
     )
 
