@@ -284,7 +284,3 @@ def floor_ms_per_step(weight_bytes: dict[str, int], bandwidth: dict[str, float])
     """Per CUDA device, the time to stream its weights once at its bandwidth (ms). A decode step
     runs the layers one after another, so the step's floor is the sum of these."""
     return {d: b / bandwidth[d] * 1e3 for d, b in weight_bytes.items() if d in bandwidth}
-
-
-def cpu_threads() -> int:
-    return torch.get_num_threads()
