@@ -1,5 +1,5 @@
-"""The one typed sampling point: read from lm-eval's gen_kwargs with today's refusals, labelled and
-stored as before (records and committed reports must not change)."""
+"""The one typed sampling point: read from lm-eval's gen_kwargs with its refusals, labelled and stored
+in the form records and committed reports hold (they must not change)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_from_gen_kwargs_refuses_in_one_line_and_a_spec_error() -> None:
 
 def test_a_task_may_go_beyond_the_specs_limits_as_in_lm_eval() -> None:
     """The spec's grid caps temperature at 10 and the length at 8192; a task's own gen_kwargs are read
-    as lm-eval reads them (only settings without meaning are refused), as before the typed point."""
+    as lm-eval reads them (only settings without meaning are refused)."""
     p = SamplingPoint.from_gen_kwargs({"do_sample": True, "temperature": 20, "max_gen_toks": 10000}, 32)
     assert (p.temperature, p.max_new_tokens) == (20.0, 10000)
 

@@ -62,14 +62,14 @@ class _OncePerMessage(logging.Filter):
 logging.getLogger("bitsandbytes.autograd._functions").addFilter(_OncePerMessage())
 
 
-class Generation(str):
+class GeneratedText(str):
     """A generated text that also knows how it ended: ``new_tokens``, ``hit_cap``, ``finish``."""
 
     new_tokens: int
     hit_cap: bool
     finish: str
 
-    def __new__(cls, text: str, new_tokens: int, hit_cap: bool, finish: str) -> Generation:
+    def __new__(cls, text: str, new_tokens: int, hit_cap: bool, finish: str) -> GeneratedText:
         obj = super().__new__(cls, text)
         obj.new_tokens, obj.hit_cap, obj.finish = new_tokens, hit_cap, finish
         return obj
@@ -265,12 +265,12 @@ class HFQuantLM(RowGeneration, HFLM):
         seed = int(kw.get("seed", self.default_seed))
         return Row(point, row_key(seed, context, sample_index))
 
-    def _finish(self, row: RowResult, cap: int, until: list[str], inst: Instance) -> Generation:
+    def _finish(self, row: RowResult, cap: int, until: list[str], inst: Instance) -> GeneratedText:
         tokens = row.tokens[:cap]
         finish = row.finish if len(row.tokens) <= cap else "cap"
         text = postprocess_generated_text(self.tok_decode(tokens), stop=until, think_end_token=None)
         self.cache_hook.add_partial("generate_until", inst.args, text)
-        return Generation(text, len(tokens), finish == "cap", finish)
+        return GeneratedText(text, len(tokens), finish == "cap", finish)
 
 
 def _kv_cache(kv_cache: str, device: torch.device) -> str:

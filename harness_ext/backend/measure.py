@@ -46,8 +46,8 @@ class Summary:
 
     @classmethod
     def of(cls, values: Sequence[float]) -> Summary:
-        """p10/p90 by linear interpolation between the closest ranks (numpy's default: within 2 ulp
-        of the hand-written quantile this replaced); median, mean and sample stdev exactly."""
+        """p10/p90 by linear interpolation between the closest ranks (numpy's default); median, mean
+        and sample stdev exactly."""
         vals = np.sort(np.asarray(values, dtype=float))
         if not vals.size:
             nan = float("nan")

@@ -18,7 +18,7 @@ def main(run_a: Path, run_b: Path, output_dir: str | Path | None, warn: Callable
     a = load_study(run_a, warn)
     c = compare(a, load_study(run_b, warn), str(run_a), str(run_b))
     out = Path(output_dir or (a.run.get("report") or {}).get("output_dir") or default_report_dir(run_a, a.run))
-    print(summary(c))
+    print(console_text(c))
     print(f"comparison: {write(c, out)}")
     return 0
 
@@ -75,7 +75,7 @@ def _counts(t: pd.DataFrame) -> dict[str, int]:
     return {"cells": len(t), "moved": int(t["moved"].sum()), "unjudged": int((~t["judged"]).sum())}
 
 
-def summary(c: Comparison, limit: int = 20) -> str:
+def console_text(c: Comparison, limit: int = 20) -> str:
     """The comparison as plain text for the terminal: warnings, every claim, the moved figures."""
     lines = [f"compare: A = {c.a}", f"         B = {c.b}"]
     lines += [f"warning: {w}" for w in c.warnings]

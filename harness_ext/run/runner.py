@@ -171,7 +171,7 @@ class Runner:
                 store.export_tables(
                     [r for r in final.values() if r.cell_id in current],
                     self.spec_text,
-                    extra=run_summary(self.spec, cells),
+                    extra=run_context(self.spec, cells),
                 )
             finally:
                 store.release()  # the writer lock taken by begin()
@@ -328,7 +328,7 @@ def _summary_line(rec: Record) -> str:
     return f"ok     {rec.label}: " + ", ".join(f"{k}={v:.4g}" for k, v in show)
 
 
-def run_summary(spec: StudySpec, cells: list[Cell]) -> dict[str, Any]:
+def run_context(spec: StudySpec, cells: list[Cell]) -> dict[str, Any]:
     """What a report needs from the spec besides the tables: references, families, notes, the
     expected cells (so that missing ones can be listed) and the report options."""
     from harness_ext.catalog import BUILTIN_MODELS, SHAPE_NOTE

@@ -1,13 +1,15 @@
 """In which order, and under which loads, the cells of a run are worked through.
 
 A *work unit* is a list of cells that share one load of a (model, scheme). Quality cells (eval and
-probe) of a pair share one load, as before. Speed cells are replicated in *rounds*: a round is the
+probe) of a pair share one load. Speed cells are replicated in *rounds*: a round is the
 model loaded, warmed up and timed afresh, so each (model, scheme, round) is its own unit. Within a
 round every (model, scheme) is timed in an order shuffled per round with a seeded RNG (seed derived
 from the study name and the round), so a drift of the machine (another job starting, clocks
 throttling) falls on the schemes in a different order each round instead of always on the last one.
-The order depends only on the spec, so a worker on another machine (Ray) recomputes the same
-position, and a later invocation that adds rounds keeps the order of the earlier ones.
+The order depends only on the spec, so a worker on another machine (Ray) records the same planned
+position, and a later invocation that adds rounds keeps the order of the earlier ones. The local
+executor times the units in this order; the Ray executor submits them in it but runs as many at once
+as there are GPUs, so there ``round_position`` is the planned place, not the order they were timed in.
 """
 
 from __future__ import annotations
