@@ -12,6 +12,7 @@ import browser
 import html5lib
 import pandas as pd
 import pytest
+from conftest import heavy_modules
 
 from harness_ext.report import render
 from harness_ext.run import Runner
@@ -216,44 +217,17 @@ def test_times_reference_divides_by_the_same_model_batch_mode_and_round() -> Non
     }
 
 
-def _modules_after(code: str) -> set[str]:
-    """The modules a fresh interpreter holds after running ``code`` (no fixture, no conftest)."""
-    import subprocess
-    import sys
-
-    out = subprocess.run(
-        [sys.executable, "-c", f"{code}\nimport sys; print(' '.join(sorted(sys.modules)))"],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    return set(out.stdout.split())
-
-
-def test_report_renders_without_torch_the_backend_or_the_runner(tmp_path) -> None:
+def test_report_renders_without_torch_the_backend_or_the_runner(fresh_imports) -> None:
     """A report renders on any machine: importing it and rendering a run's tables loads neither torch,
     nor the model code, nor the runner (issue 18: environment → measure → torch did)."""
-    modules = _modules_after(f"from harness_ext.report import render; render('reports/demo/data', {str(tmp_path)!r})")
-    assert (tmp_path / "index.html").is_file()
-    assert "torch" not in modules and "transformers" not in modules
-    assert not {
-        m
-        for m in modules
-        if m.split(".")[:2]
-        in (["harness_ext", "models"], ["harness_ext", "runner"], ["harness_ext", "backend"], ["harness_ext", "run"])
-    }
+    rooms = ("harness_ext.backend", "harness_ext.run")
+    assert heavy_modules(fresh_imports["modules"]["render_tables"], ours=rooms) == set()
 
 
-def test_report_of_a_run_directory_renders_without_torch(run_dir, tmp_path) -> None:
-    """The same from a run directory, whose records are re-read (and their cell ids re-hashed)."""
-    if "torch" in _modules_after("import harness_ext.spec"):
-        pytest.xfail(
-            "the store re-hashes records through harness_ext.spec, which imports torch until the spec "
-            "package of issue 18 makes it torch-free"
-        )
-    modules = _modules_after(f"from harness_ext.report import render; render({str(run_dir)!r}, {str(tmp_path)!r})")
-    assert (tmp_path / "index.html").is_file() and "torch" not in modules
+def test_report_of_a_run_directory_renders_without_torch(fresh_imports) -> None:
+    """The same from a run directory (the committed paper_speed run), whose records are re-read and
+    their cell ids re-hashed through harness_ext.spec."""
+    assert heavy_modules(fresh_imports["modules"]["render_run_dir"]) == set()
 
 
 # -- issue 19: the report as a reader meets it -----------------------------------------------------
@@ -269,10 +243,9 @@ TABLE_BOXES = """(() => { document.querySelectorAll('details').forEach(d => d.op
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> tuple[Path, str]:
-    """The committed demo report, rendered afresh from its tables."""
-    index = render(REPO / "reports" / "demo" / "data", tmp_path_factory.mktemp("demo"))
-    return index, index.read_text(encoding="utf-8")
+def demo(demo_report) -> tuple[Path, str]:
+    """The committed demo report, rendered afresh from its tables (once per session, conftest)."""
+    return demo_report
 
 
 def _overflowing(boxes: list) -> list:
@@ -370,12 +343,11 @@ def test_fmt_number_drops_the_sign_of_a_rounded_zero() -> None:
     assert Estimate(0.01, -0.0002, 0.02, 9).text() == "0.010 [0.000, 0.020]"
 
 
-def test_every_evidence_row_of_b_has_a_reading_and_d_names_the_failed_condition() -> None:
+def test_every_evidence_row_of_b_has_a_reading_and_d_names_the_failed_condition(demo_study) -> None:
     claims = pd.read_csv(REPO / "reports" / "demo" / "claims.csv").set_index("claim")
-    from harness_ext.analysis import Study
     from harness_ext.analysis import claims as decide
 
-    by_key = {c.key: c for c in decide(Study.load(REPO / "reports" / "demo" / "data"))}
+    by_key = {c.key: c for c in decide(demo_study)}
     assert by_key["b"].evidence and all(e.get("verdict") for e in by_key["b"].evidence)
     assert by_key["b"].evidence[0]["verdict"] == "nf4 ahead at every T"
     assert all(e.get("verdict") for c in by_key.values() for e in c.evidence)  # every row says what it shows

@@ -31,8 +31,8 @@ def paper_speed() -> analysis.Study:
 
 
 @pytest.fixture(scope="module")
-def demo() -> analysis.Study:
-    return load_study(REPO / "reports" / "demo" / "data", print)
+def demo(demo_study) -> analysis.Study:
+    return demo_study
 
 
 def test_one_marker_per_round_and_the_floor_on_the_gpu_run(paper_speed) -> None:
