@@ -25,16 +25,16 @@ name: report-test
 description: 'a study </style><script>alert(4)</script>'
 models:
   - {{name: tiny, pretrained: "{model}"}}
-schemes: [fp32, int8, nf4, fp4]
+schemes: [fp32, nf4, fp4]
 sampling:
-  temperature: [0, 0.7, 1.2]
+  temperature: [0, 1.2]
   top_k: [null, 5]
   max_new_tokens: [3, 6]
 tasks: [quant_nextword, quant_continuation]
 limit: 3
 seeds: [0]
-probe: {{limit: 12}}
-speed: {{batch_sizes: [1], prompt_tokens: 8, new_tokens: 4, repeats: 3}}
+probe: {{limit: 6}}
+speed: {{batch_sizes: [1], prompt_tokens: 8, new_tokens: 4, repeats: 3, rounds: 1}}
 threads: 1
 report:
   title: 'Tiny " onmouseover="alert(5)'
@@ -68,8 +68,17 @@ def run_dir(tiny_model, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def page(run_dir, tmp_path_factory) -> tuple[Path, str]:
+    """The run's report, rendered with every network connection refused (a connection fails it)."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the report tried to open a network connection")
+
     out = tmp_path_factory.mktemp("report")
-    index = render(run_dir, out)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket, "socket", refuse)
+        mp.setattr(socket, "create_connection", refuse)
+        index = render(run_dir, out)
     return index, index.read_text(encoding="utf-8")
 
 
@@ -94,7 +103,7 @@ def test_page_has_every_section_and_numbers_from_the_run(page, run_dir) -> None:
     for name in ("quality.csv", "paired_differences.csv", "sensitivity.csv", "speed.csv", "claims.csv"):
         assert (index.parent / name).is_file()
     speed = pd.read_csv(index.parent / "speed.csv")
-    assert set(speed["scheme"]) == {"fp32", "int8", "nf4", "fp4"}
+    assert set(speed["scheme"]) == {"fp32", "nf4", "fp4"}
     decode = speed.loc[speed["scheme"] == "nf4", "decode_ms_per_token"].iloc[0]
     assert f"{decode:.2f}" in html  # the table shows the measured number
     assert "Every cell of the spec completed." in html
@@ -148,27 +157,20 @@ def test_partial_run_says_what_is_missing_and_draws_no_verdict_from_it(run_dir, 
     assert "fp4" not in json.loads(claims.loc["c", "evidence"]).__repr__().replace("nf4", "")
 
 
-def test_report_says_when_remote_code_ran(run_dir) -> None:
+def test_report_says_when_remote_code_ran(run_dir, page) -> None:
     from harness_ext.analysis import Study
     from harness_ext.report import build
 
+    assert "trust_remote_code: true" not in page[1]
     study = Study.load(run_dir)
-    page, _ = build(study, {})
-    assert "trust_remote_code: true" not in page
     study.run["trust_remote_code"] = {"tiny": True}
-    page, _ = build(study, {})
-    assert "<code>trust_remote_code: true</code>: code from the model repository ran" in page
+    html, _ = build(study, {})
+    assert "<code>trust_remote_code: true</code>: code from the model repository ran" in html
 
 
-def test_rendering_needs_no_network(run_dir, tmp_path, monkeypatch) -> None:
-    import socket
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the report tried to open a network connection")
-
-    monkeypatch.setattr(socket, "socket", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    html = render(run_dir, tmp_path / "offline").read_text(encoding="utf-8")
+def test_rendering_needs_no_network(page) -> None:
+    """The page rendered with sockets refused (the ``page`` fixture) and fetches nothing when read."""
+    _, html = page
     # nothing that a browser would fetch: no remote src/href, no CSS url() (xmlns identifiers are not fetched)
     assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", html)
     assert not re.search(r"url\(\s*['\"]?(?:https?:)?//", html) and "@import" not in html
