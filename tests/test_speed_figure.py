@@ -83,3 +83,12 @@ def test_cpu_run_has_rounds_but_no_floor_and_a_run_without_speed_has_no_figure(d
     assert "No weight-streaming floor" in fig["caption"]
     no_speed = analysis.Study(demo.cells[demo.cells["kind"] != "speed"], demo.samples, demo.generations, demo.run)
     assert fig_speed_rounds(no_speed) is None
+
+
+def test_a_speed_only_report_draws_its_speed_figure_once_and_says_where(fresh_imports) -> None:
+    """The committed paper_speed run, rendered (by the conftest's fresh interpreter): one speed figure
+    in the speed section, and a figures section that says where it is rather than "no cell completed"."""
+    html = (fresh_imports["folder"] / "r" / "index.html").read_text(encoding="utf-8")
+    assert html.count("<figure") == 1 and 'id="fig-speed-rounds"' in html
+    assert "No quality figures: the study measured speed and memory only" in html
+    assert "no cell completed" not in html

@@ -175,13 +175,15 @@ def quantized_rows(study: Study) -> list[dict[str, Any]]:
     """Per quantized (model, scheme) load: its weight bytes and the share of the parameters it holds
     quantized. The rest (embeddings, norms, ``lm_head``) keeps the "other layers" dtype, so a model
     with a large embedding can take more memory in a 4-bit scheme than in bf16."""
+    models = {m: i for i, m in enumerate(study.models())}
+    schemes = {s: i for i, s in enumerate(study.schemes()["scheme"])}
     rows = []
     for (model, scheme), load in study.loads().items():
         quant = (load.get("scheme_fields") or {}).get("quant")
         share = quantized_share(load)
         if quant not in (None, "none") and share is not None:
             rows.append({"model": model, "scheme": scheme, "weights": load.get("weight_bytes"), "share": share})
-    return rows
+    return sorted(rows, key=lambda r: (models.get(r["model"], len(models)), schemes.get(r["scheme"], len(schemes))))
 
 
 def quantized_share(load: dict[str, Any]) -> float | None:
