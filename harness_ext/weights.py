@@ -136,7 +136,9 @@ def hub_commit(repo_id: str, revision: str | None = None) -> str | None:
 
 
 # -- a model's identity ----------------------------------------------------------------------------
-def weights_identity(pretrained: str | None, gguf_file: str | None = None, revision: str | None = None) -> dict:
+def weights_identity(
+    pretrained: str | None, gguf_file: str | None = None, revision: str | None = None
+) -> dict[str, Any]:
     """What identifies the weights beyond the spec's fields: ``{"commit": ...}`` for a hub model,
     ``{"weights_sha256": ...}`` (16 hex digits) for a local folder or GGUF file; nothing for a
     built-in whose file is the one the catalog names (a reinstalled package with another file

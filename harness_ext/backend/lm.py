@@ -168,6 +168,7 @@ class HFQuantLM(RowGeneration, HFLM):
         self.calls: list[GenerateStats] = []
         self.show_progress = True
         self.progress_hook: Callable[[int, int], None] | None = None  # (rows generated, rows) per generate call
+        self._rows = [0, 0]  # rows generated and to generate by the generate_until call at work
         self.share_prefill = True
         self.max_rows: int | None = None  # rows that fitted when a CUDA out-of-memory split a call
 
