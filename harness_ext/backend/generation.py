@@ -176,7 +176,7 @@ class RowGeneration:
             d: b * tokens for d, b in kv_bytes_by_device(self.model, config, self.model.dtype, self.device).items()
         }
         head = getattr(self.model.get_output_embeddings(), "weight", None)
-        logits_device = head.device if head is not None and head.device.type != "meta" else self.device
+        logits_device = head.device if head is not None and head.device.type == "cuda" else self.device
         per_row[logits_device] = per_row.get(logits_device, 0) + 6 * 4 * config.vocab_size
         for device, need in per_row.items():
             if device.type == "cuda":

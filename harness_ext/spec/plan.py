@@ -102,10 +102,12 @@ def expand(
     """All cells of a study, reference pairs first per model.
 
     ``task_params`` maps task name to extra identity (e.g. the data file's hash, whether the task is
-    a loglikelihood task, which collapses the sampling axes); ``weights`` maps model label to the
-    identity of its weights (:func:`model_weights`). The runner supplies both.
+    a loglikelihood task, which collapses the sampling axes); the runner supplies it. ``weights``
+    maps model label to the identity of its weights: :func:`model_weights` unless given (a Ray
+    worker is given the driver's), so that every caller gets the cells' real ids.
     """
-    task_params, weights = task_params or {}, weights or {}
+    task_params = task_params or {}
+    weights = model_weights(spec) if weights is None else weights
     cells: list[Cell] = []
     points = spec.sampling.expand() if spec.sampling else []
     for model in spec.models:
@@ -249,4 +251,4 @@ def device_type(device: str) -> str:
 def plan(spec: StudySpec, device: str | None = None) -> list[Cell]:
     """All cells of a spec on a device (``auto`` resolved here)."""
     device = resolve_device(device or spec.device)
-    return expand(spec, device_type(device), prepare_tasks(spec), model_weights(spec))
+    return expand(spec, device_type(device), prepare_tasks(spec))
