@@ -127,10 +127,10 @@ def main(argv: list[str] | None = None) -> int:
 def _validate(args: argparse.Namespace, argv: list[str]) -> int:
     """Load, check and plan a spec without importing torch: the cell counts do not depend on the
     device, so ``device: auto`` is counted as the CPU here and resolved when the spec runs."""
-    from harness_ext.spec import load_spec, plan, summarize
+    from harness_ext.spec import load_spec, overview, plan
 
     spec = load_spec(args.spec)
-    print(summarize(spec, plan(spec, "cpu" if spec.device == "auto" else None)))
+    print(overview(spec, plan(spec, "cpu" if spec.device == "auto" else None)))
     return 0
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import heavy_modules
 
 from harness_ext import analysis
 from harness_ext.analysis import Estimate, Study, bootstrap_ci
@@ -314,16 +315,13 @@ def test_a_speed_reading_names_the_comparison_that_decided_it() -> None:
     assert verdict == "does not hold" and "fp16/int4 (eager, batch 1) 1.50×" in why
 
 
-def test_store_and_analysis_import_neither_torch_nor_the_backend_nor_the_runner() -> None:
+def test_store_and_analysis_import_neither_torch_nor_the_backend_nor_the_runner(fresh_imports) -> None:
     """Reading a run directory and analysing its tables needs no model: a fresh interpreter that
-    imports both has not imported torch (which takes seconds and a GPU stack to load)."""
-    import subprocess
-    import sys
+    imports both has not imported torch (which takes seconds and a GPU stack to load), nor any
+    module of the backend or the run packages (names checked to exist: a renamed package must not
+    leave this test looking for nothing)."""
+    import importlib.util
 
-    code = (
-        "import sys, harness_ext.store, harness_ext.store.tables, harness_ext.analysis; "
-        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('harness_ext.backend', "
-        "'harness_ext.runner', 'harness_ext.run.', 'harness_ext.executors'))))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    rooms = ("harness_ext.backend", "harness_ext.run")
+    assert all(importlib.util.find_spec(room) for room in rooms)
+    assert heavy_modules(fresh_imports["modules"]["store_analysis"], ours=rooms) == set()
