@@ -8,6 +8,7 @@ index (seconds to build), so a spec that names one pays for it in ``validate`` a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -59,8 +60,9 @@ class Cell:
             "params": self.params,
         }
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
+        """The hash of :meth:`definition`, computed once: a run looks each cell's id up several times."""
         return content_hash(self.definition())
 
     @property
