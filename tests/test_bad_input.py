@@ -401,6 +401,19 @@ def _report_output_dir_in_run_json(c: Ctx) -> list[str]:
     return ["report", str(c.out)]
 
 
+def _compare_output_dir_in_run_json(c: Ctx) -> list[str]:
+    import shutil
+
+    _run_json(report={"output_dir": str(c.tmp / "elsewhere")})(_small_run(c))
+    shutil.copytree(c.out, c.tmp / "b")
+    return ["report", str(c.out), "--compare", str(c.tmp / "b")]
+
+
+def _compare_goes_to_the_run_directory(c: Ctx, res: Outcome) -> None:
+    assert (c.out / "report" / "compare.html").is_file()
+    assert not (c.tmp / "elsewhere").exists(), "run.json's report.output_dir chose where the comparison went"
+
+
 def _report_while_a_run_holds_the_lock(c: Ctx) -> list[str]:
     (c.out / "records").mkdir(parents=True)  # the run's first cell is not done: no tables yet
     store = RunStore(c.out)
@@ -685,6 +698,8 @@ CASES: list[Any] = [
          "tables/run.json is malformed: study.name: String should match pattern"),
     Case("report_ignores_output_dir_in_run_json", _report_output_dir_in_run_json, 0, "report/index.html", "stdout",
          check=_report_goes_to_the_run_directory),
+    Case("compare_ignores_output_dir_in_run_json", _compare_output_dir_in_run_json, 0, "report/compare.html",
+         "stdout", check=_compare_goes_to_the_run_directory),
     Case("report_while_a_run_holds_the_lock", _report_while_a_run_holds_the_lock, 1,
          ("tables/run.json is not written yet: a run holds this run directory's lock (pid ", "report once it")),
 ]
