@@ -236,7 +236,7 @@ class ReportSpec(_Strict):
     """Options of the rendered report."""
 
     title: str | None = Field(None, max_length=200)
-    output_dir: str | None = Field(None, min_length=1, description="default: report/ in the run directory")
+    output_dir: str | None = Field(None, min_length=1, description="where `run --report` renders; default: RUN/report")
     examples: int = Field(3, ge=0, le=20, strict=True, description="example generations shown per scheme")
     equivalence_margin: float = Field(
         0.05, gt=0, le=1, description="claim (a): quality difference counted as 'alike' (absolute)"
