@@ -21,7 +21,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from test_bad_input import _DiskFull, invoke
+from test_bad_input import Ctx, _DiskFull, _small_run, invoke
 
 from harness_ext import cli
 from harness_ext.errors import SpecError, StoreError
@@ -454,6 +454,12 @@ def test_report_renders_when_a_model_has_no_quality_rows(run_dir, tiny_model, tm
     html = render(run_dir, tmp_path / "out").read_text(encoding="utf-8")
     assert "broken: no quality figure: none of its quality cells completed." in html
     assert 'id="fig-temp-tiny"' in html and 'id="fig-temp-broken"' not in html
+
+
+def test_a_study_whose_quality_cells_all_failed_says_so(tiny_model, tmp_path, monkeypatch) -> None:
+    run = _small_run(Ctx(tmp_path, tiny_model, tiny_model, monkeypatch))  # its one eval cell failed
+    html = render(run, tmp_path / "out").read_text(encoding="utf-8")
+    assert "<p>No quality cell completed in this run.</p>" in html
 
 
 def test_validate_of_a_10_to_the_8_cell_grid_is_refused_within_a_second(tmp_path, capsys, caplog) -> None:

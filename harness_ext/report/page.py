@@ -161,6 +161,12 @@ def _build_page(study: Study, opts: dict[str, Any], run_dir: Path) -> tuple[str,
 MAX_TABLE_BYTES = 4 * 2**30
 
 
+def _planned(study: Study, kinds: tuple[str, ...]) -> bool:
+    """Whether the study has cells of these kinds (run or not): "none completed" vs "none planned"."""
+    expected = {c.get("kind") for c in study.run.get("expected_cells") or []}
+    return bool(expected & set(kinds)) or bool(study.cells["kind"].isin(kinds).any())
+
+
 def _read_bytes(path: Path) -> bytes:
     from harness_ext.store import read_regular
 
@@ -205,6 +211,7 @@ def build(study: Study, opts: dict[str, Any]) -> tuple[str, dict[str, pd.DataFra
         "sensitivity_margin": margins.sensitivity_margin,
         "has_floor": bool(not speed.empty and "floor_ms_per_token" in speed.columns),
         "quality_tables": sec.quality_tables(study, quality),
+        "quality_planned": _planned(study, ("eval", "probe")),
         "paired_tables": sec.paired_tables(study, paired),
         "sens_rows": sens.to_dict("records") if not sens.empty else [],
         "figures": figs.figures(study, quality),
