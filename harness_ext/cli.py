@@ -183,7 +183,7 @@ def _validate(args: argparse.Namespace, argv: list[str]) -> int:
     spec, _ = load_spec_file(args.spec)
     check_size(spec, args.max_cells)
     preflight.check_paths(spec)
-    print(summarize(spec, plan(spec, "cpu" if spec.device == "auto" else None)))
+    print(printable(summarize(spec, plan(spec, "cpu" if spec.device == "auto" else None))))
     return 0
 
 
