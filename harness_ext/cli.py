@@ -344,7 +344,7 @@ def _schema(args: argparse.Namespace, argv: list[str]) -> int:
     if args.output:
         from harness_ext.store import atomic_write
 
-        atomic_write(Path(args.output), text)
+        atomic_write(Path(args.output), text, through_links=True)  # the user's own path: a link is meant
         print(f"wrote {args.output}")
     else:
         sys.stdout.write(text)

@@ -414,6 +414,35 @@ def _compare_goes_to_the_run_directory(c: Ctx, res: Outcome) -> None:
     assert not (c.tmp / "elsewhere").exists(), "run.json's report.output_dir chose where the comparison went"
 
 
+def _planted_link(where: str) -> Callable[[Ctx], list[str]]:
+    """A received run directory holding a link to a file outside it (``where``: spec.yaml, which
+    ``run`` writes, or report/index.html, which ``report`` writes), or its report folder a link."""
+
+    def build(c: Ctx) -> list[str]:
+        outside = c.tmp / "outside"
+        outside.mkdir()
+        (outside / "precious.txt").write_text("keep me\n")
+        if where == "spec.yaml":
+            c.run()
+            c.out.mkdir()
+            (c.out / "spec.yaml").symlink_to(outside / "precious.txt")
+            return [*c.run(), "--time-limit", "0.0001"]
+        _small_run(c)
+        if where == "report":
+            (c.out / "report").symlink_to(outside)
+        else:
+            (c.out / "report").mkdir()
+            (c.out / "report" / "index.html").symlink_to(outside / "precious.txt")
+        return ["report", str(c.out)]
+
+    return build
+
+
+def _outside_untouched(c: Ctx, res: Outcome) -> None:
+    assert sorted(p.name for p in (c.tmp / "outside").iterdir()) == ["precious.txt"]
+    assert (c.tmp / "outside" / "precious.txt").read_text() == "keep me\n"
+
+
 def _report_while_a_run_holds_the_lock(c: Ctx) -> list[str]:
     (c.out / "records").mkdir(parents=True)  # the run's first cell is not done: no tables yet
     store = RunStore(c.out)
@@ -700,6 +729,12 @@ CASES: list[Any] = [
          check=_report_goes_to_the_run_directory),
     Case("compare_ignores_output_dir_in_run_json", _compare_output_dir_in_run_json, 0, "report/compare.html",
          "stdout", check=_compare_goes_to_the_run_directory),
+    Case("run_replaces_a_planted_link_not_its_target", _planted_link("spec.yaml"), 3, "time limit reached", lines=None,
+         check=_outside_untouched),
+    Case("report_replaces_a_planted_link_not_its_target", _planted_link("report/index.html"), 0, "report/index.html",
+         "stdout", check=_outside_untouched),
+    Case("report_folder_is_a_link", _planted_link("report"), 1, ("report is a link (to ", "pass --output-dir"),
+         check=_outside_untouched),
     Case("report_while_a_run_holds_the_lock", _report_while_a_run_holds_the_lock, 1,
          ("tables/run.json is not written yet: a run holds this run directory's lock (pid ", "report once it"),
          timeout=20),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Callable
 from importlib import resources
@@ -53,7 +54,7 @@ def render(
     files = input_tables(run_dir, warn)
     study = _study_from(files, run_dir)
     opts = study.run.get("report") or {}
-    out = Path(output_dir or default_report_dir(run_dir, study.run))  # never the run's own report.output_dir
+    out = Path(output_dir) if output_dir else _default_out(run_dir, study.run)
     page, tables = _build_page(study, opts, run_dir)
     outputs = {fname: frame.to_csv(index=False).encode() for fname, frame in tables.items()}
     src = run_dir / "tables" if (run_dir / "tables").is_dir() else run_dir
@@ -67,6 +68,19 @@ def render(
     for fname, data in outputs.items():
         atomic_write(out / fname, data)
     return out / "index.html"
+
+
+def _default_out(run_dir: Path, run: dict[str, Any]) -> Path:
+    """The default report folder (never the run's own ``report.output_dir``), refused in one line if a
+    link inside the run directory would take the report's files elsewhere."""
+    out = default_report_dir(run_dir, run)
+    for folder in (out, out / "data"):
+        if folder.is_symlink():
+            raise StoreError(
+                f"{folder} is a link (to {os.readlink(folder)}): the run directory would choose where the "
+                "report is written; pass --output-dir"
+            )
+    return out
 
 
 def default_report_dir(run_dir: Path, run: dict[str, Any]) -> Path:

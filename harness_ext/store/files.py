@@ -56,34 +56,40 @@ class Store(Protocol):
     def get_tensor(self, name: str) -> Any: ...
 
 
-def _write_target(path: Path) -> Path:
-    """Where writing ``path`` goes: through a symbolic link to the file it names (the link stays a
-    link), never over a folder, a FIFO or a device (one :class:`StoreError` line)."""
-    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+def _write_target(path: Path, through_links: bool) -> Path:
+    """Where writing ``path`` goes, never over a folder, a FIFO or a device (one :class:`StoreError`
+    line). A symbolic link is written through to the file it names when ``through_links``; otherwise
+    the link itself is replaced by the new file, and whatever it pointed at is left alone."""
+    target = Path(os.path.realpath(path)) if through_links and path.is_symlink() else path
     try:
-        mode = target.stat().st_mode
+        mode = target.lstat().st_mode
     except OSError:  # nothing there yet (or unreachable: the write will say so)
         return target
     if stat.S_ISDIR(mode):
         raise StoreError(f"cannot write {path}: Is a directory")
-    if not stat.S_ISREG(mode):
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
         raise StoreError(f"cannot write {path}: it is {file_kind(mode)}, not a regular file; give a file path")
     return target
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename). A symbolic
-    link is written through (its target replaced, keeping its permissions); a folder, FIFO or device
-    is refused in one line, never replaced."""
+def atomic_write(path: Path, data: bytes | str, *, through_links: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename); a folder,
+    FIFO or device there is refused in one line, never replaced.
+
+    ``through_links``: a symbolic link at ``path`` is written through (its target replaced, keeping
+    its permissions) — for a path the user named (``schema -o``). Without it (every file of a run
+    directory or a report, which may have come from elsewhere) the link itself is replaced, so that
+    a link planted in a received run directory cannot make a run or a report overwrite its target."""
     path = Path(path)
     raw = data.encode() if isinstance(data, str) else data
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise StoreError(f"cannot write in {path.parent}: {e.strerror or e}") from None
-    target = _write_target(path)
+    target = _write_target(path, through_links)
     try:
-        mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~_UMASK
+        kept = target.stat() if target.is_file() and not target.is_symlink() else None
+        mode = stat.S_IMODE(kept.st_mode) if kept else 0o666 & ~_UMASK
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as e:
         raise StoreError(f"cannot write in {target.parent}: {e.strerror or e}") from None
