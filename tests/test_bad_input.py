@@ -364,6 +364,25 @@ def _device_record(run: Path) -> None:
     (run / "records" / "0123456789abcdef.json").symlink_to("/dev/null")
 
 
+def _linked_record(run: Path) -> None:
+    real = _record_path(run)
+    (run / "records" / "0123456789abcdef.json").symlink_to(real)  # a valid record, but through a link
+
+
+def _tables_only_with_a_linked_csv(c: Ctx) -> list[str]:
+    """A folder of tables alone (as a report's data/) whose cells.csv links to a private file."""
+    _small_run(c)
+    (c.tmp / "private.txt").write_text("ssh-rsa PRIVATE\n")
+    (c.out / "tables" / "cells.csv").unlink()
+    (c.out / "tables" / "cells.csv").symlink_to(c.tmp / "private.txt")
+    return ["report", str(c.out / "tables"), "--output-dir", str(c.tmp / "report")]
+
+
+def _private_file_not_copied(c: Ctx, res: Outcome) -> None:
+    written = [p.read_text(errors="replace") for p in c.tmp.joinpath("report").rglob("*") if p.is_file()]
+    assert not any("PRIVATE" in text for text in written)
+
+
 def _deep_record(run: Path) -> None:
     (run / "records" / "0123456789abcdef.json").write_text("[" * 200_000 + "]" * 200_000)
 
@@ -711,7 +730,11 @@ CASES: list[Any] = [
     Case("report_record_is_a_fifo", _report_with(_fifo_record), 0,
          "0123456789abcdef.json: unreadable (not a regular file (a FIFO))", timeout=20),
     Case("report_record_links_to_a_device", _report_with(_device_record), 0,
-         "0123456789abcdef.json: unreadable (not a regular file (a device))", timeout=20),
+         "0123456789abcdef.json: unreadable (a symbolic link, not followed)", timeout=20),
+    Case("report_record_links_to_a_file_elsewhere", _report_with(_linked_record), 0,
+         "0123456789abcdef.json: unreadable (a symbolic link, not followed)"),
+    Case("report_table_links_to_a_private_file", _tables_only_with_a_linked_csv, 1,
+         "tables/cells.csv: a symbolic link, not followed", check=_private_file_not_copied),
     Case("report_record_200k_deep", _report_with(_deep_record), 0, "unreadable (nested more than 100 levels deep)"),
     Case("report_record_kind_contradicts_definition", _report_with(_kind_contradicts_definition), 0,
          "unreadable (its kind 'speed' is not its definition's 'eval')"),

@@ -1,10 +1,12 @@
-"""Reading a run directory's files, bounded: only regular files, at most so many bytes, JSON at most
-so deep. A run directory may have been copied from elsewhere: a FIFO would make a reader wait
-forever, a link to /dev/zero fill the memory, a 200,000-deep array overflow a recursive reader.
+"""Reading a run directory's files, bounded: only regular files (no links followed), at most so many
+bytes, JSON at most so deep. A run directory may have been copied from elsewhere: a FIFO would make a
+reader wait forever, a link to /dev/zero fill the memory, a 200,000-deep array overflow a recursive
+reader.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -24,12 +26,20 @@ class UnreadableFile(OSError):
 
 
 def read_regular(path: Path, max_bytes: int) -> bytes:
-    """The bytes of a regular file (a symbolic link to one is followed), at most ``max_bytes``.
+    """The bytes of a regular file, at most ``max_bytes``.
 
-    Opened without blocking, so that a FIFO does not wait for a writer, and checked on the open file
-    (no race): a FIFO, a device (a link to /dev/zero), a socket or a folder raises
-    :class:`UnreadableFile`, as does a file larger than ``max_bytes``."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    A symbolic link is not followed: a link planted in a received run directory could point at
+    /dev/zero, or at a private file that a report would copy into its ``data/``. The file is opened
+    without blocking, so that a FIFO does not wait for a writer, and checked on the open file (no
+    race): a link, a FIFO, a device, a socket or a folder raises :class:`UnreadableFile`, as does a
+    file larger than ``max_bytes``."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP or os.path.islink(path):
+            raise UnreadableFile("a symbolic link, not followed") from None
+        raise
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
