@@ -171,14 +171,14 @@ def _build_page(study: Study, opts: dict[str, Any], run_dir: Path) -> tuple[str,
         raise StoreError(f"{run_dir}: tables/run.json lacks what the report needs ({e}); run the study again") from None
 
 
-#: The largest table file a report reads (a study's generations of 100,000 cells fit many times).
-MAX_TABLE_BYTES = 4 * 2**30
-
-
 def _planned(study: Study, kinds: tuple[str, ...]) -> bool:
     """Whether the study has cells of these kinds (run or not): "none completed" vs "none planned"."""
     expected = {c.get("kind") for c in study.run.get("expected_cells") or []}
     return bool(expected & set(kinds)) or bool(study.cells["kind"].isin(kinds).any())
+
+
+#: The largest table file a report reads (a study's generations of 100,000 cells fit many times).
+MAX_TABLE_BYTES = 4 * 2**30
 
 
 def _read_bytes(path: Path) -> bytes:
