@@ -62,8 +62,9 @@ class Cell:
             "params": self.params,
         }
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
+        """The hash of :meth:`definition`, computed once: a run looks each cell's id up several times."""
         return content_hash(self.definition())
 
     @property

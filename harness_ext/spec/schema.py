@@ -25,10 +25,12 @@ from pydantic import (
 )
 
 from harness_ext.point import Count, MaxNewTokens, RepetitionPenalty, SamplingPoint, Temperature, TopK, TopP
+from harness_ext.spec.bounds import check_shape
 from harness_ext.spec.schemes import BUILTIN_SCHEMES, DType, Scheme
 
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 OUR_TASKS = ("quant_nextword", "quant_continuation")
+Finite = Annotated[float, Field(allow_inf_nan=False)]  # ``.inf`` GPUs would pass ``ge=0``
 
 
 class _Strict(BaseModel):
@@ -102,7 +104,7 @@ class ModelSpec(_Strict):
     reference: str | None = Field(
         None, description="scheme used as the unquantized reference; default: first unquantized scheme"
     )
-    num_gpus: float | None = Field(None, ge=0, description="executor ray: GPUs per task (default: from the weights)")
+    num_gpus: Finite | None = Field(None, ge=0, description="executor ray: GPUs per task (default: from the weights)")
     family: str | None = Field(None, description="model family for per-family findings; default: config.model_type")
 
     @model_validator(mode="after")
@@ -116,6 +118,7 @@ class ModelSpec(_Strict):
                 raise ValueError("`shape` needs a model_type (e.g. llama) and the config fields of the architecture")
             if self.gguf_file or self.revision or self.tokenizer:
                 raise ValueError("`shape` models have no weights: drop gguf_file, revision and tokenizer")
+            check_shape(self.shape)
         return self
 
     @property
@@ -224,9 +227,9 @@ class RaySpec(_Strict):
     """Options of ``executor: ray``."""
 
     address: str | None = Field(None, description="an existing cluster ('auto', 'ray://host:10001'); none: start one")
-    num_cpus: float = Field(1.0, gt=0, description="CPUs per (model, scheme) task")
-    num_gpus: float | None = Field(None, ge=0, description="GPUs per task; default: enough for the weights on CUDA")
-    gpu_memory_gb: float = Field(80.0, gt=0, description="memory of one GPU, to size num_gpus from the weights")
+    num_cpus: Finite = Field(1.0, gt=0, description="CPUs per (model, scheme) task")
+    num_gpus: Finite | None = Field(None, ge=0, description="GPUs per task; default: enough for the weights on CUDA")
+    gpu_memory_gb: Finite = Field(80.0, gt=0, description="memory of one GPU, to size num_gpus from the weights")
     max_retries: int = Field(3, ge=0, le=100, strict=True, description="retries of a task whose worker died")
 
 
@@ -234,7 +237,7 @@ class ReportSpec(_Strict):
     """Options of the rendered report."""
 
     title: str | None = Field(None, max_length=200)
-    output_dir: str | None = Field(None, description="default: report/ in the run directory")
+    output_dir: str | None = Field(None, min_length=1, description="where `run --report` renders; default: RUN/report")
     examples: int = Field(3, ge=0, le=20, strict=True, description="example generations shown per scheme")
     equivalence_margin: float = Field(
         0.05, gt=0, le=1, description="claim (a): quality difference counted as 'alike' (absolute)"
@@ -297,7 +300,7 @@ class StudySpec(_Strict):
     ray: RaySpec = Field(default_factory=RaySpec)
     grid_batching: bool = Field(True, description="batch rows of different grid points together")
     threads: PositiveInt | None = Field(None, le=1024, strict=True, description="torch CPU threads (default: torch's)")
-    output_dir: str | None = Field(None, description="run directory; default runs/<name>")
+    output_dir: str | None = Field(None, min_length=1, description="run directory; default runs/<name>")
     report: ReportSpec = Field(default_factory=ReportSpec)
 
     @field_validator("seeds")
