@@ -104,7 +104,8 @@ def cell_bound(spec: StudySpec) -> tuple[int, int]:
     probe_points = 0
     if probe:
         temps = len(axis_values(grid, "temperature") | set(spec.probe.temperatures))
-        probe_points = temps * math.prod(len(axis_values(grid, a)) for a in ("top_k", "top_p", "repetition_penalty"))
+        ks = len(axis_values(grid, "top_k") | set(spec.probe.top_k))
+        probe_points = temps * ks * math.prod(len(axis_values(grid, a)) for a in ("top_p", "repetition_penalty"))
     return cells, probe_points
 
 
