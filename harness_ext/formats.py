@@ -24,17 +24,18 @@ class Library:
     module: str
     distribution: str
     requirement: str
+    env: str = ""  # environment the install needs
 
     @property
     def install(self) -> str:
-        return f"pip install '{self.requirement}'"
+        return f"{self.env}pip install '{self.requirement}'"
 
 
 LIBRARIES: dict[str, Library] = {
     "bitsandbytes": Library("bitsandbytes", "bitsandbytes", "bitsandbytes>=0.48"),
     "torchao": Library("torchao", "torchao", "torchao>=0.18,<0.19"),
     # hqq's sdist builds CUDA extensions on install unless DISABLE_CUDA=1; its pytorch backend needs none
-    "hqq": Library("hqq", "hqq", "hqq>=0.2.8,<0.3"),
+    "hqq": Library("hqq", "hqq", "hqq>=0.2.8,<0.3", env="DISABLE_CUDA=1 "),
 }
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from harness_ext.errors import UnsupportedSchemeError
 from harness_ext.spec.schemes import Scheme
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
@@ -57,6 +58,7 @@ def torchao_config(scheme: Scheme) -> Any:
 def hqq_quantize(model: Any, scheme: Scheme, device: str) -> None:
     """Replace ``model``'s decoder linear layers by HQQ's (``nbits``/``group_size``/``axis`` of the
     scheme) on ``device``, the other layers cast to the scheme's dtype; then pick the kernel."""
+    check_grouping(model, scheme, _quantizable(model, scheme))
     with _quiet():
         from hqq.core.quantize import BaseQuantizeConfig, HQQBackend, HQQLinear
         from hqq.models.hf.base import AutoHQQHFModel
@@ -77,6 +79,44 @@ def hqq_quantize(model: Any, scheme: Scheme, device: str) -> None:
 
         with _quiet():
             prepare_for_inference(model, backend="torchao_int4")
+
+
+def _quantizable(model: Any, scheme: Scheme) -> dict[str, torch.nn.Linear]:
+    """The linear layers a scheme quantizes: all but the output embedding and ``skip_modules``."""
+    head = model.get_output_embeddings()
+    skip = scheme.skip_modules or ()
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and m is not head and not any(s in name for s in skip)
+    }
+
+
+def check_grouping(model: Any, scheme: Scheme, layers: dict[str, torch.nn.Linear]) -> None:
+    """Refuse a group size that does not divide a layer's input size: torchao leaves such a layer
+    unquantized without a word, and HQQ's groups would run across rows."""
+    g = scheme.group_size
+    bad = {name: m.in_features for name, m in layers.items() if g and m.in_features % g}
+    if bad:
+        name, size = next(iter(bad.items()))
+        sizes = {m.in_features for m in layers.values()}
+        fits = [c for c in (256, 128, 64, 32) if all(n % c == 0 for n in sizes)]
+        hint = f" (e.g. {fits[0]})" if fits else ""
+        raise UnsupportedSchemeError(
+            f"scheme {scheme.name!r}: group_size {g} does not divide the input size {size} of {name} "
+            f"({len(bad)} layers); choose a group_size that divides every layer's{hint}"
+        )
+
+
+def check_torchao_loaded(model: Any, scheme: Scheme) -> None:
+    """After a torchao load: every layer the scheme covers holds a torchao tensor."""
+    layers = _quantizable(model, scheme)
+    check_grouping(model, scheme, layers)
+    plain = [name for name, m in layers.items() if not hasattr(m.weight, "__tensor_flatten__")]
+    if plain:
+        raise UnsupportedSchemeError(
+            f"scheme {scheme.name!r}: torchao left {len(plain)} layers unquantized ({plain[0]})"
+        )
 
 
 @contextlib.contextmanager

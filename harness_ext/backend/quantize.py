@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from harness_ext.backend.libraries import TORCH_DTYPES, hqq_quantize, torchao_config
+from harness_ext.backend.libraries import TORCH_DTYPES, check_torchao_loaded, hqq_quantize, torchao_config
 from harness_ext.errors import UnsupportedSchemeError
 from harness_ext.spec.schemes import DEFAULT_INT8_THRESHOLD, Scheme
 from harness_ext.spec.support import refusal
@@ -52,7 +52,10 @@ def from_pretrained_kwargs(scheme: Scheme) -> dict[str, Any]:
 
 
 def quantize_loaded(model: Any, scheme: Scheme, device: str) -> bool:
-    """Quantize a model that loaded unquantized (HQQ schemes); True if it did anything."""
+    """Quantize a model that loaded unquantized (HQQ schemes), or check that torchao quantized every
+    layer it should have; True if it quantized anything here."""
+    if scheme.library == "torchao":
+        check_torchao_loaded(model, scheme)
     if scheme.library != "hqq":
         return False
     hqq_quantize(model, scheme, device)

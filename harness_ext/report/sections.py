@@ -159,6 +159,7 @@ def setup(study: Study) -> dict[str, Any]:
     return {
         "models": models,
         "schemes": schemes,
+        "by_format": format_matrix(schemes),
         "grid": grid,
         "tasks": tasks,
         "seeds": study.run.get("seeds") or [],
@@ -358,3 +359,21 @@ def _point_label(r: pd.Series) -> str:
         f"T={r['temperature']:g} k={'-' if k is None or (isinstance(k, float) and math.isnan(k)) else int(k)} "
         f"n={int(r['max_new_tokens']) if r.get('max_new_tokens') == r.get('max_new_tokens') else '-'}"
     )
+
+
+def format_matrix(schemes: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Schemes laid out by stored format (rows, fewest bits first) and backend (columns), so that a
+    difference of format (down a column) reads apart from one of backend (along a row); None when the
+    schemes come from one quantization library (and unquantized ones)."""
+    backends = list(dict.fromkeys(s.get("backend") or "bitsandbytes" for s in schemes if s.get("quant") != "none"))
+    if len(backends) < 2:
+        return None
+    rows: dict[str, dict[str, Any]] = {}
+    for s in sorted(schemes, key=lambda s: (s.get("bits") or 99, s.get("format") or "")):
+        if s.get("quant") == "none":
+            continue
+        row = rows.setdefault(
+            s.get("format") or s["quant"], {"format": s.get("format") or s["quant"], "bits": s.get("bits"), "by": {}}
+        )
+        row["by"].setdefault(s.get("backend") or "bitsandbytes", []).append(s["scheme"])
+    return {"backends": backends, "rows": list(rows.values())}

@@ -225,7 +225,7 @@ BUILTIN_SCHEMES: dict[str, Scheme] = {
         Scheme(name="fp4-dq", quant="fp4", double_quant=True),
         # tinygemm int4 needs bfloat16 (and CUDA): the scheme says so rather than failing on an fp32 model
         Scheme(name="int4-torchao", quant="int4", backend="torchao", group_size=128, dtype="bfloat16"),
-        Scheme(name="intx4-torchao", quant="int4", backend="torchao", group_size=128, kernel="unpacked_to_int8"),
+        Scheme(name="intx4-torchao", quant="int4", backend="torchao", group_size=64, kernel="unpacked_to_int8"),
         Scheme(name="int8wo-torchao", quant="int8", backend="torchao"),
         Scheme(name="hqq4", quant="int4", backend="hqq", group_size=64, axis=1),
         Scheme(name="hqq8", quant="int8", backend="hqq", group_size=64, axis=1),

@@ -32,17 +32,15 @@ def refusal(scheme: Scheme, device: str | None, modes: Iterable[str] = ()) -> st
     what = f"{backend} {scheme.quant} kernel {kernel_name}" if backend != "bitsandbytes" else backend
     if kernel.needs and not _installed(kernel.needs):
         return f"{name}: {what} needs {kernel.needs}: pip install {kernel.needs}"
+    if device is not None and device not in kernel.devices:
+        hint = f"; {kernel.instead}" if kernel.instead else ""
+        return f"{name}: {what} runs on {' and '.join(kernel.devices)} only, not {device}{hint}"
+    if device is not None and "compiled" in modes and device not in kernel.compiles_on:
+        return f"{name}: " + (kernel.no_compile or f"{what} does not compile on {device}; use mode eager")
     if kernel.dtype and scheme.dtype and scheme.dtype != kernel.dtype:
         return f"{name}: {what} computes in {kernel.dtype}, not {scheme.dtype}; set dtype: {kernel.dtype}"
     if kernel.axis is not None and scheme.axis is not None and scheme.axis != kernel.axis:
         return f"{name}: {what} needs axis: {kernel.axis}, not {scheme.axis}"
-    if device is None:
-        return None
-    if device not in kernel.devices:
-        hint = f"; {kernel.instead}" if kernel.instead else ""
-        return f"{name}: {what} runs on {' and '.join(kernel.devices)} only, not {device}{hint}"
-    if "compiled" in modes and device not in kernel.compiles_on:
-        return f"{name}: " + (kernel.no_compile or f"{what} does not compile on {device}; use mode eager")
     return None
 
 

@@ -28,18 +28,7 @@ POINT_COLUMNS = ("temperature", "top_k", "top_p", "max_new_tokens", "repetition_
 #: The probe's grid point: the sampling point without max_new_tokens (the probe reads one token).
 PROBE_POINT_COLUMNS = ("temperature", "top_k", "top_p", "repetition_penalty")
 #: A scheme's description, as the cells table carries it.
-SCHEME_COLUMNS = (
-    "scheme",
-    "quant",
-    "bits",
-    "double_quant",
-    "dtype",
-    "compute_dtype",
-    "backend",
-    "backend_version",
-    "kernel",
-    "format",
-)
+SCHEME_COLUMNS = ("scheme", "quant", "bits", "double_quant", "dtype", "compute_dtype", "backend", "format")
 #: An aggregate metric's columns in the cells table.
 VALUE_COLUMNS = ("metric", "value", "stderr", "lo", "hi", "n")
 
@@ -64,8 +53,6 @@ CELLS = pa.schema(
         pa.field("dtype", pa.large_string()),
         pa.field("compute_dtype", pa.large_string()),
         pa.field("backend", pa.large_string()),
-        pa.field("backend_version", pa.large_string()),
-        pa.field("kernel", pa.large_string()),
         pa.field("format", pa.large_string()),
         pa.field("device", pa.large_string()),
         pa.field("task", pa.large_string()),
@@ -145,8 +132,6 @@ def _describe(rec: Record) -> dict[str, Any]:
         "dtype": scheme.get("dtype"),
         "compute_dtype": scheme.get("compute_dtype"),
         "backend": backend_of(scheme),
-        "backend_version": scheme.get("backend_version"),
-        "kernel": scheme.get("kernel"),
         "format": format_of(scheme),
         "device": d.get("device"),
         "task": d.get("task") if rec.kind != "probe" else f"probe:{d.get('task')}",
