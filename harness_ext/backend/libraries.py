@@ -45,8 +45,12 @@ def torchao_config(scheme: Scheme) -> Any:
             mapping_type=q.MappingType.ASYMMETRIC,
         )
     elif scheme.quant == "int4":
+        from torchao.quantization.quantize_.workflows import Int4PackingFormat
+
         config = q.Int4WeightOnlyConfig(
-            group_size=scheme.group_size, int4_packing_format=scheme.kernel, set_inductor_config=False
+            group_size=scheme.group_size,
+            int4_packing_format=Int4PackingFormat(scheme.kernel),
+            set_inductor_config=False,
         )
     else:
         granularity = q.PerGroup(scheme.group_size) if scheme.group_size else q.PerRow()
