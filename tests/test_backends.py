@@ -192,3 +192,16 @@ def test_the_report_lays_schemes_out_by_format_and_backend() -> None:
     assert list(by)[-1] in ("int8 row sym", "int8 row sym + fp16 outliers")
     assert format_matrix([r for r in rows if r["backend"] in ("none", "bitsandbytes")]) is None
     json.dumps(m)
+
+
+def test_claim_d_reads_bitsandbytes_int8_not_a_weight_only_int8(monkeypatch) -> None:
+    """The seed's int8 is LLM.int8: a faster weight-only int8 listed first must not stand in for it."""
+    import test_analysis as ta
+
+    schemes = {"int8wo": ("int8", 8, False, "float16", None), **ta.SCHEMES}
+    monkeypatch.setattr(ta, "SCHEMES", schemes)
+    study = ta.make_study(lambda s, t, d, r: ta.base(t), speed={**ta.SEED_LIKE, "int8wo": 13})
+    study.cells["backend"] = study.cells["scheme"].map(lambda s: "torchao" if s == "int8wo" else None)
+    study.run["schemes"] = dict.fromkeys(schemes, "")
+    c = ta.claim(study, "d")
+    assert c.verdict == "holds" and "int8wo" not in c.reason
