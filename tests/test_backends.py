@@ -128,8 +128,6 @@ def _spec(tmp_path, scheme: str, device: str = "cpu", extra: str = "") -> object
         ("int4-torchao", "cpu", "", "runs on cuda only, not cpu; torchao 0.18 packs int4 weight-only for CUDA only"),
         ("{name: h, quant: int4, backend: hqq, kernel: torchao_int4}", "cpu", "", "runs on cuda only, not cpu"),
         ("{name: h, quant: int4, backend: hqq, kernel: torchao_int4}", "cuda", "", "computes in bfloat16, not float32"),
-        ("int8", "cpu", "speed: {batch_sizes: [1], modes: [compiled]}", "int8 \\(LLM.int8\\) cannot run compiled"),
-        ("nf4", "cpu", "mode: compiled", "compiled 4-bit runs on CUDA only"),
     ],
 )
 def test_what_the_device_cannot_run_is_refused_in_validate(
@@ -141,8 +139,13 @@ def test_what_the_device_cannot_run_is_refused_in_validate(
 
 
 def test_torchao_and_hqq_compile_on_the_cpu_and_auto_checks_no_device_in_validate(tmp_path) -> None:
+    from harness_ext.backend import check_mode
+
+    for name in ("hqq4", "intx4-torchao", "int8wo-torchao"):
+        assert check_mode("compiled", BUILTIN_SCHEMES[name].resolve("float32").model_dump(), "cpu") == "compiled"
+    with pytest.raises(UnsupportedSchemeError, match="compiled 4-bit runs on CUDA only"):
+        check_mode("compiled", BUILTIN_SCHEMES["nf4"].resolve("float32").model_dump(), "cpu")
     assert plan(_spec(tmp_path, "hqq4", extra="mode: compiled"))
-    assert plan(_spec(tmp_path, "intx4-torchao", extra="mode: compiled"))
     # validate counts a `device: auto` spec as the CPU without refusing what a GPU would run
     assert plan(_spec(tmp_path, "int4-torchao", device="auto"), "cpu")
 

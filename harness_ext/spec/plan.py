@@ -235,7 +235,8 @@ def plan(spec: StudySpec, device: str | None = None) -> list[Cell]:
 
 
 def check_spec_schemes(spec: StudySpec, device: str | None) -> None:
-    """Every (model, scheme) resolved, against ``device`` and the modes its cells use."""
-    modes = {spec.mode, *(spec.speed.modes if spec.speed.enabled else [])}
+    """Every (model, scheme) resolved, against ``device``. A mode a scheme cannot run in (compiled
+    bitsandbytes int8) is left to its cells, which fail with the reason before any work: the spec's
+    modes apply to every scheme, and the others' cells in that mode still run."""
     for model in spec.models:
-        check_schemes((s.resolve(model.dtype) for s in spec.scheme_list), device, modes)
+        check_schemes((s.resolve(model.dtype) for s in spec.scheme_list), device)
