@@ -208,3 +208,13 @@ def test_claim_d_reads_bitsandbytes_int8_not_a_weight_only_int8(monkeypatch) -> 
     study.run["schemes"] = dict.fromkeys(schemes, "")
     c = ta.claim(study, "d")
     assert c.verdict == "holds" and "int8wo" not in c.reason
+
+
+def test_ray_sizes_int4_schemes_by_their_storage(monkeypatch) -> None:
+    from harness_ext.run.executors import ray as ray_executor
+
+    monkeypatch.setattr(ray_executor, "count_parameters", lambda model: 70 * 10**9)
+    model = load_spec_text_model()
+    packed = ray_executor.gpus_needed(model, BUILTIN_SCHEMES["hqq4"].resolve("float16"), 80)
+    unpacked = ray_executor.gpus_needed(model, BUILTIN_SCHEMES["intx4-torchao"].resolve("float16"), 80)
+    assert packed == 1 and unpacked == 2
