@@ -46,7 +46,7 @@ def _is_state(obj: Any) -> bool:
 
 def weight_bytes(model: torch.nn.Module) -> int:
     """Bytes of every tensor the model keeps for its weights: parameters and buffers (by real storage),
-    bitsandbytes' quantization states and row scales, HQQ's scales and zeros."""
+    bitsandbytes' quantization states and row scales, HQQ's scales and zeros (each tensor once)."""
     seen: set[int] = set()
     total = 0
     for t in itertools.chain(model.parameters(), model.buffers()):
@@ -54,6 +54,8 @@ def weight_bytes(model: torch.nn.Module) -> int:
         total += _nested_bytes(getattr(t, "quant_state", None), seen)  # bitsandbytes 4-bit
         total += _tensor_bytes(getattr(t, "SCB", None), seen)  # bitsandbytes int8 row scales
     for m in model.modules():
-        if type(m).__name__ == "HQQLinear":
-            total += _nested_bytes(getattr(m, "meta", None), seen)
+        # HQQLinear keeps scale and zero in its ``meta`` dict, and HQQ's tinygemm layer its packed weight
+        # and scales as plain attributes: neither is a parameter or a buffer
+        if "HQQ" in type(m).__name__:
+            total += _nested_bytes(vars(m), seen)
     return total
