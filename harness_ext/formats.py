@@ -152,7 +152,7 @@ def default_kernel(backend: str, quant: str) -> str | None:
 
 def format_of(fields: dict[str, Any]) -> str:
     """The stored format in a few words, the same for every backend that stores it: e.g.
-    ``nf4 g64 absmax``, ``int4 g128 asym``, ``int8 row sym``, ``bf16``."""
+    ``nf4 g64 absmax``, ``int4 g64 asym, float zero``, ``int8 row sym``, ``bf16``."""
     quant = fields.get("quant", "none")
     backend = backend_of(fields)
     if quant == "none":
@@ -163,9 +163,12 @@ def format_of(fields: dict[str, Any]) -> str:
         return f"{quant} g{BNB_BLOCKSIZE} absmax" + (" (double quant)" if fields.get("double_quant") else "")
     group = fields.get("group_size")
     grouping = f"g{group}" if group else "row"
-    if backend == "hqq":
-        return f"{quant} {grouping} asym" + (" axis 0" if fields.get("axis") == 0 else "")
-    return f"{quant} {grouping} {'asym' if quant == 'int4' else 'sym'}"
+    if backend == "hqq":  # HQQ keeps its zero points as floats (its optimiser moves them off the integers)
+        return f"{quant} {grouping} asym, float zero" + (" axis 0" if fields.get("axis") == 0 else "")
+    if quant == "int8":
+        return f"int8 {grouping} sym"
+    # torchao's int4: tinygemm's and mslk's zero points are floats, IntxWeightOnlyConfig's are int8
+    return f"int4 {grouping} asym, {'int' if fields.get('kernel') == 'unpacked_to_int8' else 'float'} zero"
 
 
 def backend_label(fields: dict[str, Any]) -> str:

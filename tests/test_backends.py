@@ -103,8 +103,10 @@ def test_invalid_backend_fields(fields: dict, match: str) -> None:
 def test_format_and_backend_read_apart_from_old_and_new_records() -> None:
     assert backend_of({"quant": "nf4"}) == "bitsandbytes" and backend_of({"quant": "none"}) == "none"
     assert format_of({"quant": "nf4", "double_quant": True}) == "nf4 g64 absmax (double quant)"
-    intx = BUILTIN_SCHEMES["intx4-torchao"].resolve("float32")
-    assert intx.format == BUILTIN_SCHEMES["hqq4"].resolve("float32").format == "int4 g64 asym"
+    # the zero point's domain is part of what is stored: torchao's intx keeps int8 zeros, HQQ and tinygemm floats
+    assert BUILTIN_SCHEMES["intx4-torchao"].resolve("float32").format == "int4 g64 asym, int zero"
+    assert BUILTIN_SCHEMES["hqq4"].resolve("float32").format == "int4 g64 asym, float zero"
+    assert BUILTIN_SCHEMES["int4-torchao"].resolve("float32").format == "int4 g128 asym, float zero"
     assert BUILTIN_SCHEMES["int8wo-torchao"].resolve("float32").format == "int8 row sym"
 
 
@@ -190,7 +192,8 @@ def test_the_report_lays_schemes_out_by_format_and_backend() -> None:
     m = format_matrix(rows)
     assert m["backends"] == ["bitsandbytes", "torchao", "hqq"]
     by = {r["format"]: r["by"] for r in m["rows"]}
-    assert by["int4 g64 asym"] == {"torchao": ["intx4-torchao"], "hqq": ["hqq4"]}
+    assert by["int4 g64 asym, int zero"] == {"torchao": ["intx4-torchao"]}
+    assert by["int4 g64 asym, float zero"] == {"hqq": ["hqq4"]}
     assert by["nf4 g64 absmax"] == {"bitsandbytes": ["nf4"]}
     assert list(by)[-1] in ("int8 row sym", "int8 row sym + fp16 outliers")
     assert format_matrix([r for r in rows if r["backend"] in ("none", "bitsandbytes")]) is None
