@@ -29,9 +29,22 @@ LAYER = {
 }
 
 
+@pytest.fixture(scope="module")
+def loaded(tiny_model):
+    """Each scheme of these tests loaded once on the tiny model: name -> (model, tokenizer, load info)."""
+    cache: dict[str, tuple] = {}
+
+    def get(name: str) -> tuple:
+        if name not in cache:
+            cache[name] = load_model(str(tiny_model), BUILTIN_SCHEMES[name], "cpu")
+        return cache[name]
+
+    return get
+
+
 @pytest.mark.parametrize("name", list(LAYER))
-def test_each_new_backend_quantizes_and_generates(tiny_model, name: str) -> None:
-    model, tok, info = load_model(str(tiny_model), BUILTIN_SCHEMES[name], "cpu")
+def test_each_new_backend_quantizes_and_generates(loaded, name: str) -> None:
+    model, tok, info = loaded(name)
     assert info.layer_types[LAYER[name]] == 2 * 7 and info.layer_types["Linear"] == 1  # lm_head stays
     assert model.model.norm.weight.dtype == torch.float32
     assert info.scheme["backend"] == name.split("-")[-1].removesuffix("4").removesuffix("8")
@@ -42,12 +55,12 @@ def test_each_new_backend_quantizes_and_generates(tiny_model, name: str) -> None
     assert out.shape[1] == ids["input_ids"].shape[1] + 4
 
 
-def test_weight_bytes_count_real_storage_for_every_backend(tiny_model) -> None:
+def test_weight_bytes_count_real_storage_for_every_backend(loaded) -> None:
     """get_memory_footprint counts a torchao weight at its float size and misses bitsandbytes' absmax and
     HQQ's scales: the record's weight bytes must not."""
     sizes, footprints = {}, {}
     for name in ("fp32", "nf4", "int8wo-torchao", "intx4-torchao", "hqq4"):
-        model, _, info = load_model(str(tiny_model), BUILTIN_SCHEMES[name], "cpu")
+        model, _, info = loaded(name)
         sizes[name], footprints[name] = info.weight_bytes, model.get_memory_footprint()
     assert sizes["fp32"] == footprints["fp32"]
     assert footprints["int8wo-torchao"] == footprints["fp32"] > sizes["int8wo-torchao"]  # the subclass's float size
