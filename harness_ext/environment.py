@@ -19,6 +19,8 @@ PACKAGES = (
     "torch",
     "transformers",
     "bitsandbytes",
+    "torchao",
+    "hqq",
     "lm-eval",
     "accelerate",
     "pydantic",

@@ -162,7 +162,7 @@ def test_torch_free_rooms_reach_neither_torch_nor_the_backend_nor_the_runner(roo
     rooms = [m for m in MODULES if m == room or m.startswith(room + ".")]
     eager = _package_imports(EAGER)
     loaded = set().union(*(_reach(m, eager) | eager[m] for m in rooms))
-    heavy = {"torch", "transformers", "bitsandbytes", "accelerate", "ray", "lm_eval"}
+    heavy = {"torch", "transformers", "bitsandbytes", "accelerate", "ray", "lm_eval", "torchao", "hqq"}
     assert {m for m in loaded if m.split(".")[0] in heavy} == set()
     anywhere = _package_imports(GRAPH)
     reached = set().union(*(_reach(m, anywhere) | anywhere[m] for m in rooms))

@@ -21,7 +21,7 @@ def _without_figures(html: str) -> tuple[str, int]:
     return _SVG.sub("<svg/>", html), len(_SVG.findall(html))
 
 
-@pytest.mark.parametrize("name", ["demo", "paper_speed", "paper_speed_single"])
+@pytest.mark.parametrize("name", ["demo", "paper_speed", "paper_speed_single", "backends_cpu"])
 def test_committed_report_rerenders_from_its_tables(name: str, tmp_path, request) -> None:
     folder = REPO / "reports" / name
     committed = (folder / "index.html").read_text(encoding="utf-8")

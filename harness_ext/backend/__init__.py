@@ -12,6 +12,8 @@ the store, the analysis and the report do not). Modules:
 - :mod:`~harness_ext.backend.sampler` — the per-row, batch-invariant sampler
 - :mod:`~harness_ext.backend.probe` — the exact next-token probe's maths
 - :mod:`~harness_ext.backend.speed`, :mod:`~harness_ext.backend.measure` — the benchmark, clocks and peaks
+- :mod:`~harness_ext.backend.quantize`, :mod:`~harness_ext.backend.libraries`,
+  :mod:`~harness_ext.backend.footprint` — a scheme's configs (bitsandbytes, torchao, HQQ) and weight bytes
 """
 
 from harness_ext.backend import probe, speed

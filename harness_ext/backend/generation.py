@@ -20,6 +20,9 @@ from harness_ext.backend.kvcache import CACHE_ARG, kv_bytes_by_device, prefill_c
 from harness_ext.backend.measure import Clock, GenerateStats, StepTimer, summarize_marks, track_peak_memory
 from harness_ext.backend.sampler import Row, RowSampler
 from harness_ext.errors import SpecError, UnsupportedSchemeError
+from harness_ext.formats import backend_of
+from harness_ext.spec.schemes import Scheme
+from harness_ext.spec.support import refusal
 
 log = logging.getLogger(__name__)
 
@@ -28,28 +31,29 @@ def check_mode(mode: str, scheme: dict[str, Any], device: str) -> str:
     """Refuse, in one line, a generation mode a scheme cannot run; return the mode."""
     if mode not in ("eager", "compiled"):
         raise SpecError(f"mode must be eager or compiled, not {mode!r}")
-    if mode == "eager":
+    if mode == "eager" or scheme.get("quant", "none") == "none":
         return mode
-    quant = scheme.get("quant")
-    if quant == "int8":
-        raise UnsupportedSchemeError(
-            f"scheme {scheme.get('name')!r}: int8 (LLM.int8) cannot run compiled: torch.compile had not finished "
-            "compiling it after 4.5 minutes on an H100 (bitsandbytes 0.50.2); use mode eager"
-        )
-    if quant in ("nf4", "fp4") and torch.device(device).type != "cuda":
-        raise UnsupportedSchemeError(
-            f"scheme {scheme.get('name')!r}: compiled 4-bit runs on CUDA only (torch.compile fails on bitsandbytes' "
-            "CPU 4-bit kernels); use mode eager on the CPU"
-        )
+    why = refusal(Scheme.model_validate(scheme), torch.device(device).type, (mode,))
+    if why:
+        raise UnsupportedSchemeError(why)
     return mode
+
+
+def compiles_itself(scheme: dict[str, Any]) -> bool:
+    """Whether transformers compiles this scheme's model in ``generate`` (unquantized, torchao: its
+    quantizer says it is compileable; HQQ: quantized after loading, so transformers sees no quantizer);
+    bitsandbytes' quantizers say it is not, so its forward is compiled here."""
+    return backend_of(scheme) != "bitsandbytes"
 
 
 def compile_description(scheme: dict[str, Any], config: Any) -> str:
     """What the compiled mode actually ran, for the records."""
-    if scheme.get("quant") == "none":
+    if compiles_itself(scheme):
+        who = {"none": "", "torchao": " (torchao model)", "hqq": " (HQQ model)"}[backend_of(scheme)]
         return (
-            f"static KV cache; transformers compiles the forward itself (CompileConfig fullgraph={config.fullgraph}, "
-            f"mode={config.mode})"
+            f"static KV cache; transformers compiles the forward itself{who} "
+            f"(CompileConfig fullgraph={config.fullgraph}, mode={config.mode}); prefill runs uncompiled; "
+            "a new cache length recompiles"
         )
     return "static KV cache; model.forward = torch.compile(model.forward, mode='default') (bitsandbytes)"
 
@@ -187,9 +191,9 @@ class RowGeneration:
 
     @contextlib.contextmanager
     def _mode(self, mode: str) -> Iterator[None]:
-        """Compiled 4-bit models: swap in a ``torch.compile``d forward for the call (transformers never
-        compiles bitsandbytes models itself); unquantized models are compiled by transformers."""
-        if mode != "compiled" or self._scheme_fields().get("quant") == "none":
+        """Compiled bitsandbytes models: swap in a ``torch.compile``d forward for the call (transformers never
+        compiles bitsandbytes models itself); other models are compiled by transformers."""
+        if mode != "compiled" or compiles_itself(self._scheme_fields()):
             yield
             return
         if "forward" not in self.compiled:
@@ -282,7 +286,7 @@ class RowGeneration:
         )
         if mode == "compiled":
             config.cache_implementation = "static"
-            config.compile_config = CompileConfig()  # transformers compiles unquantized models (CUDA graphs)
+            config.compile_config = CompileConfig()  # for the models transformers compiles itself (CUDA graphs)
             config.compile_config._compile_all_devices = self.device.type != "cuda" or None
             self.compiled.setdefault("how", compile_description(self._scheme_fields(), config.compile_config))
         else:
@@ -290,12 +294,8 @@ class RowGeneration:
         return config
 
     def _check_compiled(self, mode: str) -> None:
-        """Never report eager timings as compiled ones: an unquantized model must have been compiled."""
-        if (
-            mode == "compiled"
-            and self._scheme_fields().get("quant") == "none"
-            and not hasattr(self.model, "_compiled_call")
-        ):
+        """Never report eager timings as compiled ones: a model transformers compiles must have been compiled."""
+        if mode == "compiled" and compiles_itself(self._scheme_fields()) and not hasattr(self.model, "_compiled_call"):
             raise UnsupportedSchemeError(
                 f"transformers did not compile {self.model_name} for generation (no compiled forward after generate)"
             )

@@ -103,6 +103,9 @@ class HFQuantLM(RowGeneration, HFLM):
         compute_dtype: str | None = None,
         double_quant: bool | None = None,
         int8_threshold: float | None = None,
+        group_size: int | None = None,
+        axis: int | None = None,
+        kernel: str | None = None,
         model_dtype: str = "float32",
         gguf_file: str | None = None,
         revision: str | None = None,
@@ -128,6 +131,9 @@ class HFQuantLM(RowGeneration, HFLM):
                 compute_dtype=compute_dtype,
                 double_quant=double_quant or None,
                 int8_threshold=int8_threshold,
+                group_size=group_size,
+                axis=axis,
+                kernel=kernel,
             )
             model, tok, load_info = load_model(
                 pretrained,

@@ -15,6 +15,7 @@ import transformers
 from pydantic import ValidationError
 from transformers import GenerationConfig
 
+from harness_ext.backend.footprint import weight_bytes
 from harness_ext.backend.measure import (
     cuda_devices,
     model_devices,
@@ -22,14 +23,14 @@ from harness_ext.backend.measure import (
     track_peak_memory,
     weight_bytes_by_device,
 )
-from harness_ext.backend.quantize import check_supported, from_pretrained_kwargs
+from harness_ext.backend.quantize import check_supported, from_pretrained_kwargs, quantize_loaded
 from harness_ext.backend.shapes import placeholder_tokenizer, random_model, shape_config, spread_random_model
 from harness_ext.backend.sources import ModelSource, resolve
 from harness_ext.catalog import SHAPE_NOTE
 from harness_ext.errors import ModelLoadError, SpecError
 from harness_ext.spec.schemes import BUILTIN_SCHEMES, Scheme
 
-QUANT_LAYER_TYPES = ("Linear4bit", "Linear8bitLt")
+QUANT_LAYER_TYPES = ("Linear4bit", "Linear8bitLt", "HQQLinear")
 
 
 @dataclass
@@ -54,6 +55,7 @@ class LoadInfo:
     load_peak_by_device: dict[str, int] | None = None  # CUDA: each device's own peak while loading
     quantized_parameters: int = 0  # weights of the quantized layers, counted as the unquantized model counts them
     unquantized_parameters: int = 0  # every other parameter (embeddings, norms, lm_head, biases)
+    quantization: str | None = None  # how the weights were quantized: the library's config, as it prints
 
 
 def scheme_from_args(quant: str | Scheme, **fields: Any) -> Scheme:
@@ -79,6 +81,9 @@ def _count(model: torch.nn.Module) -> tuple[dict[str, int], dict[str, int]]:
     for m in model.modules():
         name = type(m).__name__
         if name in QUANT_LAYER_TYPES or name == "Linear":
+            weight = getattr(m, "weight", None)
+            if name == "Linear" and weight is not None and hasattr(weight, "__tensor_flatten__"):
+                name = f"Linear({type(weight).__name__})"  # torchao: a quantized tensor in a plain Linear
             layers[name] += 1
     dtypes: dict[str, int] = defaultdict(int)
     for p in model.parameters():
@@ -118,10 +123,11 @@ def load_model(
     source = resolve(pretrained, gguf_file=gguf_file, revision=revision, tokenizer=tokenizer)
     config, tok = _config_and_tokenizer(pretrained, source, trust_remote_code)
     kwargs = from_pretrained_kwargs(scheme)
+    after_load = scheme.library == "hqq"  # quantized once loaded (see harness_ext.backend.libraries)
     if device_map == "auto":
         kwargs["device_map"] = "auto"  # accelerate places layers over the visible GPUs
-    elif scheme.quantized:
-        kwargs["device_map"] = {"": device}  # bitsandbytes quantizes as the weights land on the device
+    elif scheme.quantized and not after_load:
+        kwargs["device_map"] = {"": device}  # bitsandbytes and torchao quantize as the weights land on the device
     load_devices = _load_devices(device, device_map)
     with track_peak_memory(load_devices) as peak:
         t0 = time.perf_counter()
@@ -131,7 +137,9 @@ def load_model(
             )
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"cannot load {pretrained!r} as {scheme.name}: {_one_line(e)}") from e
-        if not scheme.quantized and device_map is None:
+        if after_load and device_map == "auto":
+            raise SpecError(f"scheme {scheme.name!r}: an HQQ model is not spread over GPUs here; give it num_gpus: 1")
+        if not quantize_loaded(model, scheme, device) and not scheme.quantized and device_map is None:
             model.to(device)
         synchronize(cuda_devices(load_devices))
         load_s = time.perf_counter() - t0
@@ -179,6 +187,7 @@ def _build_shape(shape: dict[str, Any], scheme: Scheme, device: str, spread: boo
             model = spread_random_model(config, from_pretrained_kwargs(scheme)["dtype"])
         else:
             model = random_model(config, from_pretrained_kwargs(scheme), device)
+            quantize_loaded(model, scheme, device)
         synchronize(cuda_devices(load_devices))
         load_s = time.perf_counter() - t0
     return model, tok, _finish_load(model, config, scheme, device, load_s, peak, {"shape": shape}, SHAPE_NOTE)
@@ -205,7 +214,7 @@ def _finish_load(
     quantized, unquantized = _quantized_split(model)
     return LoadInfo(
         load_s=load_s,
-        weight_bytes=int(model.get_memory_footprint()),
+        weight_bytes=weight_bytes(model),
         load_peak_bytes=peak.bytes,
         load_peak_kind=peak.kind,
         num_parameters=sum(p.numel() for p in model.parameters()),
@@ -222,6 +231,7 @@ def _finish_load(
         load_peak_by_device=peak.by_device,
         quantized_parameters=quantized,
         unquantized_parameters=unquantized,
+        quantization=_quantization(model, scheme),
     )
 
 
@@ -236,6 +246,22 @@ def _quantized_split(model: torch.nn.Module) -> tuple[int, int]:
             packed.add(id(m.weight))
     unquantized = sum(p.numel() for p in model.parameters() if id(p) not in packed)
     return quantized, unquantized
+
+
+def _quantization(model: Any, scheme: Scheme) -> str | None:
+    """How the weights were quantized, as the library states it: transformers' quantization config (its
+    torchao or bitsandbytes config), or the HQQ config each layer was given."""
+    if not scheme.quantized:
+        return None
+    if scheme.library == "hqq":
+        layer = next((m for m in model.modules() if type(m).__name__ == "HQQLinear"), None)
+        config = getattr(layer, "quant_config", None)
+        return f"hqq.models.hf.base.AutoHQQHFModel.quantize_model, HQQLinear({config})" if layer else None
+    config = getattr(getattr(model, "hf_quantizer", None), "quantization_config", None)
+    if config is None:
+        return None
+    quant_type = getattr(config, "quant_type", None)  # torchao: the AOBaseConfig
+    return f"{type(config).__name__}({quant_type!r})" if quant_type is not None else repr(config.to_dict())
 
 
 def _one_line(e: BaseException) -> str:

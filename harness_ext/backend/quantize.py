@@ -1,30 +1,35 @@
-"""A scheme's ``from_pretrained`` keyword arguments (torch dtypes, bitsandbytes configs) and whether a
-device can run it. The schemes themselves are data: :mod:`harness_ext.spec.schemes`.
+"""A scheme's ``from_pretrained`` keyword arguments (torch dtypes; bitsandbytes and torchao configs), the
+quantization that follows loading (HQQ), and whether a device can run it. The schemes themselves are
+data: :mod:`harness_ext.spec.schemes`; which kernel runs where: :mod:`harness_ext.formats`.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import torch
 
+from harness_ext.backend.libraries import TORCH_DTYPES, check_torchao_loaded, hqq_quantize, torchao_config
 from harness_ext.errors import UnsupportedSchemeError
 from harness_ext.spec.schemes import DEFAULT_INT8_THRESHOLD, Scheme
+from harness_ext.spec.support import refusal
 
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
+__all__ = ["TORCH_DTYPES", "check_supported", "from_pretrained_kwargs", "quantize_loaded"]
+
+#: Kernels that need a CUDA device of compute capability 8.0 or more (tinygemm).
+_SM80_KERNELS = ("tile_packed_to_4d", "torchao_int4")
 
 
 def from_pretrained_kwargs(scheme: Scheme) -> dict[str, Any]:
-    """``from_pretrained`` keyword arguments (``dtype`` and ``quantization_config``) of a resolved scheme."""
+    """``from_pretrained`` keyword arguments (``dtype`` and ``quantization_config``) of a resolved scheme;
+    an HQQ scheme loads unquantized here and is quantized by :func:`quantize_loaded`."""
     if scheme.dtype is None:
         raise ValueError(f"scheme {scheme.name!r} is not resolved: call Scheme.resolve first")
     kwargs: dict[str, Any] = {"dtype": TORCH_DTYPES[scheme.dtype]}
-    if not scheme.quantized:
+    if not scheme.quantized or scheme.library == "hqq":
+        return kwargs
+    if scheme.library == "torchao":
+        kwargs["quantization_config"] = torchao_config(scheme)
         return kwargs
     from transformers import BitsAndBytesConfig
 
@@ -46,8 +51,21 @@ def from_pretrained_kwargs(scheme: Scheme) -> dict[str, Any]:
     return kwargs
 
 
+def quantize_loaded(model: Any, scheme: Scheme, device: str) -> bool:
+    """Quantize a model that loaded unquantized (HQQ schemes), or check that torchao quantized every
+    layer it should have; True if it quantized anything here."""
+    if scheme.library == "torchao":
+        check_torchao_loaded(model, scheme)
+    if scheme.library != "hqq":
+        return False
+    hqq_quantize(model, scheme, device)
+    return True
+
+
 def check_supported(scheme: Scheme, device: str) -> None:
-    """Raise :class:`UnsupportedSchemeError` (one line: cause and fix) if ``device`` cannot run ``scheme``.
+    """Raise :class:`UnsupportedSchemeError` (one line: cause and fix) if ``device`` cannot run ``scheme``
+    (resolved): the spec's torch-free rules (:func:`harness_ext.spec.support.refusal`), then what only
+    torch can tell (a GPU present, bfloat16, compute capability, a CUDA build of bitsandbytes).
 
     Called before any weights load, so a bad combination costs nothing.
     """
@@ -65,15 +83,20 @@ def check_supported(scheme: Scheme, device: str) -> None:
             f"scheme {scheme.name!r} uses bfloat16, which this GPU "
             f"({torch.cuda.get_device_name()}) does not support; use float16"
         )
-    if scheme.quantized:
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise UnsupportedSchemeError(f"scheme {scheme.name!r} needs bitsandbytes: pip install 'bitsandbytes>=0.48'")
-        if kind == "cuda":
-            import bitsandbytes as bnb
+    why = refusal(scheme, kind)
+    if why:
+        raise UnsupportedSchemeError(why)
+    if kind == "cuda" and scheme.kernel in _SM80_KERNELS and torch.cuda.get_device_capability(device)[0] < 8:
+        raise UnsupportedSchemeError(
+            f"scheme {scheme.name!r}: kernel {scheme.kernel} (tinygemm) needs compute capability 8.0+, "
+            f"and {torch.cuda.get_device_name(device)} has {torch.cuda.get_device_capability(device)}"
+        )
+    if scheme.library == "bitsandbytes" and kind == "cuda":
+        import bitsandbytes as bnb
 
-            backends = getattr(bnb, "supported_torch_devices", ())
-            if backends and "cuda" not in backends:
-                raise UnsupportedSchemeError(
-                    f"scheme {scheme.name!r}: this bitsandbytes build has no CUDA library; "
-                    "reinstall bitsandbytes for your CUDA version"
-                )
+        backends = getattr(bnb, "supported_torch_devices", ())
+        if backends and "cuda" not in backends:
+            raise UnsupportedSchemeError(
+                f"scheme {scheme.name!r}: this bitsandbytes build has no CUDA library; "
+                "reinstall bitsandbytes for your CUDA version"
+            )

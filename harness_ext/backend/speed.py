@@ -86,6 +86,7 @@ def benchmark(
         "kv_cache": calls[0].kv_cache if calls else None,
         "compiled_how": lm.compiled.get("how") if mode == "compiled" else None,
         "warmup_wall_ms": [c.wall_ms for c in warm],
+        "compile_ms": _compile_ms(warm, calls) if mode == "compiled" else None,
         "ttft_ms": Summary.of([c.ttft_ms for c in calls if c.ttft_ms is not None]).to_dict(),
         "decode_ms_per_token": decode.to_dict(),
         "tokens_per_s": Summary.of([c.new_tokens / (c.wall_ms / 1e3) for c in calls]).to_dict(),
@@ -108,6 +109,14 @@ def benchmark(
     if bandwidth and info is not None:
         out |= weight_streaming_floor(lm.model, info.weight_bytes, bandwidth, decode.median)
     return out
+
+
+def _compile_ms(warm: list[Any], calls: list[Any]) -> float | None:
+    """Compilation, apart from steady-state decoding: the first warm-up call's wall time beyond the
+    median timed call's (the warm-up runs the same shapes, so it is where compiled mode compiles)."""
+    if not warm or not calls:
+        return None
+    return max(0.0, warm[0].wall_ms - Summary.of([c.wall_ms for c in calls]).median)
 
 
 def _peak_by_device(calls: list[Any]) -> dict[str, int] | None:

@@ -162,6 +162,7 @@ def setup(study: Study) -> dict[str, Any]:
         "models": models,
         "schemes": schemes,
         "quantized": quantized_rows(study),
+        "by_format": format_matrix(schemes),
         "grid": grid,
         "tasks": tasks,
         "seeds": study.run.get("seeds") or [],
@@ -194,6 +195,8 @@ def fingerprint_lines(study: Study) -> list[str]:
             line += f"; machine speed index (median of {n} rounds): matmul {mm:.3g} GFLOP/s, memory {mem:.3g} GB/s"
         out.append(line)
     return out
+
+
 def quantized_rows(study: Study) -> list[dict[str, Any]]:
     """Per quantized (model, scheme) load: its weight bytes and the share of the parameters it holds
     quantized. The rest (embeddings, norms, ``lm_head``) keeps the "other layers" dtype, so a model
@@ -405,3 +408,21 @@ def failed_rows(study: Study) -> list[dict[str, Any]]:
 def missing_cells(study: Study) -> list[dict[str, str]]:
     present = set(study.cells["cell_id"])
     return [c for c in (study.run.get("expected_cells") or []) if c["cell_id"] not in present]
+
+
+def format_matrix(schemes: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Schemes laid out by stored format (rows, fewest bits first) and backend (columns), so that a
+    difference of format (down a column) reads apart from one of backend (along a row); None when the
+    schemes come from one quantization library (and unquantized ones)."""
+    backends = list(dict.fromkeys(s.get("backend") or "bitsandbytes" for s in schemes if s.get("quant") != "none"))
+    if len(backends) < 2:
+        return None
+    rows: dict[str, dict[str, Any]] = {}
+    for s in sorted(schemes, key=lambda s: (s.get("bits") or 99, s.get("format") or "")):
+        if s.get("quant") == "none":
+            continue
+        row = rows.setdefault(
+            s.get("format") or s["quant"], {"format": s.get("format") or s["quant"], "bits": s.get("bits"), "by": {}}
+        )
+        row["by"].setdefault(s.get("backend") or "bitsandbytes", []).append(s["scheme"])
+    return {"backends": backends, "rows": list(rows.values())}

@@ -36,7 +36,7 @@ from harness_ext.run.handlers import HANDLERS
 from harness_ext.run.quiet import library_warnings, quiet_lm_eval
 from harness_ext.run.reference import add_run_reference_metrics
 from harness_ext.spec import Cell, ModelSpec, StudySpec, expand, prepare_tasks, resolve_device
-from harness_ext.spec.plan import device_type
+from harness_ext.spec.plan import check_spec_schemes, device_type
 from harness_ext.store import Record, RunStore, now, timing_family
 
 if TYPE_CHECKING:
@@ -143,6 +143,7 @@ class Runner:
         if self.spec.threads:
             torch.set_num_threads(self.spec.threads)
         task_params = prepare_tasks(self.spec)
+        check_spec_schemes(self.spec, device_type(self.device))  # before the run directory is touched
         records = store.load_records()  # first: a run directory of a newer version is left untouched
         problems = list(store.problems)
         env = environment.capture(self.argv, self.device)

@@ -21,6 +21,7 @@ from harness_ext.errors import DataError, SpecError
 from harness_ext.point import SamplingPoint
 from harness_ext.spec.schema import ModelSpec, StudySpec, TaskSpec
 from harness_ext.spec.schemes import Scheme
+from harness_ext.spec.support import check_schemes
 from harness_ext.tasks import loaders
 
 #: Bump when the meaning of a cell's definition changes: every cell gets a new hash.
@@ -255,6 +256,17 @@ def device_type(device: str) -> str:
 
 
 def plan(spec: StudySpec, device: str | None = None) -> list[Cell]:
-    """All cells of a spec on a device (``auto`` resolved here)."""
+    """All cells of a spec on a device (``auto`` resolved here), after refusing a scheme the device
+    cannot run; a device given only to count the cells of a ``device: auto`` spec checks no device."""
+    concrete = device is None or spec.device != "auto"
     device = resolve_device(device or spec.device)
+    check_spec_schemes(spec, device_type(device) if concrete else None)
     return expand(spec, device_type(device), prepare_tasks(spec))
+
+
+def check_spec_schemes(spec: StudySpec, device: str | None) -> None:
+    """Every (model, scheme) resolved, against ``device``. A mode a scheme cannot run in (compiled
+    bitsandbytes int8) is left to its cells, which fail with the reason before any work: the spec's
+    modes apply to every scheme, and the others' cells in that mode still run."""
+    for model in spec.models:
+        check_schemes((s.resolve(model.dtype) for s in spec.scheme_list), device)

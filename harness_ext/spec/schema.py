@@ -171,7 +171,7 @@ def _known_scheme(name: str) -> str:
     if name not in BUILTIN_SCHEMES:
         raise ValueError(
             f"unknown scheme {name!r}: built-ins are {', '.join(BUILTIN_SCHEMES)}; "
-            "or define one inline as {name: ..., quant: none|int8|nf4|fp4, ...}"
+            "or define one inline as {name: ..., quant: none|int8|nf4|fp4|int4, backend: ..., ...}"
         )
     return name
 

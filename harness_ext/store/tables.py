@@ -21,6 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from harness_ext.formats import backend_of, bits_of, format_of
 from harness_ext.store.record import RECORD_VERSION, Record, dumps
 
 #: The sampling point's columns, in every table: what a grid point is made of.
@@ -28,7 +29,7 @@ POINT_COLUMNS = ("temperature", "top_k", "top_p", "max_new_tokens", "repetition_
 #: The probe's grid point: the sampling point without max_new_tokens (the probe reads one token).
 PROBE_POINT_COLUMNS = ("temperature", "top_k", "top_p", "repetition_penalty")
 #: A scheme's description, as the cells table carries it.
-SCHEME_COLUMNS = ("scheme", "quant", "bits", "double_quant", "dtype", "compute_dtype")
+SCHEME_COLUMNS = ("scheme", "quant", "bits", "double_quant", "dtype", "compute_dtype", "backend", "format")
 #: An aggregate metric's columns in the cells table.
 VALUE_COLUMNS = ("metric", "value", "stderr", "lo", "hi", "n")
 
@@ -63,6 +64,8 @@ CELLS = pa.schema(
         pa.field("double_quant", pa.bool_()),
         pa.field("dtype", pa.large_string()),
         pa.field("compute_dtype", pa.large_string()),
+        pa.field("backend", pa.large_string()),
+        pa.field("format", pa.large_string()),
         pa.field("device", pa.large_string()),
         pa.field("task", pa.large_string()),
         *_POINT_FIELDS,
@@ -137,7 +140,6 @@ def _describe(rec: Record) -> dict[str, Any]:
     scheme = d.get("scheme", {})
     point = d.get("point") or {}
     params = d.get("params", {})
-    bits = {"nf4": 4, "fp4": 4, "int8": 8}.get(scheme.get("quant"), 32 if scheme.get("dtype") == "float32" else 16)
     return {
         "cell_id": rec.cell_id,
         "kind": rec.kind,
@@ -145,10 +147,12 @@ def _describe(rec: Record) -> dict[str, Any]:
         "model": d.get("model", {}).get("name"),
         "scheme": scheme.get("name"),
         "quant": scheme.get("quant"),
-        "bits": bits,
+        "bits": bits_of(scheme),
         "double_quant": scheme.get("double_quant"),
         "dtype": scheme.get("dtype"),
         "compute_dtype": scheme.get("compute_dtype"),
+        "backend": backend_of(scheme),
+        "format": format_of(scheme),
         "device": d.get("device"),
         "task": d.get("task") if rec.kind != "probe" else f"probe:{d.get('task')}",
         **{k: point.get(k) for k in POINT_COLUMNS},

@@ -103,7 +103,9 @@ def claim_d(study: Study, o: Options) -> list[Claim]:
         r = "no speed cells in the run"
         return [c.decide("not tested", r), c2.decide("not tested", r)]
     sch = study.schemes(measured=True)
-    int8 = sch[sch["quant"] == "int8"]["scheme"].tolist()[:1]
+    # the seed's int8 is bitsandbytes' LLM.int8; torchao's and HQQ's int8 are weight-only, another scheme
+    int8 = sch[(sch["quant"] == "int8") & (sch["backend"].fillna("bitsandbytes") == "bitsandbytes")]["scheme"]
+    int8 = int8.tolist()[:1]
     unq16 = sch[(sch["quant"] == "none") & (sch["dtype"].isin(["float16", "bfloat16"]))]
     fast = (unq16[unq16["dtype"] == "float16"]["scheme"].tolist() or unq16["scheme"].tolist())[:1]
     bf16 = unq16[unq16["dtype"] == "bfloat16"]["scheme"].tolist()[:1]
