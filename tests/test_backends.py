@@ -194,7 +194,7 @@ def test_a_group_size_that_does_not_divide_a_layer_is_refused_before_quantizing(
 
 
 def test_the_report_lays_schemes_out_by_format_and_backend() -> None:
-    from harness_ext.report.sections import format_matrix
+    from harness_ext.report.setup import format_matrix
 
     rows = [
         {"scheme": s, **{k: v for k, v in BUILTIN_SCHEMES[s].resolve("float32").model_dump().items()}}

@@ -105,7 +105,7 @@ def test_committed_tables_conform_to_the_one_schema(path: Path) -> None:
 def test_the_share_of_parameters_held_quantized_is_read_from_loads_old_and_new(demo_study) -> None:
     """The demo's records predate the recorded counts: bitsandbytes' storage dtypes give the share
     (int8 one weight per byte, 4-bit two per uint8 byte); a recorded count gives the same."""
-    from harness_ext.report.sections import quantized_rows, quantized_share
+    from harness_ext.report.setup import quantized_rows, quantized_share
 
     rows = {r["scheme"]: r["share"] for r in quantized_rows(demo_study)}
     unquantized = 49152 * 576 + 61 * 576  # SmolLM2-135M's tied embedding and its 61 norms stay float32

@@ -11,7 +11,7 @@ import pytest
 
 from harness_ext import catalog
 from harness_ext.backend import sources as models
-from harness_ext.report.sections import describe_source
+from harness_ext.report.setup import describe_source
 
 CAVEAT = "carries that quantization's error"
 

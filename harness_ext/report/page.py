@@ -32,6 +32,7 @@ from harness_ext.errors import StoreError
 from harness_ext.report import examples as ex
 from harness_ext.report import figures as figs
 from harness_ext.report import sections as sec
+from harness_ext.report.setup import setup as setup_section
 from harness_ext.store import atomic_write
 from harness_ext.store.tables import DERIVED_KEYS, TABLE_FILES  # a report keeps these input tables in data/
 
@@ -216,7 +217,7 @@ def build(study: Study, opts: dict[str, Any]) -> tuple[str, dict[str, pd.DataFra
         "abstract": sec.abstract(study, q_desc),
         "caveats": sec.caveats(study),
         "glance": sec.glance(claims),
-        "setup": sec.setup(study),
+        "setup": setup_section(study),
         "claims": claims,
         "margin": margins.margin,
         "speed_margin": margins.speed_margin,
