@@ -237,13 +237,16 @@ def _finish_load(
 
 def _quantized_split(model: torch.nn.Module) -> tuple[int, int]:
     """Parameters held quantized (the weights of the quantized layers, ``in × out`` each: bitsandbytes
-    packs two 4-bit values per byte, so their ``numel`` is not the count) and those held unquantized.
+    packs two 4-bit values per byte and HQQ keeps its own packed tensors, so their ``numel`` is not the
+    count) and those held unquantized. A torchao layer is a ``Linear`` whose weight is a tensor subclass.
     A large tied embedding stays unquantized: the share says how much of the model a scheme reached."""
     quantized, packed = 0, set()
     for m in model.modules():
-        if type(m).__name__ in QUANT_LAYER_TYPES:
+        weight = getattr(m, "weight", None) if "weight" in dict(m.named_parameters(recurse=False)) else None
+        torchao = type(m).__name__ == "Linear" and weight is not None and type(weight.data).__name__ != "Tensor"
+        if type(m).__name__ in QUANT_LAYER_TYPES or torchao:
             quantized += m.in_features * m.out_features
-            packed.add(id(m.weight))
+            packed |= {id(p) for name, p in m.named_parameters(recurse=False) if name != "bias"}
     unquantized = sum(p.numel() for p in model.parameters() if id(p) not in packed)
     return quantized, unquantized
 
