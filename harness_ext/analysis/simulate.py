@@ -269,3 +269,17 @@ def readings(fn, sims: int, seed: int, **kw) -> pd.Series:
     rng = np.random.default_rng(seed)
     out = pd.Series([fn(rng=rng, **kw) for _ in range(sims)])
     return out.value_counts().reindex(["holds", "does not hold", "inconclusive"], fill_value=0)
+
+
+def power_distance(
+    power_at, mde: float, target: float = 0.8, steps: tuple[float, ...] = (0.6, 0.8, 1.0, 1.2, 1.4)
+) -> float:
+    """The distance from the margin at which ``power_at(distance)`` (a simulated share of decisions)
+    crosses ``target``, by linear interpolation over ``steps`` x ``mde``: what the analytic
+    detectable distance ``mde`` predicts, measured."""
+    xs = [s * mde for s in steps]
+    ys = [power_at(x) for x in xs]
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys, strict=True), zip(xs[1:], ys[1:], strict=True), strict=False):
+        if y0 <= target <= y1 and y1 > y0:
+            return x0 + (target - y0) * (x1 - x0) / (y1 - y0)
+    return math.nan

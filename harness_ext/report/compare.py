@@ -60,10 +60,10 @@ class Comparison:
 def load_study(run_dir: str | Path, warn: Callable[[str], None]) -> Study:
     """A run directory (or a folder of its tables) as the report reads it: re-derived from its
     records in memory, writing nothing."""
-    from harness_ext.report.page import _study_from, input_tables
+    from harness_ext.report.page import study_from, input_tables
 
     run_dir = Path(run_dir)
-    return _study_from(input_tables(run_dir, warn), run_dir)
+    return study_from(input_tables(run_dir, warn), run_dir)
 
 
 def compare(a: Study, b: Study, name_a: str = "A", name_b: str = "B") -> Comparison:

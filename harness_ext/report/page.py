@@ -51,7 +51,7 @@ def render(
     run_dir = Path(run_dir)
     warn = warn or log.warning
     files = input_tables(run_dir, warn)
-    study = _study_from(files, run_dir)
+    study = study_from(files, run_dir)
     opts = study.run.get("report") or {}
     out = Path(output_dir or opts.get("output_dir") or default_report_dir(run_dir, study.run))
     page, tables = _build_page(study, opts, run_dir)
@@ -123,7 +123,7 @@ def read_run_json(tables: Path) -> dict[str, Any]:
     return run
 
 
-def _study_from(files: dict[str, bytes], run_dir: Path) -> Study:
+def study_from(files: dict[str, bytes], run_dir: Path) -> Study:
     """Load the tables from their bytes (through a private temporary folder, as the run wrote them)."""
     import tempfile
 

@@ -59,6 +59,8 @@ def read_model(study: Study, c: Claim, o: Options, model: str, pair: tuple[str, 
     ts = temps(a, b) if not (a.empty or b.empty) else []
     d = (a[ts] - b[ts]).mean(axis=1).dropna().to_numpy() if ts else np.array([])
     parts.append(EquivalencePart(f"accuracy {nf4} − {fp4}", d, o.margin, MIN_PROMPTS))
+    if d.size:
+        c.design(model, f"accuracy {nf4} − {fp4}", d, "prompts", o.margin)
     what = f"{model}: accuracy {nf4} − {fp4} (mean over T, {d.size} prompts)"
     rows.append(
         c.add(what, Estimate.t(d).text("+.3f") if d.size else "not measured", _reading(parts[-1]), OVER_PROMPTS)
@@ -71,6 +73,7 @@ def read_model(study: Study, c: Claim, o: Options, model: str, pair: tuple[str, 
         timed = True
         lr = rounds.paired_log_ratios(g, nf4, fp4)
         parts.append(EquivalencePart(f"decode time {nf4}/{fp4} ({where})", lr, lm, MIN_ROUNDS))
+        c.design(model, f"decode time {nf4}/{fp4} ({where})", lr, "rounds", lm, log=True)
         rows.append(
             c.add(
                 f"{model}, {where}: decode time {nf4}/{fp4}", RoundRatio.of(lr).text(), _reading(parts[-1]), OVER_ROUNDS

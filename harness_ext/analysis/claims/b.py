@@ -109,6 +109,7 @@ def read_interaction(c: Claim, o: Options, model: str, pair: tuple[str, str], q)
     rb = range_bounds(g, o.n_resamples)
     reading = rb.reading(o.margin)
     hi, lo = int(np.argmax(profile)), int(np.argmin(profile))
+    c.design(model, f"range of the gap (T={ts[lo]:g} vs T={ts[hi]:g})", g[:, hi] - g[:, lo], "prompts", o.margin)
     value = (
         f"{rb.estimate:.3f} [{rb.lower:.3f}, {rb.upper:.3f}] (T={ts[lo]:g} to T={ts[hi]:g}); "
         f"any variation p = {rb.p_any:.2g}"
@@ -172,6 +173,7 @@ def read_resilience(study: Study, c2: Claim, o: Options, model: str, pair: tuple
         return not_tested(f"the claim names Llama-2 and Falcon models; {model} is of the {family} family")
     named, other, y = (nf4, fp4, gap) if expected == "nf4" else (fp4, nf4, -gap)
     part = Part(f"{named} more resilient than {other}", y - yard.per_prompt, MIN_PROMPTS)
+    c2.design(model, f"{named}'s advantage over {other}", part.y, "prompts", yard.value)
     reading = part.reading()
     row = c2.add(
         f"{model} ({family}): {named}'s advantage beyond the yardstick",

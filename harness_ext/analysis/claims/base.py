@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from harness_ext.analysis import power
 from harness_ext.analysis.rules import Reading
 from harness_ext.analysis.study import Study
 
@@ -87,6 +88,8 @@ class Claim:
     per_model_deciding: dict[str, str] = field(default_factory=dict)
     #: the one figure that decided the verdict, with what it measures ("" where none did: not tested)
     deciding: str = ""
+    #: every tested part's design: what it could have detected at 80 % power (analysis.power)
+    power: list[power.Detectable] = field(default_factory=list)
 
     def decide(self, verdict: Verdict, reason: str, deciding: str = "") -> Claim:
         self.verdict, self.reason, self.deciding = verdict, reason, deciding
@@ -99,6 +102,15 @@ class Claim:
             row["interval"] = interval
         self.evidence.append(row)
         return row
+
+    def design(self, model: str, part: str, values, unit: str, margin: float, *, log: bool = False) -> None:
+        """Note what a tested part's design could detect (its per-unit values against its margin)."""
+        self.power.append(power.of(model, part, values, unit, margin, log=log))
+
+    @property
+    def detectable(self) -> str:
+        """The part hardest to decide per model, as a distance from its margin at 80 % power."""
+        return power.summary(self.power)
 
     @property
     def css(self) -> str:

@@ -131,6 +131,7 @@ def read_model(study, c, c2, o, model, four_bit, q, low, sets) -> tuple[ModelRea
         yard = yardstick(dr.loc[idx].to_numpy(), o.sensitivity_margin, o.margin, ref)
         excess = ds.loc[idx].to_numpy() - dr.loc[idx].to_numpy()
         part = Part(f"{s} more sensitive than {ref}", excess - yard.per_prompt, MIN_PROMPTS)
+        c.design(model, f"{s}'s excess loss", part.y, "prompts", yard.value)
         where = f"{model}: {s} vs {ref}, T={fmt_t(low)}"
         c.add(
             f"{where}: excess loss (absolute)", Estimate.t(excess).text("+.3f"), f"yardstick {yard.text}", OVER_PROMPTS
@@ -196,6 +197,8 @@ def _band(c2, o, model, s, ref, ms: pd.DataFrame, mr: pd.DataFrame, yard, sets) 
         Part("the excess in the band minus that below it", e["band"] - e["below"] - yard.per_prompt, MIN_PROMPTS),
         Part("the excess in the band minus that above it", e["band"] - e["above"] - yard.per_prompt, MIN_PROMPTS),
     ]
+    for p in parts:
+        c2.design(model, f"{s}: {p.label}", p.y, "prompts", yard.value)
     rows = [
         c2.add(f"{model}: {s}, {p.label}, less the yardstick", Estimate.t(p.y).text("+.3f"), p.reading(), OVER_PROMPTS)
         for p in parts

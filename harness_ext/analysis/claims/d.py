@@ -100,6 +100,7 @@ def read_model(
                 lr = rounds.paired_log_ratios(g, s, other)
                 y = lr - ml if word == "much slower" else -lr - ml
                 part = Part(f"{s}/{other} ({where})", y, MIN_ROUNDS)
+                c.design(model, f"{s}/{other} ({where})", lr, "rounds", ml, log=True)
                 parts.append(part)
                 words.append(word)
                 rows.append(
