@@ -56,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
         "the rest stay pending for a later run",
     )
     r.add_argument("--redo", action="store_true", help="recompute the selected cells even if they are finished")
+    r.add_argument(
+        "--add-rounds",
+        type=int,
+        metavar="N",
+        help="time N speed rounds beyond the highest one stored for this machine (instead of speed.rounds): "
+        "rounds separated in time are the replicates a speed verdict should rest on",
+    )
     r.add_argument("--executor", choices=["local", "ray"], help="override the spec's executor (local, or Ray tasks)")
     r.add_argument(
         "--time-limit",
@@ -155,6 +162,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         args.time_limit,
         parse_only(args.only),
         args.redo,
+        args.add_rounds,
     )
 
 
@@ -220,12 +228,15 @@ def _run_spec(
     time_limit_min: float | None = None,
     only: dict[str, set[str]] | None = None,
     redo: bool = False,
+    add_rounds: int | None = None,
 ) -> int:
     from harness_ext import preflight
     from harness_ext.run import Runner
 
     if time_limit_min is not None and not (math.isfinite(time_limit_min) and time_limit_min > 0):
         raise SpecError(f"--time-limit must be a positive number of minutes, not {time_limit_min:g}")
+    if add_rounds is not None and not (add_rounds > 0 and spec.speed.enabled):
+        raise SpecError(f"--add-rounds {add_rounds}: give a positive number of rounds, for a spec with speed enabled")
     check_only(only or {}, spec)
     preflight.check_device(spec)
     preflight.check_hub(spec)
@@ -238,6 +249,7 @@ def _run_spec(
         time_limit_s=time_limit_min * 60 if time_limit_min else None,
         only=only,
         redo=redo,
+        add_rounds=add_rounds,
     )
     result = runner.run()
     print(f"run directory: {result.run_dir}")

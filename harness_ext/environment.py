@@ -75,9 +75,12 @@ def git_sha() -> str | None:
         return None
 
 
-def capture(argv: list[str] | None = None) -> dict[str, Any]:
-    """The environment of this process, as stored with every invocation of a run."""
+def capture(argv: list[str] | None = None, device: str = "cpu") -> dict[str, Any]:
+    """The environment of this process, as stored with every invocation of a run, with the machine's
+    ``fingerprint`` for timings on ``device`` (:mod:`harness_ext.fingerprint`)."""
     import torch
+
+    from harness_ext import fingerprint
 
     env: dict[str, Any] = {
         "packages": package_versions(),
@@ -97,6 +100,7 @@ def capture(argv: list[str] | None = None) -> dict[str, Any]:
             p = torch.cuda.get_device_properties(i)
             env["gpus"].append({"name": p.name, "memory_bytes": p.total_memory, "capability": f"{p.major}.{p.minor}"})
         env["driver"] = _nvidia_driver()
+    env["fingerprint"] = fingerprint.capture(device, torch.get_num_threads())
     return env
 
 
@@ -111,6 +115,14 @@ def _nvidia_driver() -> str | None:
         return r.stdout.strip().splitlines()[0] if r.returncode == 0 and r.stdout.strip() else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def fingerprint_line(env: dict[str, Any]) -> str | None:
+    """One line of an invocation's machine fingerprint (None for runs recorded before fingerprints)."""
+    from harness_ext.fingerprint import describe
+
+    fp = env.get("fingerprint")
+    return describe(fp) if fp else None
 
 
 def hardware_line(env: dict[str, Any]) -> str:

@@ -11,6 +11,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# speed rounds inside the test's process, where failures can be injected into a runner;
+# tests/test_isolated.py times them in fresh processes
+os.environ.setdefault("HARNESS_EXT_ROUNDS_IN_PROCESS", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 import torch

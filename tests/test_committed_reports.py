@@ -3,6 +3,7 @@ no drift between the code and the examples in the repository."""
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -26,8 +27,24 @@ def test_committed_report_rerenders_from_its_tables(name: str, tmp_path) -> None
     committed = (folder / "index.html").read_text(encoding="utf-8")
     fresh = render(folder / "data", tmp_path / name).read_text(encoding="utf-8")
     assert _without_figures(fresh) == _without_figures(committed)
-    for table in ("claims.csv", "speed.csv", "quality.csv"):
+    for table in ("claims.csv", "quality.csv"):
         assert (tmp_path / name / table).read_text() == (folder / table).read_text(), table
+    _same_speed_rows(tmp_path / name / "speed.csv", folder / "speed.csv")
+
+
+def _same_speed_rows(fresh: Path, committed: Path) -> None:
+    """speed.csv holds the committed rows and figures; what changed on purpose: a round's facts are typed
+    columns at the end (``round_position`` an integer, not a float metric), beside the machine's
+    fingerprint, the GPUs and why a round ran contended (empty for runs recorded before them)."""
+    import pandas as pd
+
+    from harness_ext.store.tables import ROUND_COLUMNS
+
+    new, old = pd.read_csv(fresh), pd.read_csv(committed)
+    assert list(new.columns[-len(ROUND_COLUMNS) :]) == list(ROUND_COLUMNS)
+    assert set(old.columns) <= set(new.columns)
+    pd.testing.assert_frame_equal(new[old.columns], old, check_dtype=False)
+    assert new[["fingerprint", "gpu", "contended_why"]].isna().all().all()
 
 
 RECORDS = sorted(REPO.glob("reports/**/records/*.json"))
@@ -45,35 +62,50 @@ def test_every_committed_record_reads_and_writes_back_byte_identically() -> None
 
 
 @pytest.mark.parametrize("run_dir", RUN_DIRS, ids=lambda p: str(p.relative_to(REPO / "reports")))
-def test_committed_run_directories_derive_their_tables_byte_identically(run_dir: Path) -> None:
-    """The tables derived from the records through the one schema are the tables committed beside
-    them (the report's derivation, as ``harness-ext report <run dir>`` does it)."""
+def test_committed_run_directories_derive_their_tables(run_dir: Path) -> None:
+    """The tables derived from the records through the one schema hold what the tables committed
+    beside them hold (the report's derivation, as ``harness-ext report <run dir>`` does it). What
+    changed on purpose: every parquet column has its schema type (enforced on write: a column without
+    values is no longer ``null``, an integer column with gaps no longer ``double``), and a speed round's
+    ``round``, ``round_position`` and ``contended`` are typed columns of the cells table, not metric rows."""
+    import pyarrow.parquet as pq
+
     from harness_ext.report.page import input_tables
+    from harness_ext.store.tables import SCHEMAS
 
     warnings: list[str] = []
     derived = input_tables(run_dir, warnings.append)
     assert not warnings and set(derived) == {p.name for p in (run_dir / "tables").iterdir()}
     report_data = run_dir.parent / "data"  # the report rendered from this run directory, if committed
     for name, data in derived.items():
-        if report_data.is_dir():
-            assert data == (report_data / name).read_bytes(), name
-        assert _content(data, name) == _content((run_dir / "tables" / name).read_bytes(), name), name
+        committed = [run_dir / "tables" / name] + ([report_data / name] if report_data.is_dir() else [])
+        if name.endswith(".parquet"):
+            assert pq.read_schema(io.BytesIO(data)).remove_metadata() == SCHEMAS[name.split(".")[0]], name
+        for path in committed:
+            assert _rows(data, name) == _rows(path.read_bytes(), name, typed=False), (name, path)
 
 
-def _content(data: bytes, name: str) -> object:
-    """A table file's content: its bytes, or for parquet its schema, rows and pandas metadata less
-    the versions of the libraries that wrote it (tables/ of older runs were written by older ones)."""
-    if not name.endswith(".parquet"):
+def _rows(data: bytes, name: str, typed: bool = True) -> object:
+    """A table file's rows as plain values (run.json: its bytes); for the cells table as committed
+    (``typed=False``), its rows with the round's fact metrics moved into their typed columns."""
+    import pandas as pd
+
+    from harness_ext.store.tables import FACT_METRICS, ROUND_COLUMNS, SCHEMAS
+
+    if name == "run.json":
         return data
-    import io
-    import json
-
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(io.BytesIO(data))
-    meta = json.loads(table.schema.metadata[b"pandas"])
-    versions = ("creator", "pandas_version")
-    return table.replace_schema_metadata(None), {k: v for k, v in meta.items() if k not in versions}
+    frame = pd.read_parquet(io.BytesIO(data)) if name.endswith(".parquet") else pd.read_csv(io.BytesIO(data))
+    if name.startswith("cells") and not typed:
+        facts = frame[(frame["kind"] == "speed") & frame["metric"].isin(FACT_METRICS)]
+        by_cell = facts.pivot_table(index="cell_id", columns="metric", values="value", aggfunc="first")
+        frame = frame.drop(facts.index).reset_index(drop=True)
+        at = frame.columns.get_loc("invocation") + 1
+        for i, col in enumerate(ROUND_COLUMNS):
+            values = frame["cell_id"].map(by_cell[col]) if col in by_cell else None
+            frame.insert(at + i, col, values)
+        frame["contended"] = frame["contended"].map(lambda v: bool(v) if pd.notna(v) else None)
+    frame = frame.reindex(columns=SCHEMAS[name.split(".")[0]].names)
+    return [[None if pd.isna(v) else (float(v) if isinstance(v, (int, float)) else v) for v in r] for r in frame.values]
 
 
 @pytest.mark.parametrize("path", sorted(REPO.glob("reports/**/*.parquet")), ids=lambda p: str(p.relative_to(REPO)))

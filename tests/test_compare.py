@@ -48,7 +48,9 @@ def _edit(run: Path, side: str) -> None:
         d, m = rec["definition"], rec["metrics"]
         if rec["kind"] == "speed":
             m["decode_ms_per_token"]["value"] = DECODE[side][d["scheme"]["name"]][d["params"]["round"]]
-            m["contended"] = {"value": 0.0, "lo": None, "hi": None, "n": 1.0, "stderr": None}
+            rec["measurements"]["contended"] = False  # the figures are set, not measured on this busy machine
+            for name in ("index_matmul_gflops", "index_memory_gb_s"):
+                m[name]["value"] = 10.0
         elif (d["scheme"]["name"], d["point"]["temperature"]) == EDITED:
             for s in rec["sample_metrics"]:
                 s["exact_match"] = float(EXACT[side][s["doc_id"]])

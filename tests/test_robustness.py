@@ -353,7 +353,11 @@ def test_every_third_party_import_is_a_declared_dependency() -> None:
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     declared = {_name(r) for r in project["dependencies"]}
-    optional = {"ray": {_name(r) for r in project["optional-dependencies"]["ray"]}}  # executor: ray only
+    extras = project["optional-dependencies"]
+    optional = {  # executor: ray only; NVML on GPU machines only
+        "ray": {_name(r) for r in extras["ray"]},
+        "pynvml": {_name(r) for r in extras["gpu"]},
+    }
     dists = md.packages_distributions()
     undeclared = []
     for module in sorted(_imported_modules(REPO / "harness_ext")):

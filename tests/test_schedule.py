@@ -1,11 +1,14 @@
-"""Speed rounds: one load per (model, scheme, round), a seeded shuffled order per round, rounds that
-can be added later without redoing earlier ones, and what the machine was doing around each."""
+"""Speed rounds: one load per (model, scheme, round), a balanced (Williams) order over rounds, rounds
+that can be added later without redoing earlier ones, and what the machine was doing around each."""
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections import Counter
 
-from harness_ext import machine
+import pytest
+
 from harness_ext.run import Runner, schedule
 from harness_ext.spec import expand, parse_spec
 
@@ -41,12 +44,28 @@ def test_units_put_quality_first_then_each_round_in_its_own_seeded_order(tiny_mo
     assert [len(k) for k in keys[:4]] == [2] * 4 and all(c.kind != "speed" for k in keys[:4] for c in units[k])
     orders = [[k[:2] for k in keys if len(k) == 3 and k[2] == r] for r in range(4)]
     assert all(sorted(o) == sorted(orders[0]) for o in orders)  # every scheme once per round
-    assert len({tuple(o) for o in orders}) > 1  # shuffled: not the same order every round
+    assert len({tuple(o) for o in orders}) == 4  # four rows of the 4-scheme Williams design
     assert orders == [schedule.round_order(spec.name, r, schedule.spec_pairs(spec)) for r in range(4)]
     assert schedule.work_units(cells, spec.name, schedule.spec_pairs(spec)) == units  # seeded: reproducible
 
 
-def test_each_round_loads_afresh_and_records_round_position_and_machine(tiny_model, tmp_path) -> None:
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 6])
+def test_a_full_cycle_of_rounds_balances_positions_and_neighbours(n: int) -> None:
+    """Over a full cycle (n rounds, 2n for odd n) each scheme is timed in each position equally
+    often, and each ordered pair of schemes is timed one after the other equally often."""
+    pairs = [("m", f"s{i}") for i in range(n)] + [("k", f"s{i}") for i in range(n)]
+    cycle = len(schedule.williams(n))
+    assert cycle == (n if n % 2 == 0 else 2 * n)
+    for model in ("m", "k"):
+        orders = [[s for m, s in schedule.round_order("study", r, pairs) if m == model] for r in range(cycle)]
+        positions = Counter((s, i) for o in orders for i, s in enumerate(o))
+        neighbours = Counter(p for o in orders for p in itertools.pairwise(o))
+        assert len(positions) == n * n and len(set(positions.values())) == 1
+        assert len(neighbours) == n * (n - 1) and len(set(neighbours.values())) == 1
+    assert schedule.round_order("study", cycle, pairs) == schedule.round_order("study", 0, pairs)  # the cycle repeats
+
+
+def test_each_round_loads_afresh_and_records_its_facts_as_typed_fields(tiny_model, tmp_path) -> None:
     text = SPEC.format(a=tiny_model, rounds=2)
     runner = Runner(parse_spec(text), text, progress=False, output_dir=tmp_path / "r")
     result = runner.run()
@@ -56,8 +75,12 @@ def test_each_round_loads_afresh_and_records_round_position_and_machine(tiny_mod
     for r in recs:
         m = r["measurements"]
         assert m["round_position"] == schedule.position(runner.spec, _cell(runner, r["cell_id"]))
-        assert "contended" in m["machine"]["contention"] and m["machine"]["before"]["load_1m"] is not None
-        assert r["metrics"]["round"]["value"] == m["round"]
+        assert isinstance(m["contended"], bool) and isinstance(m["contention_why"], list)
+        assert m["fingerprint"] == runner.machine == r["definition"]["params"]["machine"]
+        assert m["window"]["samples"] >= 2 and m["speed_index"]["matmul_gflops"] > 0
+        assert not {"round", "round_position", "contended"} & set(r["metrics"])  # facts, not metrics
+        assert r["metrics"]["index_memory_gb_s"]["value"] == m["speed_index"]["memory_gb_s"]
+    assert sorted(r["measurements"]["round_position"] for r in recs) == [0, 0, 1, 1, 2, 2, 3, 3]
     more = SPEC.format(a=tiny_model, rounds=3)
     again = Runner(parse_spec(more), more, progress=False, output_dir=tmp_path / "r")
     res2 = again.run()
@@ -65,29 +88,4 @@ def test_each_round_loads_afresh_and_records_round_position_and_machine(tiny_mod
 
 
 def _cell(runner: Runner, cell_id: str):
-    return next(c for c in expand(runner.spec, "cpu") if c.id == cell_id)
-
-
-def test_machine_snapshot_never_fails_and_flags_oversubscription() -> None:
-    before, after = machine.snapshot(), machine.snapshot()
-    assert machine.contention(before, after)["contended"] in (True, False)
-    assert machine.contention({}, {})["contended"] is False  # unreadable: no flag, no exception
-    stat = {"user": 0, "nice": 0, "system": 0, "idle": 0, "iowait": 0, "irq": 0, "softirq": 0, "steal": 0}
-    busy = {**stat, "user": 4 * 100 * 10}  # 4 cores busy for 10 s on a 2-core machine (100 ticks/s)
-    b = {"time": 0.0, "cpus": 2, "proc_stat": stat, "self_cpu_s": 0.0}
-    a = {"time": 10.0, "cpus": 2, "proc_stat": busy, "self_cpu_s": 10.0}
-    import os
-
-    if os.sysconf("SC_CLK_TCK") == 100:
-        c = machine.contention(b, a)
-        assert c["contended"] and abs(c["other_cores"] - 3.0) < 1e-9
-        quiet = {**a, "proc_stat": {**stat, "user": 100 * 10, "idle": 100 * 10}}
-        assert not machine.contention(b, quiet)["contended"]  # one core each: ours busy, the other idle
-        starved = {**a, "proc_stat": {**stat, "user": 2 * 100 * 10}, "self_cpu_s": 5.0}  # measured here: 0.5 vs 1.5
-        assert machine.contention(b, starved)["contended"]
-        alone = {**a, "proc_stat": {**stat, "user": 2 * 100 * 10}, "self_cpu_s": 20.0}  # we used both cores
-        assert not machine.contention(b, alone)["contended"]
-    idle_gpu = {"sm_mhz": 345.0, "max_sm_mhz": 1980.0, "util_pct": 0.0}
-    assert not machine.contention({"gpus": [idle_gpu]}, {"gpus": [idle_gpu]})["contended"]
-    hot = {"sm_mhz": 1200.0, "max_sm_mhz": 1980.0, "util_pct": 99.0}
-    assert machine.contention({"gpus": [hot]}, {"gpus": [hot]})["contended"]
+    return next(c for c in expand(runner.spec, "cpu", machine=runner.machine) if c.id == cell_id)

@@ -113,6 +113,13 @@ def weight_bytes_by_device(model: Any) -> dict[str, int]:
     return out
 
 
+def gpu_uuid(device: torch.device) -> str | None:
+    """The CUDA device's UUID as NVML and ``nvidia-smi`` write it (``GPU-...``): which physical GPU
+    timed a round, whatever ``CUDA_VISIBLE_DEVICES`` renumbered."""
+    uuid = getattr(torch.cuda.get_device_properties(_concrete(device)), "uuid", None)
+    return f"GPU-{uuid}" if uuid is not None else None
+
+
 # -- clocks -------------------------------------------------------------------------------------
 class Clock:
     """Marks on one timeline: CUDA events on the stream of the one CUDA device, ``perf_counter``
@@ -288,3 +295,41 @@ def floor_ms_per_step(weight_bytes: dict[str, int], bandwidth: dict[str, float])
 
 def cpu_threads() -> int:
     return torch.get_num_threads()
+
+
+# -- machine speed index --------------------------------------------------------------------------
+#: The reference workload: a square fp32 matmul of this size and a copy of this many bytes (larger
+#: than a server CPU's last-level cache, so it streams memory), each timed this many times.
+INDEX_MATMUL_N = 384
+INDEX_SWEEP_BYTES = 64 * 2**20
+INDEX_REPEATS = 5
+
+
+def speed_index() -> dict[str, float]:
+    """A fixed reference workload timed now (about 0.1 s): a small fp32 matmul (GFLOP/s) and a memory
+    sweep (GB/s read + written), each the median of :data:`INDEX_REPEATS` after a warm-up, on torch's
+    threads. Taken before each speed round, it shows a machine that runs slow (a neighbour that
+    competes for memory bandwidth or caches shows here and not in CPU counters) and tells apart
+    machines whose names read the same."""
+    n = INDEX_MATMUL_N
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    src = torch.ones(INDEX_SWEEP_BYTES // 4)
+    dst = torch.empty_like(src)
+    start = time.perf_counter()
+    mm, sweep = [], []
+    for i in range(INDEX_REPEATS + 1):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        t1 = time.perf_counter()
+        dst.copy_(src)
+        t2 = time.perf_counter()
+        if i:  # the first of each is the warm-up
+            mm.append(t1 - t0)
+            sweep.append(t2 - t1)
+    return {
+        "matmul_gflops": 2 * n**3 / statistics.median(mm) / 1e9,
+        "memory_gb_s": 2 * INDEX_SWEEP_BYTES / statistics.median(sweep) / 1e9,
+        "threads": torch.get_num_threads(),
+        "wall_ms": (time.perf_counter() - start) * 1e3,
+    }

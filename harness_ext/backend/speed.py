@@ -7,6 +7,7 @@ warm-up calls first, then at least three timed repeats; medians with spread.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -43,8 +44,12 @@ def benchmark(
     repeats: int = 3,
     bandwidth: dict[str, float] | float | None = None,
     mode: str = "eager",
+    window: contextlib.AbstractContextManager[Any] | None = None,
 ) -> dict[str, Any]:
     """Time ``repeats`` fixed-length generations after ``warmup`` ones; return medians and spread.
+
+    ``window`` is entered around the timed repeats alone (not the warm-up): the sampler that watches
+    the machine while it times (:class:`harness_ext.machine.Window`).
 
     ``bandwidth`` (bytes/s per CUDA device, or one figure for all of them) adds the weight-streaming
     floor of a decode step — the sum over the model's devices of the weight bytes on that device over
@@ -60,8 +65,9 @@ def benchmark(
     for _ in range(warmup):  # compiled mode compiles here: its cost is the warm-up's excess over a timed call
         lm.generate_rows(ids, mask, rows, caps, (), min_new_tokens=new_tokens, mode=mode, kv_cache=kv_cache)
     warm = lm.pop_calls()
-    for _ in range(repeats):
-        lm.generate_rows(ids, mask, rows, caps, (), min_new_tokens=new_tokens, mode=mode, kv_cache=kv_cache)
+    with window if window is not None else contextlib.nullcontext():
+        for _ in range(repeats):
+            lm.generate_rows(ids, mask, rows, caps, (), min_new_tokens=new_tokens, mode=mode, kv_cache=kv_cache)
     calls = lm.pop_calls()
     for c in calls:
         if c.new_tokens != batch_size * new_tokens:

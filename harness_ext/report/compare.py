@@ -39,7 +39,7 @@ RULE = (
 )
 QUALITY_KEYS = ["model", "scheme", "task", "metric", *analysis.POINT_COLUMNS]
 SPEED_KEYS = ["model", "scheme", "batch_size", "mode"]
-ENV_FIELDS = ("cpu", "cpu_count", "torch_threads", "cuda", "driver", "python", "git_sha")
+ENV_FIELDS = ("cpu", "cpu_count", "torch_threads", "cuda", "driver", "python", "platform", "git_sha")
 
 
 @dataclass
@@ -123,11 +123,48 @@ def _both_dicts(x: Any, y: Any) -> bool:
     return isinstance(x, dict) and isinstance(y, dict)
 
 
+def fingerprint_fields(study: Study) -> dict[str, str]:
+    """The machine fingerprints of a run's invocations (:mod:`harness_ext.fingerprint`), field by
+    field: what makes speed figures of two machines incomparable. "unrecorded" before fingerprints."""
+    fps = [inv["fingerprint"] for inv in study.run.get("invocations") or [] if inv.get("fingerprint")]
+
+    def each(f: Callable[[dict[str, Any]], Any]) -> str:
+        return _values(f(fp) for fp in fps)
+
+    def bnb(fp: dict[str, Any], what: str) -> Any:
+        return ((fp.get("kernels") or {}).get("bitsandbytes") or {}).get(what)
+
+    cpu = ("vendor", "model_name", "family", "model", "stepping")
+    return {
+        "fingerprint": each(lambda fp: fp.get("key")),
+        "fingerprint: CPU": each(lambda fp: " ".join(str((fp.get("cpu") or {}).get(k)) for k in cpu)),
+        "fingerprint: CPU flags": each(lambda fp: " ".join((fp.get("cpu") or {}).get("flags") or []) or None),
+        "fingerprint: torch ISA": each(lambda fp: fp.get("isa")),
+        "fingerprint: cores, threads": each(lambda fp: f"{fp.get('cores')}, {fp.get('threads')}"),
+        "fingerprint: GPUs": each(
+            lambda fp: ", ".join(f"{g.get('name')} {g.get('uuid')}" for g in fp.get("gpus") or []) or None
+        ),
+        "fingerprint: GPU clocks, ECC, power limit": each(
+            lambda fp: (
+                ", ".join(
+                    f"{g.get('max_sm_mhz')}/{g.get('max_mem_mhz')} MHz ECC {g.get('ecc')} {g.get('power_limit_w')} W"
+                    for g in fp.get("gpus") or []
+                )
+                or None
+            )
+        ),
+        "fingerprint: bitsandbytes 4-bit CPU kernel": each(lambda fp: bnb(fp, "gemv_4bit")),
+        "fingerprint: bitsandbytes int8 CPU matmul": each(lambda fp: bnb(fp, "int8_matmul")),
+        "fingerprint: governor": each(lambda fp: fp.get("governor")),
+    }
+
+
 def environment(study: Study) -> dict[str, str]:
-    """What a figure may depend on besides the spec: device (with GPU names), CPU, threads, CUDA,
-    driver, Python, package versions and the harness_ext commit, over all invocations of the run."""
+    """What a figure may depend on besides the spec, the machine's fingerprint first: device (with GPU
+    names), CPU, threads, CUDA, driver, Python, platform, package versions and the harness_ext commit,
+    over all invocations of the run."""
     invs = study.run.get("invocations") or []
-    out = {"device": device_of(study)}
+    out = {**fingerprint_fields(study), "device": device_of(study)}
     for key in ENV_FIELDS:
         out[key] = _values(inv.get(key) for inv in invs)
     out["gpus"] = _values(", ".join(g.get("name", "?") for g in inv.get("gpus") or []) or None for inv in invs)
@@ -151,11 +188,24 @@ def environment_changes(a: Study, b: Study) -> list[str]:
 
 
 def environment_warnings(changes: list[str]) -> list[str]:
-    """One warning naming the fields that differ (each change is listed beside it)."""
+    """One warning naming the fields that differ (each change is listed beside it); first, where the
+    machine fingerprints differ, that their speed figures were timed on different machines."""
     if not changes:
         return []
-    names = ", ".join(x.split(":")[0] for x in changes)
-    return [f"the environments differ in {names}: figures may have moved for that"]
+    out = []
+    if any(x.startswith("fingerprint") for x in changes):
+        out.append(
+            "the runs were timed on machines with different fingerprints: their speed figures are compared, "
+            "never pooled, and a moved speed figure may be the machine's"
+        )
+    names = ", ".join(_field(x) for x in changes)
+    return [*out, f"the environments differ in {names}: figures may have moved for that"]
+
+
+def _field(change: str) -> str:
+    """The field a 'field: A → B' line is about ('fingerprint: CPU' for a fingerprint's part)."""
+    parts = change.split(": ")
+    return ": ".join(parts[:2]) if parts[0] == "fingerprint" and len(parts) > 2 else parts[0]
 
 
 # -- claims ---------------------------------------------------------------------------------------------

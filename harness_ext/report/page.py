@@ -85,7 +85,7 @@ def input_tables(run_dir: Path, warn: Callable[[str], None]) -> dict[str, bytes]
     of its ``tables/run.json`` (expected cells, references, report options); unreadable records are
     left out and each is passed to ``warn``. A folder of tables alone (a report's ``data/``), or a
     run directory whose records are gone: its tables as they are."""
-    from harness_ext.store import RunStore
+    from harness_ext.store import RunStore, timing_family
 
     tables = run_dir / "tables" if (run_dir / "tables").is_dir() else run_dir
     run = read_run_json(tables)
@@ -96,8 +96,12 @@ def input_tables(run_dir: Path, warn: Callable[[str], None]) -> dict[str, bytes]
     records = store.load_records()
     for problem in store.problems:
         warn(f"{run_dir / 'records'}: {problem}")
-    expected = {c["cell_id"] for c in run.get("expected_cells") or [] if isinstance(c, dict)}
-    kept = [r for r in records.values() if not expected or r.cell_id in expected]
+    listed = [c for c in run.get("expected_cells") or [] if isinstance(c, dict)]
+    expected = {c["cell_id"] for c in listed}
+    families = {c["family"] for c in listed if c.get("family")}  # a speed cell's rounds on any machine
+    kept = [
+        r for r in records.values() if not expected or r.cell_id in expected or timing_family(r.definition) in families
+    ]
     return derived_tables(store, kept, run)
 
 

@@ -16,6 +16,7 @@ from harness_ext import analysis
 from harness_ext.analysis import Estimate, Study
 from harness_ext.catalog import gguf_caveat
 from harness_ext.environment import hardware_line
+from harness_ext.fingerprint import describe as describe_fingerprint
 
 QUALITY_METRICS = [  # (metric, kind, label, higher is better, format)
     ("p_gold", "probe", "next word: P(gold) (probe)", True, ".3f"),
@@ -170,10 +171,34 @@ def setup(study: Study) -> dict[str, Any]:
         "tasks": tasks,
         "seeds": study.run.get("seeds") or [],
         "hardware": sorted({hardware_line(e) for e in envs}),
+        "fingerprints": fingerprint_lines(study),
         "versions": (envs[-1].get("packages") if envs else {}),
         "invocations": len(envs),
         "git": envs[-1].get("git_sha") if envs else None,
     }
+
+
+def fingerprint_lines(study: Study) -> list[str]:
+    """One line per machine fingerprint the run's invocations recorded, with the median machine speed
+    index of the rounds timed there (two machines whose names read the same differ here)."""
+    fps = {
+        inv["fingerprint"]["key"]: inv["fingerprint"]
+        for inv in study.run.get("invocations") or []
+        if inv.get("fingerprint")
+    }
+    if not fps:
+        return []
+    speed = analysis.speed_table(study)
+    out = []
+    for key, fp in fps.items():
+        line = describe_fingerprint(fp)
+        rounds = speed[speed["fingerprint"] == key] if "fingerprint" in speed else speed.iloc[0:0]
+        if {"index_matmul_gflops", "index_memory_gb_s"} <= set(rounds.columns) and len(rounds):
+            mm, mem = rounds["index_matmul_gflops"].median(), rounds["index_memory_gb_s"].median()
+            n = len(rounds)
+            line += f"; machine speed index (median of {n} rounds): matmul {mm:.3g} GFLOP/s, memory {mem:.3g} GB/s"
+        out.append(line)
+    return out
 
 
 def _none_if_nan(v: Any) -> Any:
@@ -227,7 +252,7 @@ def speed_rows(study: Study, speed: pd.DataFrame) -> list[dict[str, Any]]:
     if speed.empty:
         return []
     rows = []
-    same = ["model", "batch_size", "mode", "round", "invocation"]
+    same = ["model", "batch_size", "mode", "round", "invocation", "fingerprint", "gpu"]
     for _, r in speed.iterrows():
         ref = study.reference(r["model"])
         base = speed[(speed[same] == r[same]).all(axis=1) & (speed["scheme"] == ref)]

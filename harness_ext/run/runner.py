@@ -37,7 +37,7 @@ from harness_ext.run.quiet import quiet_lm_eval
 from harness_ext.run.reference import add_run_reference_metrics
 from harness_ext.spec import Cell, ModelSpec, StudySpec, expand, prepare_tasks, resolve_device
 from harness_ext.spec.plan import device_type
-from harness_ext.store import Record, RunStore, now
+from harness_ext.store import Record, RunStore, now, timing_family
 
 if TYPE_CHECKING:
     from harness_ext.spec.schemes import Scheme
@@ -90,9 +90,12 @@ class Runner:
         executor: Executor | None = None,
         store: Store | None = None,
         device_map: str | None = None,
+        add_rounds: int | None = None,
     ):
         """``store``: the run directory's store (default: a ``RunStore`` of ``output_dir`` or the
-        spec's ``run_dir``); a :class:`~harness_ext.store.Store` suffices for :meth:`run_pair` (a Ray worker's)."""
+        spec's ``run_dir``); a :class:`~harness_ext.store.Store` suffices for :meth:`run_pair` (a Ray worker's).
+        ``add_rounds``: time this many speed rounds beyond the highest one stored for this machine
+        (instead of ``speed.rounds``)."""
         self.spec = spec
         self.spec_text = spec_text
         self.device = resolve_device(spec.device)
@@ -109,6 +112,8 @@ class Runner:
         self.time_limit_s = time_limit_s
         self.only = only or {}
         self.redo = redo  # recompute the selected cells even where a finished record exists
+        self.add_rounds = add_rounds
+        self.machine: str | None = None  # this machine's fingerprint key, set by run()
         self._pbar: Any = None
         self._tracebacks_shown: set[str] = set()
         self._deadline: float | None = None
@@ -138,10 +143,12 @@ class Runner:
         if self.spec.threads:
             torch.set_num_threads(self.spec.threads)
         task_params = prepare_tasks(self.spec)
-        cells = expand(self.spec, device_type(self.device), task_params)
         records = store.load_records()  # first: a run directory of a newer version is left untouched
         problems = list(store.problems)
-        self.invocation = store.begin(self.spec_text, environment.capture(self.argv))
+        env = environment.capture(self.argv, self.device)
+        self.machine = env["fingerprint"]["key"]
+        cells = expand(self._planned_spec(records), device_type(self.device), task_params, self.machine)
+        self.invocation = store.begin(self.spec_text, env)
         for p in problems:  # an unreadable record is recomputed; say so where a user sees it
             print(f"warning: {p}", file=sys.stderr)
         done = {c.id for c in cells if c.id in records and records[c.id].status == "ok"}
@@ -166,10 +173,11 @@ class Runner:
             timed_out = True
         finally:
             current = {c.id for c in cells}
+            families = {timing_family(c.definition()) for c in cells} - {None}
             try:
                 final = store.load_records()
-                store.export_tables(
-                    [r for r in final.values() if r.cell_id in current],
+                store.export_tables(  # with the rounds of other machines and invocations of the same cells
+                    [r for r in final.values() if r.cell_id in current or timing_family(r.definition) in families],
                     self.spec_text,
                     extra=run_summary(self.spec, cells),
                 )
@@ -193,6 +201,20 @@ class Runner:
             interrupted=interrupted,
             timed_out=timed_out,
         )
+
+    def _planned_spec(self, records: dict[str, Record]) -> StudySpec:
+        """The spec as planned: with ``add_rounds``, ``speed.rounds`` is the highest round stored for
+        this machine (ok) + 1 + ``add_rounds``, so that the invocation adds rounds time-separated from
+        the earlier ones."""
+        if not self.add_rounds:
+            return self.spec
+        done = [
+            int(r.definition["params"].get("round", 0))
+            for r in records.values()
+            if r.kind == "speed" and r.status == "ok" and r.definition["params"].get("machine") == self.machine
+        ]
+        rounds = (max(done) + 1 if done else 0) + self.add_rounds
+        return self.spec.model_copy(update={"speed": self.spec.speed.model_copy(update={"rounds": rounds})})
 
     # -- the public API (harness_ext.run.api.RunnerAPI) ----------------------------------------
     def load_lm(self, model: ModelSpec, scheme: Scheme, *, scoring: bool = False) -> QuantLM:
@@ -317,6 +339,14 @@ def _summary_line(rec: Record) -> str:
     return f"ok     {rec.label}: " + ", ".join(f"{k}={v:.4g}" for k, v in show)
 
 
+def _expected(cell: Cell) -> dict[str, Any]:
+    """An expected cell as run.json lists it; a speed cell with its timing family (its rounds on any
+    machine: :func:`harness_ext.store.timing_family`), so a report keeps every round of it."""
+    out = {"cell_id": cell.id, "label": cell.label(), "kind": cell.kind}
+    family = timing_family(cell.definition())
+    return out | ({"family": family} if family else {})
+
+
 def run_summary(spec: StudySpec, cells: list[Cell]) -> dict[str, Any]:
     """What a report needs from the spec besides the tables: references, families, notes, the
     expected cells (so that missing ones can be listed) and the report options."""
@@ -330,7 +360,7 @@ def run_summary(spec: StudySpec, cells: list[Cell]) -> dict[str, Any]:
         | {m.label: BUILTIN_MODELS[m.pretrained]["note"] for m in spec.models if m.pretrained in BUILTIN_MODELS},
         "schemes": {s.name: s.describe() for s in spec.scheme_list},
         "trust_remote_code": {m.label: m.trust_remote_code for m in spec.models},
-        "expected_cells": [{"cell_id": c.id, "label": c.label(), "kind": c.kind} for c in cells],
+        "expected_cells": [_expected(c) for c in cells],
         "report": spec.report.model_dump(mode="json"),
         "seeds": spec.seeds,
         "tasks": {

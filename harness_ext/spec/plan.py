@@ -90,11 +90,16 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def expand(spec: StudySpec, device: str, task_params: dict[str, dict[str, Any]] | None = None) -> list[Cell]:
+def expand(
+    spec: StudySpec, device: str, task_params: dict[str, dict[str, Any]] | None = None, machine: str | None = None
+) -> list[Cell]:
     """All cells of a study, reference pairs first per model.
 
     ``task_params`` maps task name to extra identity (e.g. the data file's hash, whether the task is
-    a loglikelihood task, which collapses the sampling axes); the runner supplies it.
+    a loglikelihood task, which collapses the sampling axes); the runner supplies it. ``machine``: the
+    fingerprint key of the machine that times the speed cells (:mod:`harness_ext.fingerprint`), part
+    of their identity so that two kinds of machine never share a cell; the runner computes it once
+    (``validate`` plans without it: the count of cells does not depend on it).
     """
     task_params = task_params or {}
     cells: list[Cell] = []
@@ -139,8 +144,9 @@ def expand(spec: StudySpec, device: str, task_params: dict[str, dict[str, Any]] 
                         sp = spec.speed.model_dump(exclude={"enabled", "batch_sizes", "modes", "rounds"})
                         # CPU timings move with the thread count; on a GPU they do not (a key only when set)
                         threads = {"threads": spec.threads} if spec.threads and device == "cpu" else {}
+                        where = {"machine": machine} if machine else {}
                         for r in range(spec.speed.rounds):  # `rounds` is no identity: more rounds = more cells
-                            params = {"batch_size": bs, "mode": mode, **sp, **threads, "round": r}
+                            params = {"batch_size": bs, "mode": mode, **sp, **threads, **where, "round": r}
                             cells.append(Cell("speed", model, rs, device, None, None, None, params))
     return cells
 

@@ -28,7 +28,7 @@ from harness_ext.store.parts import (
     SpeedMeasurements,
     SpeedSummary,
 )
-from harness_ext.store.record import RECORD_VERSION, Record, definition_hash, dumps, now, record_dict
+from harness_ext.store.record import RECORD_VERSION, Record, definition_hash, dumps, now, record_dict, timing_family
 
 __all__ = [
     "HOLDER_FILE",
@@ -59,4 +59,5 @@ __all__ = [
     "dumps",
     "now",
     "record_dict",
+    "timing_family",
 ]

@@ -247,9 +247,39 @@ class SpeedSummary(Open):
     stdev: Number | None = None
 
 
+class SpeedIndex(Open):
+    """The machine speed index taken before a round: a fixed reference workload's rates."""
+
+    matmul_gflops: Number | None = None
+    memory_gb_s: Number | None = None
+    threads: int | None = None
+    wall_ms: Number | None = None
+
+
+class TimedWindow(Open):
+    """What the machine did during a round's timed repeats (:class:`harness_ext.machine.Window`)."""
+
+    samples: int | None = None
+    threads: int | None = None
+    wall_s: Number | None = None
+    self_cpu_s: Number | None = None
+    self_cores: Number | None = None
+    other_cores: Number | None = None
+    steal_share: Number | None = None
+    max_other_cores: Number | None = None
+    self_share: Number | None = None
+    gpus: list[dict[str, Any]] | None = None
+    gpu_note: str | None = None
+    contended: bool | None = None
+    why: list[str] | None = None
+
+
 class SpeedMeasurements(Measurements):
     """The speed benchmark's result: settings, per-figure summaries, every timed call, the load, the
-    weight-streaming floor (CUDA), the round and the machine's state around it."""
+    weight-streaming floor (CUDA), the round and the machine's state around it: facts about the round
+    (``round``, ``round_position``, ``contended`` and why, the machine's ``fingerprint`` key, the
+    ``gpus`` that timed it) are typed fields here, not metrics (records made before them hold
+    ``contended`` as a metric and in ``machine.contention``; :func:`contended_of` reads both)."""
 
     batch_size: int | None = None
     prompt_tokens: int | None = None
@@ -284,6 +314,28 @@ class SpeedMeasurements(Measurements):
     round: int | None = None
     round_position: int | None = None
     machine: dict[str, Any] | None = None
+    contended: bool | None = None
+    contention_why: list[str] | None = None
+    fingerprint: str | None = None
+    gpus: list[str] | None = None
+    speed_index: SpeedIndex | None = None
+    window: TimedWindow | None = None
+    isolation: dict[str, Any] | None = None
+    host_lock_wait_s: Number | None = None
+
+
+def contended_of(measurements: Measurements, metrics: Mapping[str, Any]) -> tuple[bool | None, list[str]]:
+    """A speed record's contended flag and its reasons: the typed fields, else (records made before
+    them) the ``contended`` metric or ``machine.contention``; None where nothing says."""
+    m = measurements
+    if m.get("contended") is not None:
+        return bool(m["contended"]), list(m.get("contention_why") or [])
+    old = (m.get("machine") or {}).get("contention") or {}
+    if "contended" in metrics and metrics["contended"].get("value") is not None:
+        return bool(metrics["contended"]["value"]), list(old.get("why") or [])
+    if "contended" in old:
+        return bool(old["contended"]), list(old.get("why") or [])
+    return None, []
 
 
 #: The measurements part of each cell kind.

@@ -96,6 +96,21 @@ def definition_hash(definition: dict[str, Any]) -> str:
     return content_hash(definition)
 
 
+#: What a speed cell's definition holds that does not make it another measurement of the study: which
+#: round it is and which machine timed it. Cells equal but for these are rounds of one speed cell.
+ROUND_KEYS = ("round", "machine")
+
+
+def timing_family(definition: dict[str, Any]) -> str | None:
+    """The hash of a speed cell's definition less its round and machine: rounds added later (``run
+    --add-rounds``, a raised ``speed.rounds``) and rounds timed on another kind of machine share it,
+    so a run's tables keep them all. None for cells of other kinds."""
+    if definition.get("kind") != "speed":
+        return None
+    params = {k: v for k, v in (definition.get("params") or {}).items() if k not in ROUND_KEYS}
+    return definition_hash({**definition, "params": params})
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, float) and not math.isfinite(o):
         return None

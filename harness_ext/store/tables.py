@@ -6,10 +6,11 @@ analysis that reads them (:mod:`harness_ext.analysis.study`).
 ``tables/generations.parquet``   one row per cell x prompt x sample: the generated text
 ``tables/run.json``              spec text, invocations, loads, problems, and the runner's extras
 
-The schemas give each column's name, place and type. The files are written through pandas, which
-types a column from its values: a column is written with its schema type, except that a column
-without any value is written as ``null`` (a speed-only run has no temperatures) and an integer
-column with missing values as ``double`` (pandas' NaN). :func:`mismatches` checks exactly that.
+The schemas give each column's name, place and type. The parquet files are written through the
+schema (``pa.Table.from_pandas(frame, schema=...)``): every column has its schema type whatever its
+values. Tables written before that was enforced may hold a column without any value as ``null`` and
+an integer column with missing values as ``double`` (pandas' NaN), and lack the columns added since
+(:data:`ADDED_COLUMNS`); :func:`mismatches` allows exactly that, and the analysis reads them all.
 """
 
 from __future__ import annotations
@@ -39,6 +40,17 @@ _POINT_FIELDS = [
     pa.field("repetition_penalty", pa.float64()),
 ]
 
+#: A speed round's facts (the machine's fingerprint key, the GPUs that timed it, the round, its
+#: position in the round's order, whether it ran contended and why); empty for other cells.
+_ROUND_FIELDS = [
+    pa.field("fingerprint", pa.large_string()),
+    pa.field("gpu", pa.large_string()),
+    pa.field("round", pa.int64()),
+    pa.field("round_position", pa.int64()),
+    pa.field("contended", pa.bool_()),
+    pa.field("contended_why", pa.large_string()),
+]
+
 CELLS = pa.schema(
     [
         pa.field("cell_id", pa.large_string()),
@@ -59,6 +71,7 @@ CELLS = pa.schema(
         pa.field("mode", pa.large_string()),
         pa.field("grid_batched", pa.bool_()),
         pa.field("invocation", pa.large_string()),
+        *_ROUND_FIELDS,
         pa.field("error", pa.large_string()),
         pa.field("metric", pa.large_string()),
         pa.field("value", pa.float64()),
@@ -101,6 +114,13 @@ GENERATIONS = pa.schema(
     ]
 )
 
+#: Facts about a speed round: typed columns of the cells table, filled for speed cells only.
+ROUND_COLUMNS = tuple(f.name for f in _ROUND_FIELDS)
+#: Columns added to a table after tables were first committed: older tables lack them.
+ADDED_COLUMNS = {"cells": ROUND_COLUMNS}
+#: Speed facts that records made before :data:`ROUND_COLUMNS` existed hold as metrics: not metrics.
+FACT_METRICS = ("round", "round_position", "contended")
+
 #: Each table by name (the file's stem).
 SCHEMAS: dict[str, pa.Schema] = {"cells": CELLS, "samples": SAMPLES, "generations": GENERATIONS}
 #: The files of ``tables/``, in the order they are written.
@@ -137,7 +157,33 @@ def _describe(rec: Record) -> dict[str, Any]:
         "mode": params.get("mode"),
         "grid_batched": rec.measurements.get("grid_batched"),
         "invocation": rec.invocation,
+        **(_round_facts(rec) if rec.kind == "speed" else dict.fromkeys(ROUND_COLUMNS)),
         "error": rec.error,
+    }
+
+
+def _round_facts(rec: Record) -> dict[str, Any]:
+    """A speed record's round, position, contended flag (with why), machine fingerprint and GPUs,
+    from its typed fields, or from the metrics and ``machine`` of a record made before them."""
+    from harness_ext.store.parts import contended_of
+
+    m = rec.measurements
+
+    def fact(name: str) -> Any:
+        if m.get(name) is not None:
+            return m[name]
+        v = rec.metrics.get(name)
+        return v.get("value") if v is not None else None
+
+    contended, why = contended_of(m, rec.metrics)
+    rnd, pos = fact("round"), fact("round_position")
+    return {
+        "fingerprint": m.get("fingerprint"),
+        "gpu": ",".join(m["gpus"]) if m.get("gpus") else None,
+        "round": int(rnd) if rnd is not None else None,
+        "round_position": int(pos) if pos is not None else None,
+        "contended": contended,
+        "contended_why": "; ".join(why) if why else None,
     }
 
 
@@ -160,6 +206,8 @@ def cell_rows(records: Iterable[Record]) -> list[dict[str, Any]]:
                     rows.append({**b, "metric": metric, **_value(v)})
             continue
         for metric, v in rec.metrics.items():
+            if rec.kind == "speed" and metric in FACT_METRICS:
+                continue  # a fact about the round: its typed column holds it
             rows.append({**base, "metric": metric, **_value(v)})
     return rows
 
@@ -225,9 +273,12 @@ def frames(records: Iterable[Record]) -> dict[str, Any]:
     }
 
 
-def parquet_bytes(table: Any) -> bytes:
+def parquet_bytes(table: Any, schema: pa.Schema) -> bytes:
+    """A table's parquet file, every column typed by ``schema`` (not by what pandas infers)."""
+    import pyarrow.parquet as pq
+
     buf = io.BytesIO()
-    table.to_parquet(buf, index=False)
+    pq.write_table(pa.Table.from_pandas(table, schema=schema, preserve_index=False), buf)
     return buf.getvalue()
 
 
@@ -253,19 +304,22 @@ def table_files(
     }
     return {
         "cells.csv": t["cells"].to_csv(index=False).encode(),
-        "cells.parquet": parquet_bytes(t["cells"]),
-        "samples.parquet": parquet_bytes(t["samples"]),
-        "generations.parquet": parquet_bytes(t["generations"]),
+        "cells.parquet": parquet_bytes(t["cells"], CELLS),
+        "samples.parquet": parquet_bytes(t["samples"], SAMPLES),
+        "generations.parquet": parquet_bytes(t["generations"], GENERATIONS),
         "run.json": dumps(run).encode(),
     }
 
 
 def mismatches(actual: pa.Schema, schema: pa.Schema) -> list[str]:
-    """How a table's types differ from its schema, beyond the two ways pandas writes a column
-    (all missing: ``null``; an integer column with missing values: ``double``). Empty: it conforms."""
+    """How a table's types differ from its schema, beyond what tables written before the schema was
+    enforced hold (a column all missing: ``null``; an integer column with missing values: ``double``;
+    the :data:`ADDED_COLUMNS` absent). Empty: it conforms."""
     out = []
-    if actual.names != schema.names:
-        out.append(f"columns {actual.names} are not {schema.names}")
+    later = {c for cols in ADDED_COLUMNS.values() for c in cols}
+    names = [n for n in schema.names if n in actual.names or n not in later]
+    if actual.names != names:
+        out.append(f"columns {actual.names} are not {names}")
     for name in set(actual.names) & set(schema.names):
         got, want = actual.field(name).type, schema.field(name).type
         allowed = {want, pa.null()} | ({pa.float64()} if pa.types.is_integer(want) else set())

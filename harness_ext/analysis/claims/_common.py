@@ -96,6 +96,10 @@ def smallest_batch_groups(sp: pd.DataFrame, model: str) -> list[tuple[str, pd.Da
         for key, h in g.groupby(extra, sort=True) if extra else [((), g)]:
             label = f"{mode}, batch {int(h['batch_size'].iloc[0])}"
             key = key if isinstance(key, tuple) else (key,)
-            label += "".join(f", {c} {v}" for c, v in zip(extra, key, strict=True))
+            label += "".join(
+                f", machine {v}" if c == "fingerprint" else f", {c} {v}"
+                for c, v in zip(extra, key, strict=True)
+                if v not in ("", None)
+            )
             out.append((label, h))
     return out

@@ -11,6 +11,14 @@ the other pairs' probes are compared with), then the rest, as many at once as th
 allow; each record says which worker and GPUs computed it (``measurements.placement``), and a pair
 that asks for more GPUs than the cluster has fails at once instead of waiting forever.
 
+Speed rounds: one task per (model, round) runs that round's schemes one after another on the same
+GPUs (each in a fresh process, :mod:`harness_ext.run.isolated`), so that a ratio pairs schemes timed
+on one device, never GPU 0's round with GPU 1's; such a task asks for whole GPUs (fractional GPUs
+would put two timed rounds on one device); and timed windows never overlap on one host (a host-wide
+lock around each round's timing, ``run/speed.py``), while loads and warm-ups of other tasks go on.
+Before planning, one no-op task per GPU starts a worker with torch, CUDA and the rounds' forkserver
+ready.
+
 A worker builds its runner with the driver's runner class, sent by reference in the task's payload
 (``payload["runner"]``): this module never imports the runner.
 """
@@ -42,32 +50,44 @@ def _ray() -> Any:
 
 
 def pair_task(payload: dict[str, Any]) -> dict[str, Any]:
-    """Run one pair's cells on a Ray worker; return its records, new artifacts and loads."""
+    """Run a task's units on a Ray worker, one after another (a speed round's in a fresh process);
+    return their records, new artifacts and loads, and the units whose process died, with why."""
+    import os
+
+    from harness_ext.run import isolated
+
+    placement = _placement()
+    out: dict[str, Any] = {"records": [], "artifacts": {}, "loads": [], "failed": []}
+    for unit in payload["units"]:
+        one = {**payload, "cell_ids": unit["ids"], "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        if not (payload.get("isolate") and unit["round"]):
+            result = isolated.unit_task(one)
+        else:
+            try:
+                result = isolated.in_fresh_process(one)
+            except Exception as e:  # the round's process died: its cells fail, the task goes on
+                out["failed"].append((unit["ids"], f"the round's process failed: {reason(e)}"))
+                continue
+        for data in result["records"]:  # which worker and GPUs computed the cell: evidence that pairs ran where planned
+            data["measurements"] = {**data.get("measurements", {}), "placement": placement}
+        out["records"] += result["records"]
+        out["artifacts"] |= result["artifacts"]
+        out["loads"] += result["loads"]
+    return out
+
+
+def warm_task(device: str) -> int:
+    """A no-op that leaves its worker warm: torch imported, CUDA initialised, the rounds' forkserver started."""
+    import os
+
     import torch
 
-    from harness_ext.run.quiet import quiet_lm_eval
-    from harness_ext.spec import StudySpec, expand
+    from harness_ext.run import isolated
 
-    spec = StudySpec.model_validate(payload["spec"])
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
-    wanted = set(payload["cell_ids"])
-    cells = [c for c in expand(spec, payload["device"], payload["task_params"]) if c.id in wanted]
-    store = MemoryStore(payload["artifacts"])
-    make_runner: RunnerFactory = payload["runner"]
-    runner = make_runner(spec, payload["spec_text"], progress=False, store=store, device_map=payload.get("device_map"))
-    runner.invocation = payload["invocation"]
-    with quiet_lm_eval():
-        runner.run_pair(cells, {}, payload["task_params"])
-    placement = _placement()
-    records = [r.model_dump(mode="json") for r in store.records]
-    for data in records:  # which worker and GPUs computed the cell: evidence that pairs ran where planned
-        data["measurements"] = {**data.get("measurements", {}), "placement": placement}
-    return {
-        "records": records,
-        "artifacts": store.new_artifacts,
-        "loads": runner.loads,
-    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.init()
+    isolated.warm(device)
+    return os.getpid()
 
 
 def _placement() -> dict[str, Any]:
@@ -99,10 +119,14 @@ def score_task(payload: dict[str, Any]) -> list[float]:
 
 class RayExecutor:
     """Pairs as Ray tasks (``executor: ray``). ``task_fn`` is the function a task runs (tests swap
-    in one that kills its worker, to show that Ray's retry loses and duplicates nothing)."""
+    in one that kills its worker, to show that Ray's retry loses and duplicates nothing); ``isolate``:
+    speed rounds in fresh processes (default: unless ``HARNESS_EXT_ROUNDS_IN_PROCESS=1``)."""
 
-    def __init__(self, task_fn: Callable[[dict[str, Any]], dict[str, Any]] = pair_task):
+    def __init__(self, task_fn: Callable[[dict[str, Any]], dict[str, Any]] = pair_task, isolate: bool | None = None):
+        from harness_ext.run import isolated
+
         self.task_fn = task_fn
+        self.isolate = isolated.isolating() if isolate is None else isolate
 
     # resources ----------------------------------------------------------------------------------
     def resources(self, runner: RunnerAPI, model: ModelSpec, scheme: Scheme) -> dict[str, float]:
@@ -128,45 +152,53 @@ class RayExecutor:
             )
         return ray
 
+    def task_resources(self, runner: RunnerAPI, units: list[list[Cell]]) -> dict[str, float]:
+        """A task's resources: the most any of its units needs; whole GPUs where it times rounds."""
+        each = [self.resources(runner, u[0].model, u[0].scheme) for u in units]
+        res = {"num_cpus": max(r["num_cpus"] for r in each), "num_gpus": max(r["num_gpus"] for r in each)}
+        if any(isolated_round(u) for u in units) and res["num_gpus"] > 0:
+            res["num_gpus"] = float(math.ceil(res["num_gpus"]))  # never two timed rounds on one device
+        return res
+
     def _payload(
-        self,
-        runner: RunnerAPI,
-        cells: list[Cell],
-        task_params: TaskParams,
-        artifacts: dict[str, Any],
-        resources: dict[str, float],
+        self, runner: RunnerAPI, units: list[list[Cell]], task_params: TaskParams, resources: dict[str, float]
     ) -> dict[str, Any]:
-        return {
-            "runner": type(runner),
-            "spec": runner.spec.model_dump(mode="json"),
-            "spec_text": runner.spec_text,
-            "cell_ids": [c.id for c in cells],
-            "device": cells[0].device,
-            "task_params": task_params,
-            "invocation": runner.invocation,
-            "artifacts": artifacts,
-            "device_map": "auto" if resources["num_gpus"] > 1 else None,
-        }
+        from harness_ext.run import isolated
+
+        cells = [c for u in units for c in u]
+        return isolated.payload(
+            runner,
+            cells,
+            task_params,
+            units=[{"ids": [c.id for c in u], "round": isolated_round(u)} for u in units],
+            isolate=self.isolate,
+            artifacts=_reference_artifacts(runner, cells),
+            device_map="auto" if resources["num_gpus"] > 1 else None,
+        )
 
     # pairs --------------------------------------------------------------------------------------
     def run_pairs(self, runner: RunnerAPI, pairs: Pairs, records: Records, task_params: TaskParams) -> None:
         ray = self._init(runner)
         remote = ray.remote(self.task_fn)
         gpus = float(ray.cluster_resources().get("GPU", 0.0))
+        device = next((u[0].device for u in pairs.values()), "cpu")
+        warming = [ray.remote(warm_task).options(num_gpus=1).remote(device) for _ in range(int(gpus))]
         for wave in waves(runner, pairs):
             pending: dict[Any, list[Cell]] = {}
-            for cells in wave.values():
-                model, scheme = cells[0].model, cells[0].scheme
-                res = self.resources(runner, model, scheme)
+            for units in tasks(wave).values():
+                cells = [c for u in units for c in u]
+                res = self.task_resources(runner, units)
                 if res["num_gpus"] > gpus:  # Ray would wait for it forever
                     self._refuse(runner, cells, records, res["num_gpus"], gpus)
                     continue
-                artifacts = _reference_artifacts(runner, cells)
                 opts = {**res, "max_retries": runner.spec.ray.max_retries, "retry_exceptions": False}
-                pending[remote.options(**opts).remote(self._payload(runner, cells, task_params, artifacts, res))] = (
-                    cells
-                )
+                pending[remote.options(**opts).remote(self._payload(runner, units, task_params, res))] = cells
             self._collect(ray, runner, pending, records)
+        for ref in warming:  # long done; a worker that failed to warm up only started cold
+            try:
+                ray.get(ref)
+            except Exception:
+                continue
 
     @staticmethod
     def _refuse(runner: RunnerAPI, cells: list[Cell], records: Records, wanted: float, have: float) -> None:
@@ -194,6 +226,8 @@ class RayExecutor:
                     for data in result["records"]:
                         runner.save(Record.model_validate(data), records)
                     runner.loads.extend(tuple(x) for x in result["loads"])
+                    for ids, why in result.get("failed") or []:
+                        runner.fail([c for c in cells if c.id in set(ids)], records, why, started=started)
                 if pending:
                     runner.check_time()
         except BaseException:
@@ -227,6 +261,24 @@ def waves(runner: RunnerAPI, pairs: Pairs) -> tuple[Pairs, Pairs]:
     goes in the second wave, where it can use every GPU at once."""
     first = {k: v for k, v in pairs.items() if _is_reference(runner, v[0]) and any(c.kind == "probe" for c in v)}
     return first, {k: v for k, v in pairs.items() if k not in first}
+
+
+def isolated_round(cells: list[Cell]) -> bool:
+    """A unit of speed cells: one (model, scheme, round)."""
+    return bool(cells) and all(c.kind == "speed" for c in cells)
+
+
+def tasks(pairs: Pairs) -> dict[Any, list[list[Cell]]]:
+    """The Ray tasks of a wave, each a list of units run one after another on one worker: a speed
+    round's schemes of one model together (in the round's order), so their ratios pair rounds timed
+    on the same GPUs; every other unit a task of its own."""
+    out: dict[Any, list[list[Cell]]] = {}
+    for key, cells in pairs.items():
+        if isolated_round(cells) and len(key) == 3:
+            out.setdefault(("round", key[0], key[2]), []).append(cells)
+        else:
+            out[key] = [cells]
+    return out
 
 
 def _is_reference(runner: RunnerAPI, cell: Cell) -> bool:

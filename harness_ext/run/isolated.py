@@ -1,0 +1,143 @@
+"""Speed rounds in fresh processes: each (model, scheme, round) is loaded, warmed up and timed in a
+process of its own, which returns its records to the runner that stores them.
+
+Rounds timed inside one long-lived process share its allocator, its warm caches and whatever the
+earlier rounds left behind, so they are not independent replicates (optimum-benchmark isolates each
+benchmark the same way). A round's process is forked from a *forkserver* that has already imported
+torch, transformers, lm-eval and harness_ext's backend (and, on the CPU, bitsandbytes, with its
+import log kept for the fingerprint), so a round pays the fork and its own load, not a fresh import.
+The forkserver is a fresh interpreter, not a fork of the runner: no CUDA state is inherited, and on
+CUDA it preloads nothing that initialises CUDA (bitsandbytes does).
+
+:func:`unit_task` is also what a Ray task runs (``executors/ray.py``): a unit's cells in a runner
+built from the driver's runner class, writing into a :class:`~harness_ext.store.MemoryStore`.
+``HARNESS_EXT_ROUNDS_IN_PROCESS=1`` times rounds inside the runner's process instead (the test
+suite does, to inject failures into a runner; results then carry ``isolation: null``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from harness_ext.run.api import Records, RunnerAPI, RunnerFactory, TaskParams
+from harness_ext.run.failures import reason
+from harness_ext.store import MemoryStore, Record, now
+
+if TYPE_CHECKING:
+    from harness_ext.spec import Cell
+
+#: Set to 1 to time speed rounds inside the runner's process.
+IN_PROCESS_ENV = "HARNESS_EXT_ROUNDS_IN_PROCESS"
+#: What the forkserver imports before forking a round's process (CUDA: nothing that initialises CUDA).
+PRELOAD = ["harness_ext.backend", "harness_ext.run.runner"]
+PRELOAD_CPU = [*PRELOAD, "harness_ext.run.warm"]
+
+
+def isolating() -> bool:
+    """Whether speed rounds run in fresh processes (the default) or, with :data:`IN_PROCESS_ENV`, inline."""
+    return os.environ.get(IN_PROCESS_ENV, "").strip() in ("", "0")
+
+
+def is_round(cells: list[Cell]) -> bool:
+    """A unit of speed cells only: one (model, scheme, round), timed in a process of its own."""
+    return bool(cells) and all(c.kind == "speed" for c in cells)
+
+
+def preload(device: str) -> list[str]:
+    """What the forkserver imports for rounds on ``device``: on CUDA nothing that initialises CUDA."""
+    return PRELOAD if device.startswith("cuda") else PRELOAD_CPU
+
+
+def context(device: str) -> Any:
+    """The forkserver context of round processes, preloading what the device allows (the forkserver
+    is one per process: the first round's device decides)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(preload(device))
+    return ctx
+
+
+def payload(runner: RunnerAPI, cells: list[Cell], task_params: TaskParams, **extra: Any) -> dict[str, Any]:
+    """What a unit's process needs to rebuild its cells and runner (all of it picklable)."""
+    return {
+        "runner": type(runner),
+        "spec": runner.spec.model_dump(mode="json"),
+        "spec_text": runner.spec_text,
+        "cell_ids": [c.id for c in cells],
+        "device": cells[0].device,
+        "machine": next((c.params["machine"] for c in cells if "machine" in c.params), None),
+        "task_params": task_params,
+        "invocation": runner.invocation,
+        **extra,
+    }
+
+
+def unit_task(payload: dict[str, Any]) -> dict[str, Any]:
+    """Run one unit's cells in this process (a round's own, or a Ray worker); return its records,
+    new artifacts and loads, with this process's pid and when it started."""
+    entered = time.time()
+    if payload.get("cuda_visible_devices") is not None:  # a reused forkserver may hold another task's GPUs
+        os.environ["CUDA_VISIBLE_DEVICES"] = payload["cuda_visible_devices"]
+    import torch
+
+    from harness_ext.run.quiet import quiet_lm_eval
+    from harness_ext.spec import StudySpec, expand
+
+    spec = StudySpec.model_validate(payload["spec"])
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    wanted = set(payload["cell_ids"])
+    cells = expand(spec, payload["device"], payload["task_params"], payload.get("machine"))
+    cells = [c for c in cells if c.id in wanted]
+    store = MemoryStore(payload.get("artifacts") or {})
+    make_runner: RunnerFactory = payload["runner"]
+    runner = make_runner(spec, payload["spec_text"], progress=False, store=store, device_map=payload.get("device_map"))
+    runner.invocation = payload["invocation"]
+    with quiet_lm_eval():
+        runner.run_pair(cells, {}, payload["task_params"])
+    return {
+        "records": [r.model_dump(mode="json") for r in store.records],
+        "artifacts": store.new_artifacts,
+        "loads": runner.loads,
+        "pid": os.getpid(),
+        "entered": entered,
+    }
+
+
+def in_fresh_process(unit: dict[str, Any]) -> dict[str, Any]:
+    """:func:`unit_task` of ``unit`` (a :func:`payload`) in a process forked for it alone; each speed
+    record says which process timed it and how long that process took to start (``isolation``).
+    Raises where the process died or could not start."""
+    submitted = time.time()
+    with ProcessPoolExecutor(1, mp_context=context(unit["device"]), max_tasks_per_child=1) as pool:
+        result = pool.submit(unit_task, unit).result()
+    isolation = {"process": "forkserver", "pid": result["pid"], "startup_s": result["entered"] - submitted}
+    for data in result["records"]:
+        if data.get("kind") == "speed":
+            data["measurements"] = {**data.get("measurements", {}), "isolation": isolation}
+    return result
+
+
+def warm(device: str) -> None:
+    """Start this process's forkserver (its imports) now, so that the first round does not wait for it."""
+    from multiprocessing import forkserver
+
+    context(device)
+    forkserver.ensure_running()
+
+
+def run_round(runner: RunnerAPI, cells: list[Cell], records: Records, task_params: TaskParams) -> None:
+    """Time one unit of speed cells in a fresh process and store what it returns; a process that
+    dies fails the unit's cells with the reason."""
+    started = now()
+    try:
+        result = in_fresh_process(payload(runner, cells, task_params))
+    except Exception as e:  # the process died or could not start: not a measurement
+        runner.fail(cells, records, f"the round's process failed: {reason(e)}", started=started)
+        return
+    for data in result["records"]:
+        runner.save(Record.model_validate(data), records)
+    runner.loads.extend(tuple(x) for x in result["loads"])
