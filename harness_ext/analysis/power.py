@@ -70,7 +70,7 @@ class Detectable:
             return f"{self.part}: not estimable ({self.n} {self.unit})"
         if self.log:
             return (
-                f"{self.part}: ×{math.exp(self.mde):.2f} beyond the margin ×{math.exp(self.margin):.2f} "
+                f"{self.part}: ×{math.exp(self.mde):.2f} from the margin ×{math.exp(self.margin):.2f} "
                 f"({self.n} {self.unit})"
             )
         return f"{self.part}: {self.mde:.3f} from the margin {self.margin:.3f} ({self.n} {self.unit})"

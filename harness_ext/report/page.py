@@ -224,6 +224,7 @@ def build(study: Study, opts: dict[str, Any]) -> tuple[str, dict[str, pd.DataFra
                     "per_model": json.dumps(c.per_model),
                     "reason": c.reason,
                     "deciding": c.deciding,
+                    "detectable": c.detectable,
                     "rule": c.rule,
                     "evidence": json.dumps(c.evidence),
                 }

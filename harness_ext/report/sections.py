@@ -112,6 +112,7 @@ def glance(claims: list[analysis.Claim]) -> list[dict[str, Any]]:
             "css": c.css,
             "scope": c.scope if c.verdict != "not tested" else "",
             "deciding": c.deciding or c.reason,
+            "detectable": c.detectable,
             "anchor": f"claim-{c.key}",
             "per_model": [
                 {"model": m, "verdict": v, "css": v.replace(" ", "-"), "deciding": c.per_model_deciding.get(m, "")}
