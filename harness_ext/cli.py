@@ -139,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
 def _validate(args: argparse.Namespace, argv: list[str]) -> int:
     """Load, check and plan a spec without importing torch: the cell counts do not depend on the
     device, so ``device: auto`` is counted as the CPU here and resolved when the spec runs."""
-    from harness_ext.spec import load_spec, plan, summarize
+    from harness_ext.spec import load_spec, overview, plan
 
     spec = load_spec(args.spec)
-    print(summarize(spec, plan(spec, "cpu" if spec.device == "auto" else None)))
+    print(overview(spec, plan(spec, "cpu" if spec.device == "auto" else None)))
     return 0
 
 
@@ -298,13 +298,13 @@ def _warn(line: str) -> None:
 def _plan(args: argparse.Namespace, argv: list[str]) -> int:
     """Predict each claim part's detectable effect for the spec's design from the pilot's variance."""
     from harness_ext.analysis.planner import Design, predict, text
-    from harness_ext.report.page import input_tables, study_from
+    from harness_ext.report.page import input_tables, study_from_tables
     from harness_ext.spec import load_spec
 
     spec = load_spec(args.spec)
     design = Design.of_spec(spec)
     pilot_dir = Path(args.pilot)
-    pilot = study_from(input_tables(pilot_dir, _warn), pilot_dir)
+    pilot = study_from_tables(input_tables(pilot_dir, _warn), pilot_dir)
     table = predict(pilot, design)
     print(text(table, design))
     if args.csv:

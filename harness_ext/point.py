@@ -109,16 +109,23 @@ class SamplingPoint(BaseModel):
         """This point with another length cap."""
         return self.model_copy(update={"max_new_tokens": max_new_tokens})
 
-    def label(self) -> str:
-        """Short human label, e.g. ``T=0.7 k=50 p=1 n=64``."""
+    def label(self, cap: bool = True) -> str:
+        """Short human label, e.g. ``T=0.7 k=50 p=1 n=64``; ``cap=False`` leaves out the length cap
+        (a probe's point, which has none)."""
         k = "-" if self.top_k is None else str(self.top_k)
-        s = f"T={self.temperature:g} k={k} p={self.top_p:g} n={self.max_new_tokens}"
+        s = f"T={self.temperature:g} k={k} p={self.top_p:g}" + (f" n={self.max_new_tokens}" if cap else "")
         return s + (f" rp={self.repetition_penalty:g}" if self.repetition_penalty != 1.0 else "")
 
-    def probe_label(self) -> str:
-        """The probe's label, without the length cap it ignores, e.g. ``T=0.7 k=50 p=1 rp=1``."""
-        k = "-" if self.top_k is None else str(self.top_k)
-        return f"T={self.temperature:g} k={k} p={self.top_p:g} rp={self.repetition_penalty:g}"
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> SamplingPoint | None:
+        """The point of a table row (its ``temperature``, ``top_k``, ... columns), or None where it
+        has none (a speed cell, a loglikelihood task). A value is absent as None, NaN or the -1 that
+        stands for NaN in merge keys (no axis allows -1); an absent cap is the default one."""
+        given = {a: row[a] for a in cls.model_fields if _present(row.get(a))}
+        if "temperature" not in given:
+            return None
+        ints = {"top_k", "max_new_tokens"}
+        return cls(**{a: int(v) if a in ints else float(v) for a, v in given.items()})
 
     def probe_fields(self) -> dict[str, Any]:
         """The ``point`` of a probe record: every field but the length cap, in the model's order."""
@@ -149,3 +156,17 @@ def _number(kw: Mapping[str, Any], name: str, default: float) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise SamplingError(f"{name} must be a number, not {value!r}") from None
+
+
+def row_label(row: Mapping[str, Any]) -> str:
+    """The label of a table row's sampling point (:meth:`SamplingPoint.label`); without a length cap
+    where the row has none (a probe's), ``""`` where it has no point."""
+    point = SamplingPoint.from_row(row)
+    if point is None:
+        return ""
+    return point.label(cap=_present(row.get("max_new_tokens")))
+
+
+def _present(value: Any) -> bool:
+    """A table's value, not a stand-in for its absence (None, NaN, or -1 in merge keys)."""
+    return value is not None and value == value and value != -1

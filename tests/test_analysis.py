@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import heavy_modules
 
 from harness_ext import analysis
 from harness_ext.analysis import Estimate, Study, bootstrap_ci
@@ -525,3 +526,15 @@ def test_margins_come_from_one_place() -> None:
         r.sensitivity_margin,
     )
     assert analysis.Options.of_report({"speed_margin": 0.2}).speed_margin == 0.2
+
+
+def test_store_and_analysis_import_neither_torch_nor_the_backend_nor_the_runner(fresh_imports) -> None:
+    """Reading a run directory and analysing its tables needs no model: a fresh interpreter that
+    imports both has not imported torch (which takes seconds and a GPU stack to load), nor any
+    module of the backend or the run packages (names checked to exist: a renamed package must not
+    leave this test looking for nothing)."""
+    import importlib.util
+
+    rooms = ("harness_ext.backend", "harness_ext.run")
+    assert all(importlib.util.find_spec(room) for room in rooms)
+    assert heavy_modules(fresh_imports["modules"]["store_analysis"], ours=rooms) == set()

@@ -10,11 +10,10 @@ module ``harness_ext.run.probe`` when that is a module, else the package ``harne
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import heavy_modules
 
 REPO = Path(__file__).resolve().parent.parent
 PKG = REPO / "harness_ext"
@@ -129,7 +128,7 @@ def _package_imports(graph: dict[str, set[str]]) -> dict[str, set[str]]:
     for m, deps in graph.items():
         for d in list(deps):
             parts = d.split(".")
-            full[m].update(".".join(parts[:i]) for i in range(2, len(parts)) if ".".join(parts[:i]) in MODULES)
+            full[m].update(".".join(parts[:i]) for i in range(1, len(parts)) if ".".join(parts[:i]) in MODULES)
     return full
 
 
@@ -170,29 +169,13 @@ def test_torch_free_rooms_reach_neither_torch_nor_the_backend_nor_the_runner(roo
     assert {m for m in reached if m.startswith(("harness_ext.backend", "harness_ext.run"))} == set()
 
 
-def _python(code: str) -> subprocess.CompletedProcess[str]:
-    """``code`` in a fresh interpreter (nothing imported yet), from the repository root."""
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
-
-
-@pytest.mark.slow
-def test_rendering_a_report_path_imports_no_torch_at_run_time() -> None:
+def test_rendering_a_report_path_imports_no_torch_at_run_time(fresh_imports) -> None:
     """The static graph, confirmed by the interpreter: importing the reporting side loads no torch."""
-    out = _python(
-        "import sys; import harness_ext.report, harness_ext.analysis, harness_ext.store, harness_ext.spec; "
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'bitsandbytes')); "
-        "print(bad); sys.exit(1 if bad else 0)"
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
+    assert heavy_modules(fresh_imports["modules"]["report_imports"]) == set()
 
 
-@pytest.mark.slow
-def test_the_public_surface_resolves_and_importing_the_package_loads_no_torch() -> None:
-    out = _python(
-        "import sys, harness_ext; assert 'torch' not in sys.modules, 'import harness_ext loaded torch'; "
-        "missing = [n for n in harness_ext.__all__ if getattr(harness_ext, n, None) is None]; "
-        "print(missing); sys.exit(1 if missing else 0)"
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
+def test_the_public_surface_resolves_and_importing_the_package_loads_no_torch(fresh_imports) -> None:
+    assert "torch" not in fresh_imports["modules"]["package"], "import harness_ext loaded torch"
+    assert fresh_imports["missing"] == []
     names = __import__("harness_ext").__all__
     assert len(names) == len(set(names))

@@ -22,29 +22,14 @@ def _without_figures(html: str) -> tuple[str, int]:
 
 
 @pytest.mark.parametrize("name", ["demo", "paper_speed", "paper_speed_single"])
-def test_committed_report_rerenders_from_its_tables(name: str, tmp_path) -> None:
+def test_committed_report_rerenders_from_its_tables(name: str, tmp_path, request) -> None:
     folder = REPO / "reports" / name
     committed = (folder / "index.html").read_text(encoding="utf-8")
-    fresh = render(folder / "data", tmp_path / name).read_text(encoding="utf-8")
-    assert _without_figures(fresh) == _without_figures(committed)
-    for table in ("claims.csv", "quality.csv"):
-        assert (tmp_path / name / table).read_text() == (folder / table).read_text(), table
-    _same_speed_rows(tmp_path / name / "speed.csv", folder / "speed.csv")
-
-
-def _same_speed_rows(fresh: Path, committed: Path) -> None:
-    """speed.csv holds the committed rows and figures; what changed on purpose: a round's facts are typed
-    columns at the end (``round_position`` an integer, not a float metric), beside the machine's
-    fingerprint, the GPUs and why a round ran contended (empty for runs recorded before them)."""
-    import pandas as pd
-
-    from harness_ext.store.tables import ROUND_COLUMNS
-
-    new, old = pd.read_csv(fresh), pd.read_csv(committed)
-    assert list(new.columns[-len(ROUND_COLUMNS) :]) == list(ROUND_COLUMNS)
-    assert set(old.columns) <= set(new.columns)
-    pd.testing.assert_frame_equal(new[old.columns], old, check_dtype=False)
-    assert new[["fingerprint", "gpu", "contended_why"]].isna().all().all()
+    # the demo is rendered once per session (conftest), as the report tests read it
+    index = request.getfixturevalue("demo_report")[0] if name == "demo" else render(folder / "data", tmp_path / name)
+    assert _without_figures(index.read_text(encoding="utf-8")) == _without_figures(committed)
+    for table in ("claims.csv", "speed.csv", "quality.csv"):
+        assert (index.parent / table).read_text() == (folder / table).read_text(), table
 
 
 RECORDS = sorted(REPO.glob("reports/**/records/*.json"))
@@ -115,3 +100,16 @@ def test_committed_tables_conform_to_the_one_schema(path: Path) -> None:
     from harness_ext.store.tables import SCHEMAS, mismatches
 
     assert mismatches(pq.read_schema(path), SCHEMAS[path.stem]) == []
+
+
+def test_the_share_of_parameters_held_quantized_is_read_from_loads_old_and_new(demo_study) -> None:
+    """The demo's records predate the recorded counts: bitsandbytes' storage dtypes give the share
+    (int8 one weight per byte, 4-bit two per uint8 byte); a recorded count gives the same."""
+    from harness_ext.report.sections import quantized_rows, quantized_share
+
+    rows = {r["scheme"]: r["share"] for r in quantized_rows(demo_study)}
+    unquantized = 49152 * 576 + 61 * 576  # SmolLM2-135M's tied embedding and its 61 norms stay float32
+    assert set(rows) == {"int8", "nf4", "fp4"}
+    assert all(share == 1 - unquantized / 134_515_008 for share in rows.values())
+    recorded = {"quantized_parameters": 3, "unquantized_parameters": 1, "dtypes": {"uint8": 5}}
+    assert quantized_share({**recorded, "scheme_fields": {"quant": "nf4"}}) == 0.75

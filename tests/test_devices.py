@@ -164,3 +164,39 @@ def test_generate_call_measures_the_models_device(fake_cuda, tiny_lm_factory, mo
     assert call.peak_memory_bytes == fake_cuda["peaks"][0][CUDA1]
     assert set(fake_cuda["synchronize"]) == {CUDA1} and set(fake_cuda["reset"]) == {CUDA1}
     assert fake_cuda["stream"] and set(fake_cuda["stream"]) == {("stream of", CUDA1)}
+
+
+class _Layer:
+    """An attention module on one device (``layer_idx`` as Hugging Face's attention modules have it)."""
+
+    def __init__(self, idx: int | None, device: torch.device):
+        self.layer_idx, self.weight = idx, FakeTensor(device, 1)
+
+    def parameters(self):
+        return iter([self.weight])
+
+
+def test_rows_per_call_fits_every_gpu_the_model_is_split_over(monkeypatch) -> None:
+    """A model split over two GPUs: the second holds half the layers' KV cache and the logits, and
+    has little free memory; the rows that fit are decided there, not on the first GPU."""
+    from types import SimpleNamespace
+
+    from harness_ext.backend.generation import RowGeneration
+
+    free = {CUDA0: 80 * 2**30, CUDA1: 2**30}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d: (free[torch.device(d)], 0))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda d: 0)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d: 0)
+    config = SimpleNamespace(num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=8, head_dim=128)
+    config.vocab_size, config.get_text_config = 32000, lambda decoder=True: config
+    layers = [_Layer(i, CUDA0 if i < 2 else CUDA1) for i in range(4)]
+    head = _Layer(None, CUDA1)
+    model = SimpleNamespace(
+        config=config, dtype=torch.float16, modules=lambda: iter([*layers, head]), get_output_embeddings=lambda: head
+    )
+    lm = SimpleNamespace(model=model, device=CUDA0, batch_size=4096, max_rows=None)
+    tokens = 1000
+    kv_per_row = {d: 2 * 2 * 8 * 128 * 2 * tokens for d in (CUDA0, CUDA1)}  # 2 layers each, fp16
+    want = int(0.9 * free[CUDA1] // (kv_per_row[CUDA1] + 6 * 4 * 32000))
+    assert RowGeneration.rows_per_call(lm, tokens) == want
+    assert want < int(0.9 * free[CUDA0] // kv_per_row[CUDA0])  # the first GPU alone would allow more

@@ -50,10 +50,10 @@ def test_process_results_accept_single_and_list_predictions() -> None:
 
 
 def test_continuation_uses_hf_quant_token_counts() -> None:
-    from harness_ext.backend import Generation
+    from harness_ext.backend import GeneratedText
 
     out = m.process_continuation(
-        {"prompt": "p"}, [[Generation("a b", 4, True, "cap"), Generation("c", 2, False, "eos")]]
+        {"prompt": "p"}, [[GeneratedText("a b", 4, True, "cap"), GeneratedText("c", 2, False, "eos")]]
     )
     assert out["new_tokens"] == 3.0 and out["hit_cap"] == 0.5
 

@@ -84,7 +84,7 @@ def test_the_speed_formula_holds_at_few_rounds(rounds) -> None:
 def test_the_planner_predicts_what_the_run_then_reports() -> None:
     """A pilot of 80 prompts predicts the detectable distances a run of 320 prompts of the same kind
     reports, within the sampling error of an sd estimated on 80 prompts."""
-    from tests.test_analysis import base, make_study
+    from test_analysis import base, make_study
 
     def q(s, t, d, r):
         return base(t) - (0.05 if s == "fp4" and t > 0 else 0) + r.normal(0, 0.25)

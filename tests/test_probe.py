@@ -202,7 +202,9 @@ def test_probe_metrics_match_an_independent_float64_recomputation() -> None:
 def test_probe_logits_are_each_prompts_unpadded_forward(tiny_lm_factory) -> None:
     lm = tiny_lm_factory()
     prompts = [lm.tok_encode(t) for t in ["the capital of france is", "salt and", "once upon a time there was a"]]
-    logits = next_token_logits(lm.model, prompts, "cpu")
+    seen: list[tuple[int, int]] = []
+    logits = next_token_logits(lm.model, prompts, "cpu", progress=lambda *done: seen.append(done))
+    assert seen == [(i + 1, len(prompts)) for i in range(len(prompts))]  # the run's bar shows prompts done
     for i, ids in enumerate(prompts):
         with torch.no_grad():
             alone = lm.model(input_ids=torch.tensor([ids])).logits[0, -1].float()

@@ -71,9 +71,15 @@ def test_schemes_load_real_bitsandbytes_layers_and_shrink(tiny_model) -> None:
         footprint[name] = info.weight_bytes
         q_proj = type(model.model.layers[0].self_attn.q_proj).__name__
         assert q_proj == LAYER.get(name, "Linear"), (name, q_proj)
+        if name == "fp32":
+            blocks = sum(p.numel() for n, p in model.named_parameters() if n.endswith("proj.weight"))
+            total = info.num_parameters
+            assert (info.quantized_parameters, info.unquantized_parameters) == (0, total)
         if name in LAYER:
             assert info.layer_types[LAYER[name]] == 2 * 7  # every linear of both blocks; lm_head stays
             assert model.model.norm.weight.dtype == torch.float32  # unquantized layers in the stated dtype
+            # counted as the unquantized model counts them (bnb packs two 4-bit weights per byte)
+            assert (info.quantized_parameters, info.unquantized_parameters) == (blocks, total - blocks)
         assert info.load_s > 0 and info.num_parameters > 0
         assert info.scheme["dtype"] is not None
         del model
@@ -90,3 +96,16 @@ def test_pre_quantized_checkpoint_is_refused(tiny_model, tmp_path) -> None:
     tok.save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="already quantized"):
         load_model(str(tmp_path), BUILTIN_SCHEMES["nf4"], "cpu")
+
+
+def test_bytes_per_param_come_from_the_scheme_catalog(monkeypatch) -> None:
+    """How many GPUs a Ray pair asks for is read from the scheme itself, not from a second table."""
+    from harness_ext.run.executors import ray
+    from harness_ext.spec import ModelSpec
+
+    per = {n: s.resolve("float16").bytes_per_param for n, s in BUILTIN_SCHEMES.items()}
+    assert (per["fp32"], per["fp16"], per["bf16"], per["int8"]) == (4, 2, 2, 1)
+    assert per["nf4"] == per["fp4"] == 0.5 + 4 / 64 and 0.5 < per["nf4-dq"] < per["nf4"]
+    monkeypatch.setattr(ray, "count_parameters", lambda model: 70 * 10**9)
+    model = ModelSpec(name="big", pretrained="org/big", dtype="float16")
+    assert [ray.gpus_needed(model, BUILTIN_SCHEMES[s], 80) for s in ("fp16", "int8", "nf4")] == [3, 2, 1]

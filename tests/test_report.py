@@ -12,6 +12,7 @@ import browser
 import html5lib
 import pandas as pd
 import pytest
+from conftest import heavy_modules
 
 from harness_ext.report import render
 from harness_ext.run import Runner
@@ -24,16 +25,16 @@ name: report-test
 description: 'a study </style><script>alert(4)</script>'
 models:
   - {{name: tiny, pretrained: "{model}"}}
-schemes: [fp32, int8, nf4, fp4]
+schemes: [fp32, nf4, fp4]
 sampling:
-  temperature: [0, 0.7, 1.2]
+  temperature: [0, 1.2]
   top_k: [null, 5]
   max_new_tokens: [3, 6]
 tasks: [quant_nextword, quant_continuation]
 limit: 3
 seeds: [0]
-probe: {{limit: 12}}
-speed: {{batch_sizes: [1], prompt_tokens: 8, new_tokens: 4, repeats: 3}}
+probe: {{limit: 6}}
+speed: {{batch_sizes: [1], prompt_tokens: 8, new_tokens: 4, repeats: 3, rounds: 1}}
 threads: 1
 report:
   title: 'Tiny " onmouseover="alert(5)'
@@ -67,8 +68,17 @@ def run_dir(tiny_model, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def page(run_dir, tmp_path_factory) -> tuple[Path, str]:
+    """The run's report, rendered with every network connection refused (a connection fails it)."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the report tried to open a network connection")
+
     out = tmp_path_factory.mktemp("report")
-    index = render(run_dir, out)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket, "socket", refuse)
+        mp.setattr(socket, "create_connection", refuse)
+        index = render(run_dir, out)
     return index, index.read_text(encoding="utf-8")
 
 
@@ -93,7 +103,7 @@ def test_page_has_every_section_and_numbers_from_the_run(page, run_dir) -> None:
     for name in ("quality.csv", "paired_differences.csv", "sensitivity.csv", "speed.csv", "claims.csv"):
         assert (index.parent / name).is_file()
     speed = pd.read_csv(index.parent / "speed.csv")
-    assert set(speed["scheme"]) == {"fp32", "int8", "nf4", "fp4"}
+    assert set(speed["scheme"]) == {"fp32", "nf4", "fp4"}
     decode = speed.loc[speed["scheme"] == "nf4", "decode_ms_per_token"].iloc[0]
     assert f"{decode:.2f}" in html  # the table shows the measured number
     assert "Every cell of the spec completed." in html
@@ -147,27 +157,20 @@ def test_partial_run_says_what_is_missing_and_draws_no_verdict_from_it(run_dir, 
     assert "fp4" not in json.loads(claims.loc["c", "evidence"]).__repr__().replace("nf4", "")
 
 
-def test_report_says_when_remote_code_ran(run_dir) -> None:
+def test_report_says_when_remote_code_ran(run_dir, page) -> None:
     from harness_ext.analysis import Study
     from harness_ext.report import build
 
+    assert "trust_remote_code: true" not in page[1]
     study = Study.load(run_dir)
-    page, _ = build(study, {})
-    assert "trust_remote_code: true" not in page
     study.run["trust_remote_code"] = {"tiny": True}
-    page, _ = build(study, {})
-    assert "<code>trust_remote_code: true</code>: code from the model repository ran" in page
+    html, _ = build(study, {})
+    assert "<code>trust_remote_code: true</code>: code from the model repository ran" in html
 
 
-def test_rendering_needs_no_network(run_dir, tmp_path, monkeypatch) -> None:
-    import socket
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the report tried to open a network connection")
-
-    monkeypatch.setattr(socket, "socket", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    html = render(run_dir, tmp_path / "offline").read_text(encoding="utf-8")
+def test_rendering_needs_no_network(page) -> None:
+    """The page rendered with sockets refused (the ``page`` fixture) and fetches nothing when read."""
+    _, html = page
     # nothing that a browser would fetch: no remote src/href, no CSS url() (xmlns identifiers are not fetched)
     assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", html)
     assert not re.search(r"url\(\s*['\"]?(?:https?:)?//", html) and "@import" not in html
@@ -216,44 +219,17 @@ def test_times_reference_divides_by_the_same_model_batch_mode_and_round() -> Non
     }
 
 
-def _modules_after(code: str) -> set[str]:
-    """The modules a fresh interpreter holds after running ``code`` (no fixture, no conftest)."""
-    import subprocess
-    import sys
-
-    out = subprocess.run(
-        [sys.executable, "-c", f"{code}\nimport sys; print(' '.join(sorted(sys.modules)))"],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    return set(out.stdout.split())
-
-
-def test_report_renders_without_torch_the_backend_or_the_runner(tmp_path) -> None:
+def test_report_renders_without_torch_the_backend_or_the_runner(fresh_imports) -> None:
     """A report renders on any machine: importing it and rendering a run's tables loads neither torch,
     nor the model code, nor the runner (issue 18: environment → measure → torch did)."""
-    modules = _modules_after(f"from harness_ext.report import render; render('reports/demo/data', {str(tmp_path)!r})")
-    assert (tmp_path / "index.html").is_file()
-    assert "torch" not in modules and "transformers" not in modules
-    assert not {
-        m
-        for m in modules
-        if m.split(".")[:2]
-        in (["harness_ext", "models"], ["harness_ext", "runner"], ["harness_ext", "backend"], ["harness_ext", "run"])
-    }
+    rooms = ("harness_ext.backend", "harness_ext.run")
+    assert heavy_modules(fresh_imports["modules"]["render_tables"], ours=rooms) == set()
 
 
-def test_report_of_a_run_directory_renders_without_torch(run_dir, tmp_path) -> None:
-    """The same from a run directory, whose records are re-read (and their cell ids re-hashed)."""
-    if "torch" in _modules_after("import harness_ext.spec"):
-        pytest.xfail(
-            "the store re-hashes records through harness_ext.spec, which imports torch until the spec "
-            "package of issue 18 makes it torch-free"
-        )
-    modules = _modules_after(f"from harness_ext.report import render; render({str(run_dir)!r}, {str(tmp_path)!r})")
-    assert (tmp_path / "index.html").is_file() and "torch" not in modules
+def test_report_of_a_run_directory_renders_without_torch(fresh_imports) -> None:
+    """The same from a run directory (the committed paper_speed run), whose records are re-read and
+    their cell ids re-hashed through harness_ext.spec."""
+    assert heavy_modules(fresh_imports["modules"]["render_run_dir"]) == set()
 
 
 # -- issue 19: the report as a reader meets it -----------------------------------------------------
@@ -269,10 +245,9 @@ TABLE_BOXES = """(() => { document.querySelectorAll('details').forEach(d => d.op
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> tuple[Path, str]:
-    """The committed demo report, rendered afresh from its tables."""
-    index = render(REPO / "reports" / "demo" / "data", tmp_path_factory.mktemp("demo"))
-    return index, index.read_text(encoding="utf-8")
+def demo(demo_report) -> tuple[Path, str]:
+    """The committed demo report, rendered afresh from its tables (once per session, conftest)."""
+    return demo_report
 
 
 def _overflowing(boxes: list) -> list:
@@ -370,12 +345,11 @@ def test_fmt_number_drops_the_sign_of_a_rounded_zero() -> None:
     assert Estimate(0.01, -0.0002, 0.02, 9).text() == "0.010 [0.000, 0.020]"
 
 
-def test_every_evidence_row_of_b_has_a_reading_and_d_names_the_failed_condition() -> None:
+def test_every_evidence_row_of_b_has_a_reading_and_d_names_the_failed_condition(demo_study) -> None:
     claims = pd.read_csv(REPO / "reports" / "demo" / "claims.csv").set_index("claim")
-    from harness_ext.analysis import Study
     from harness_ext.analysis import claims as decide
 
-    by_key = {c.key: c for c in decide(Study.load(REPO / "reports" / "demo" / "data"))}
+    by_key = {c.key: c for c in decide(demo_study)}
     assert by_key["b"].evidence and all(e.get("verdict") for e in by_key["b"].evidence)
     assert by_key["b"].evidence[0]["verdict"] == "nf4 ahead at every T"
     assert all(e.get("verdict") for c in by_key.values() for e in c.evidence)  # every row says what it shows
@@ -406,6 +380,8 @@ def test_examples_say_their_settings_and_show_the_reference_beside_each_scheme(d
     block = examples[: examples.index("T = 0.7")]
     cell = re.search(r'<td class="gen ref" rowspan="4">(.*?)<span class="finish">', block, re.S)
     assert cell and cell.group(1) == html_escape(ref)
+    # on paper the spanning cell is hidden and the reference is the block's first row (rows can then break)
+    assert f'<tr class="ref-row"><td>fp32 (reference)</td><td class="gen">{html_escape(ref)}</td>' in block
     for scheme in ("bf16", "int8", "nf4", "fp4"):  # each scheme's own output for the same prompt and stream
         text = same[same["scheme"] == scheme]["text"].iloc[0]
         assert f'<td>{scheme}</td><td class="gen">{html_escape(text)}</td>' in block

@@ -49,7 +49,7 @@ def test_rounds_of_two_machines_are_two_groups_never_one_test() -> None:
             for s, ms in (("fp16", 10.0), ("nf4", 20.0)) for r in range(3)]  # fmt: skip
     sp = rd.speed_table(_study(recs))
     assert set(sp["fingerprint"]) == {"m1", "m2"} and "round" in sp and "round" not in sp.filter(like="_lo")
-    summary = rd.summary(_study(recs))
+    summary = rd.speed_summary(_study(recs))
     assert sorted(summary["fingerprint"]) == ["m1", "m1", "m2", "m2"]
     assert (summary["rounds"] == 3).all()
     nf4 = summary[summary["scheme"] == "nf4"]
@@ -107,6 +107,6 @@ def test_typed_round_facts_are_columns_of_the_cells_table_not_metric_rows() -> N
 
 
 def test_summary_keeps_its_columns_for_the_claims() -> None:
-    s = rd.summary(_study([_record(sch, r, 10.0) for sch in SCHEMES for r in range(3)]))
+    s = rd.speed_summary(_study([_record(sch, r, 10.0) for sch in SCHEMES for r in range(3)]))
     assert list(s.columns[:5]) == ["model", "batch_size", "mode", "fingerprint", "scheme"]
     assert math.isclose(s["between_round_cv"].iloc[0], 0.0)

@@ -13,7 +13,7 @@ from harness_ext.cli import main
 from harness_ext.run import Runner
 from harness_ext.run.reference import reference_record_hash
 from harness_ext.spec import expand, parse_spec
-from harness_ext.store import RunStore
+from harness_ext.store import Record, RunStore
 from harness_ext.tasks.metrics import first_word
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,13 +67,89 @@ def test_a_changed_shape_or_cpu_thread_count_is_a_new_cell() -> None:
 
 
 def test_ids_of_eval_cells_stay_those_of_the_committed_demo() -> None:
-    """Identity fields are added only where they were missing: the committed demo's evaluation
-    cells keep their ids (its CPU speed cells, on 2 threads, became new cells)."""
+    """Identity fields are added only where they were missing: the committed demo's evaluation and
+    probe cells keep their ids (its built-in model's file is the catalog's: no digest is added)."""
     from harness_ext.spec import load_spec, plan
 
     committed = {c["cell_id"] for c in json.loads((REPO / "reports/demo/data/run.json").read_text())["expected_cells"]}
     cells = plan(load_spec(REPO / "specs/demo.yaml"))
-    assert {c.id for c in cells if c.kind == "eval"} <= committed
+    assert {c.id for c in cells if c.kind in ("eval", "probe")} <= committed
+
+
+def _eval_ids(text: str) -> list[str]:
+    from harness_ext.spec import plan
+
+    return [c.id for c in plan(parse_spec(text), "cpu") if c.kind == "eval"]
+
+
+def test_changed_local_weights_are_new_cells_and_are_read_once(tmp_path, monkeypatch) -> None:
+    """A local folder is identified by its files' contents, not its path alone; the digest is cached
+    (a file is read again only when its size or mtime changed)."""
+    from harness_ext import weights
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"\0" * 64)
+    (folder / "README.md").write_text("notes")
+    reads = []
+    digest = weights.hashlib.file_digest
+    monkeypatch.setattr(
+        weights.hashlib, "file_digest", lambda f, alg: reads.append(Path(f.name).parent) or digest(f, alg)
+    )
+    text = _spec(folder)
+    first = _eval_ids(text)
+    assert reads.count(folder) == 2 and _eval_ids(text) == first and reads.count(folder) == 2  # cached
+    (folder / "README.md").write_text("other notes")
+    assert _eval_ids(text) == first  # not a file from_pretrained reads
+    (folder / "model.safetensors").write_bytes(b"\1" * 64)
+    assert _eval_ids(text) != first
+    assert plan_definition(text)["model"]["weights_sha256"] == weights.folder_sha256(folder)[:16]
+
+
+def plan_definition(text: str) -> dict:
+    from harness_ext.spec import plan
+
+    return plan(parse_spec(text), "cpu")[0].definition()
+
+
+def test_a_hub_model_is_identified_and_loaded_by_its_resolved_commit(tmp_path, monkeypatch) -> None:
+    """The commit ``main`` resolves to (here from a local hub cache, offline) is in the cell's
+    identity, and the loader asks for that commit: a moved branch is a new cell."""
+    import huggingface_hub.constants
+
+    from harness_ext import weights
+    from harness_ext.backend import sources
+
+    repo = tmp_path / "hub" / "models--org--m"
+    commits = ["a" * 40, "b" * 40]
+    for c in commits:
+        (repo / "snapshots" / c).mkdir(parents=True)
+        (repo / "snapshots" / c / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    text = _spec("org/m")
+    ids = {}
+    for c in commits:
+        (repo / "refs" / "main").write_text(c)
+        weights.hub_commit.cache_clear()
+        ids[c] = _eval_ids(text)
+        assert plan_definition(text)["model"]["commit"] == c
+        assert sources.resolve("org/m").revision == c
+    assert ids[commits[0]] != ids[commits[1]]
+    weights.hub_commit.cache_clear()
+    assert weights.hub_commit("org/other") is None  # uncached, offline: unknown, left out
+    assert "commit" not in plan_definition(_spec("org/other"))["model"]
+
+
+def test_a_builtin_model_with_other_weights_than_the_catalogs_is_a_new_cell(monkeypatch) -> None:
+    from harness_ext import catalog
+
+    text = _spec("smollm2-135m")
+    same = _eval_ids(text)  # the catalog's file: no digest in the identity (ids of committed runs stay)
+    assert "weights_sha256" not in plan_definition(text)["model"]
+    monkeypatch.setitem(catalog.BUILTIN_MODELS["smollm2-135m"], "sha256", "0" * 64)
+    assert _eval_ids(text) != same
 
 
 # -- (5) few-shot draws -----------------------------------------------------------------------------
@@ -137,6 +213,40 @@ def test_redoing_the_reference_recomputes_the_metrics_against_it(tiny_model, tmp
         assert rec.measurements["reference_metrics"]["reference_record"] == reference_record_hash(ref)
     assert first.ok == len(records)
     assert "metrics against the reference" in shown.out and "vs reference" in shown.err  # (17.11): its own bar
+    # inside a long phase the bar says what it is doing: the load, then rows as each generate call ends
+    assert "loading a / int8" in shown.err and "a / int8: 4/4 rows generated" in shown.err
+
+
+def test_a_failed_reference_scoring_is_retried_by_the_next_run(tmp_path) -> None:
+    """The NLL under the reference is left out when its scoring fails, and the next run scores it
+    (the reference's hash is stamped only once every metric against it was computed)."""
+    from types import SimpleNamespace
+
+    from harness_ext.run.reference import add_run_reference_metrics
+
+    spec = parse_spec(_spec(tmp_path, schemes="[fp32, nf4]", tasks="[{name: quant_continuation, limit: 2}]"))
+    cells = expand(spec, "cpu", {"quant_continuation": {"base": "quant_continuation"}})
+    gens = [{"doc_id": d, "sample": 0, "prompt": f"p{d}", "text": f"t{d}"} for d in range(2)]
+    times = {"started_at": "t", "finished_at": "t", "invocation": "i"}
+    records = {
+        c.id: Record(cell_id=c.id, kind="eval", label="", definition={}, status="ok", generations=gens, **times)
+        for c in cells
+    }
+    attempts = []
+
+    def score(runner, model, ref, pairs, progress=None):
+        attempts.append(len(pairs))
+        if len(attempts) == 1:
+            raise RuntimeError("scorer went away")
+        return [1.5] * len(pairs)
+
+    runner = SimpleNamespace(spec=spec, progress=False, note=lambda *a, **k: None, store=SimpleNamespace(write=id))
+    for _ in range(2):
+        add_run_reference_metrics(runner, SimpleNamespace(score=score), cells, records)
+    assert attempts == [4, 4]  # the second run scores again
+    assert all(r.metrics["nll_ref"]["value"] == 1.5 for r in records.values())
+    add_run_reference_metrics(runner, SimpleNamespace(score=score), cells, records)
+    assert len(attempts) == 2  # complete now: nothing left to do
 
 
 # -- (9) and (12): bugs are loud; the summary counts what ran --------------------------------------------
@@ -197,6 +307,28 @@ def test_only_and_redo_count_what_ran(tiny_model, tmp_path) -> None:
 
 
 # -- (17.13) a quiet stderr -------------------------------------------------------------------------
+def test_library_warnings_are_one_line_each_under_the_bar_and_in_full_in_the_log(capfd, caplog) -> None:
+    import logging
+
+    from harness_ext.run.quiet import library_warnings
+
+    notes: list[str] = []
+    ops, matmul = logging.getLogger("bitsandbytes.backends.cpu.ops"), logging.getLogger("bitsandbytes.autograd")
+    with caplog.at_level(logging.INFO, logger="harness_ext"), library_warnings(notes.append):
+        for _ in range(3):
+            ops.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please ...", "No module")
+            matmul.warning("MatMul8bitLt: inputs will be cast from %s to float16 during quantization", "float32")
+    assert notes == [
+        "bitsandbytes warns: Failed to load CPU gemm_4bit_forward from kernels-community: No module. Please ... "
+        "(in full with -v)",
+        "bitsandbytes warns: MatMul8bitLt: inputs will be cast from float32 to float16 during quantization "
+        "(in full with -v)",
+    ]
+    assert capfd.readouterr().err == ""  # not across the progress bar
+    assert sum("gemm_4bit_forward" in r.getMessage() for r in caplog.records) == 3  # the log keeps each
+    assert logging.getLogger("bitsandbytes").propagate  # as it was after the run
+
+
 def test_no_git_error_outside_a_git_checkout(tiny_model, tmp_path, monkeypatch, capfd) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import heavy_modules
 
 from harness_ext.errors import SpecError
 from harness_ext.point import SamplingPoint
@@ -161,34 +162,17 @@ def test_artifact_names_cannot_leave_the_run_directory(tmp_path) -> None:
             store.artifact(bad)
 
 
-def _modules_after(code: str, tmp_path) -> set[str]:
-    """Top-level packages imported by ``code`` in a fresh interpreter (this process has torch already)."""
-    import subprocess
-    import sys
-
-    out = tmp_path / "modules.txt"
-    script = f"{code}\nimport sys\nopen({str(out)!r}, 'w').write('\\n'.join(m.split('.')[0] for m in sys.modules))"
-    p = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr[-2000:]
-    return set(out.read_text().split())
-
-
-HEAVY = {"torch", "transformers", "bitsandbytes", "lm_eval", "datasets"}
-
-
-def test_importing_the_spec_imports_no_torch(tmp_path) -> None:
+def test_importing_the_spec_imports_no_torch(fresh_imports) -> None:
     """A scheme is data until a backend builds it: the spec package (schemes and plan included) stays
     torch-free, so that `validate` and the report can use it cheaply."""
-    assert HEAVY & _modules_after("import harness_ext.spec, harness_ext.spec.schemes", tmp_path) == set()
+    assert heavy_modules(fresh_imports["modules"]["spec"]) == set()
 
 
 @pytest.mark.parametrize("device", ["cpu", "auto"])
-def test_validate_imports_neither_torch_nor_lm_eval(tmp_path, device: str) -> None:
+def test_validate_imports_neither_torch_nor_lm_eval(fresh_imports, device: str) -> None:
     """`harness-ext validate` of a spec with our tasks does every check without torch or lm-eval
     (``device: auto`` included: the cell counts do not depend on the device)."""
-    (tmp_path / "s.yaml").write_text(BASE + f"device: {device}\n", encoding="utf-8")
-    code = "from harness_ext.cli import main\nassert main(['validate', 's.yaml']) == 0"
-    assert HEAVY & _modules_after(code, tmp_path) == set()
+    assert heavy_modules(fresh_imports["modules"][f"validate_{device}"]) == set()
 
 
 def test_plan_records_the_device_type() -> None:
@@ -196,3 +180,17 @@ def test_plan_records_the_device_type() -> None:
 
     assert {c.device for c in plan(parse_spec(BASE), "cuda:1")} == {"cuda"}
     assert {c.device for c in plan(parse_spec(BASE), "cpu")} == {"cpu"}
+
+
+def test_the_probe_has_its_own_top_k_values_that_add_no_sampled_cells() -> None:
+    from harness_ext.spec import expand, parse_spec
+
+    base = (
+        "name: p\nmodels: [{pretrained: org/m}]\nschemes: [fp32]\ntasks: [quant_nextword]\n"
+        "sampling: {temperature: [0.5], top_k: [null, 50]}\nspeed: {enabled: false}\n"
+    )
+    plain, more_k = expand(parse_spec(base), "cpu"), expand(parse_spec(base + "probe: {top_k: [1, 5, 50]}\n"), "cpu")
+    assert [c.id for c in plain if c.kind == "eval"] == [c.id for c in more_k if c.kind == "eval"]
+    (probe,) = [c for c in more_k if c.kind == "probe"]
+    assert probe.params["grid"]["top_k"] == [1, 5, 50, None]  # the grid's and the probe's own
+    assert next(c for c in plain if c.kind == "probe").params["grid"]["top_k"] == [50, None]

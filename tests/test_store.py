@@ -166,8 +166,8 @@ def test_fresh_records_of_every_kind_write_what_the_untyped_record_wrote(tiny_mo
         if getattr(module, "Record", None) is Record and not module.__name__.startswith("harness_ext.store"):
             monkeypatch.setattr(module, "Record", Capturing)
     text = (
-        f'name: t\nmodels: [{{name: a, pretrained: "{tiny_model}"}}]\nschemes: [fp32, int8]\n'
-        "sampling: {temperature: [0, 0.8], max_new_tokens: [3]}\ntasks: [quant_nextword, quant_continuation]\n"
+        f'name: t\nmodels: [{{name: a, pretrained: "{tiny_model}"}}]\nschemes: [fp32, nf4]\n'
+        "sampling: {temperature: [0.8], max_new_tokens: [3]}\ntasks: [quant_nextword, quant_continuation]\n"
         "limit: 2\nseeds: [0]\nprobe: {limit: 3}\nthreads: 1\n"
         "speed: {batch_sizes: [1], prompt_tokens: 4, new_tokens: 2, warmup: 0, repeats: 3, rounds: 1}\n"
     )

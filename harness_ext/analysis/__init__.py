@@ -5,8 +5,7 @@ The public surface is re-exported here: ``from harness_ext import analysis; anal
 """
 
 from harness_ext.analysis.claims import REGISTRY, Claim, Options, Verdict, claims
-from harness_ext.analysis.rounds import MIN_ROUNDS, speed_table
-from harness_ext.analysis.rounds import summary as speed_summary
+from harness_ext.analysis.rounds import MIN_ROUNDS, speed_summary, speed_table
 from harness_ext.analysis.stats import Estimate, RoundRatio, bootstrap_ci
 from harness_ext.analysis.study import (
     POINT_COLUMNS,
@@ -14,10 +13,10 @@ from harness_ext.analysis.study import (
     describe_slice,
     paired_differences,
     per_prompt,
+    point_estimates,
     primary_quality,
     profile_slice,
     quality_table,
-    summarize,
     temperature_sensitivity,
 )
 
@@ -36,11 +35,11 @@ __all__ = [
     "describe_slice",
     "paired_differences",
     "per_prompt",
+    "point_estimates",
     "primary_quality",
     "profile_slice",
     "quality_table",
     "speed_summary",
     "speed_table",
-    "summarize",
     "temperature_sensitivity",
 ]

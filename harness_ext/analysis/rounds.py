@@ -134,7 +134,7 @@ def spread(g: pd.DataFrame, scheme: str) -> dict[str, float]:
     return {"between": between, "within": within, "rounds": len(med)}
 
 
-def summary(study: Study, speed: pd.DataFrame | None = None) -> pd.DataFrame:
+def speed_summary(study: Study, speed: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per (model, batch, mode, scheme): rounds (uncontended / all), the median over rounds, the ratio
     to the model's reference paired within rounds with its interval over rounds, and both spreads."""
     speed = speed_table(study) if speed is None else speed

@@ -1,8 +1,9 @@
 """The statistics every claim shares, in one place: bootstrap intervals over prompts, two one-sided
 tests (equivalence), one-sided tests against a margin, Holm's step-down correction, a sign-flip test
 of a temperature profile's variation, and t-intervals over speed rounds. scipy does the work where it
-has the method (t distribution, bootstrap); the multivariate sign-flip test is vectorised numpy
-because scipy's ``permutation_test`` flips the signs of scalars, not of a prompt's whole profile.
+has the method (``scipy.stats.bootstrap``, the t distribution and test); the multivariate sign-flip
+test is vectorised numpy because scipy's ``permutation_test`` flips the signs of scalars, not of a
+prompt's whole profile.
 
 See docs/VERDICTS.md for every rule that uses them and why.
 """
@@ -22,19 +23,18 @@ ALPHA = 0.05
 def bootstrap_ci(
     values: np.ndarray | list[float], n_boot: int = 2000, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float, float]:
-    """(mean, lo, hi): the mean and its percentile bootstrap interval over the values (prompts)."""
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
+    """(mean, lo, hi): the mean and its percentile bootstrap interval over the values (prompts),
+    from ``scipy.stats.bootstrap`` with ``n_boot`` resamples drawn from ``seed`` (reproducible)."""
+    v = _finite(values)
     if v.size == 0:
         return (math.nan, math.nan, math.nan)
     mean = float(v.mean())
-    if v.size == 1 or np.all(v == v[0]):
+    if v.size == 1 or np.all(v == v[0]):  # no spread to resample (scipy would warn of a degenerate sample)
         return (mean, mean, mean)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, v.size, size=(n_boot, v.size))
-    means = v[idx].mean(axis=1)
-    alpha = (1 - level) / 2
-    return (mean, float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha)))
+    res = sps.bootstrap(
+        (v,), np.mean, n_resamples=n_boot, confidence_level=level, method="percentile", rng=np.random.default_rng(seed)
+    )
+    return (mean, float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,7 @@ def per_prompt(study: Study, metric: str, task: str | None = None, kind: str | N
     return sel.groupby(keys, dropna=False, as_index=False)["value"].mean()
 
 
-def summarize(pp: pd.DataFrame) -> pd.DataFrame:
+def point_estimates(pp: pd.DataFrame) -> pd.DataFrame:
     """Mean and 95 % bootstrap CI over prompts per (model, scheme, task, grid point)."""
     rows = []
     keys = ["model", "scheme", "task", *POINT_COLUMNS]
@@ -156,7 +156,7 @@ def quality_table(study: Study) -> pd.DataFrame:
         return pd.DataFrame()
     out = []
     for metric in sorted(s["metric"].dropna().unique()):
-        t = summarize(per_prompt(study, metric))
+        t = point_estimates(per_prompt(study, metric))
         t.insert(3, "metric", metric)
         out.append(t)
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()

@@ -17,7 +17,7 @@ the store, the analysis and the report do not). Modules:
 from harness_ext.backend import probe, speed
 from harness_ext.backend.generation import RowResult, RowStops, check_mode
 from harness_ext.backend.kvcache import kv_bytes_per_token
-from harness_ext.backend.lm import Generation, HFQuantLM
+from harness_ext.backend.lm import GeneratedText, HFQuantLM
 from harness_ext.backend.loading import LoadInfo, load_model, scheme_from_args
 from harness_ext.backend.measure import GenerateStats, Summary, measure_copy_bandwidth
 from harness_ext.backend.sampler import Row, RowSampler, row_key
@@ -25,7 +25,7 @@ from harness_ext.backend.shapes import shape_model_args
 
 __all__ = [
     "GenerateStats",
-    "Generation",
+    "GeneratedText",
     "HFQuantLM",
     "LoadInfo",
     "Row",

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import CompileConfig, GenerationConfig, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from harness_ext.backend.kvcache import CACHE_ARG, kv_bytes_per_token, prefill_cache
+from harness_ext.backend.kvcache import CACHE_ARG, kv_bytes_by_device, prefill_cache
 from harness_ext.backend.measure import Clock, GenerateStats, StepTimer, summarize_marks, track_peak_memory
 from harness_ext.backend.sampler import Row, RowSampler
 from harness_ext.errors import SpecError, UnsupportedSchemeError
@@ -165,16 +165,25 @@ class RowGeneration:
 
     def rows_per_call(self, tokens: int) -> int:
         """Rows of one generate call whose sequences reach ``tokens`` tokens: the batch size; on CUDA
-        no more than their KV cache and logits fit in free memory (estimated from the model's config,
-        with a 10% margin), and no more than an earlier out-of-memory allowed."""
+        no more than their KV cache and logits fit in free memory on every GPU the model is on (each
+        layer's cache beside its layer, the logits beside the output layer; estimated from the
+        model's config, with a 10% margin), and no more than an earlier out-of-memory allowed."""
         rows = min(self.batch_size, self.max_rows or self.batch_size)
         if self.device.type != "cuda":
             return rows
-        free, _ = torch.cuda.mem_get_info(self.device)
-        free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)  # torch's cache
         config = self.model.config.get_text_config(decoder=True)
-        per_row = kv_bytes_per_token(config, self.model.dtype) * tokens + 6 * 4 * config.vocab_size
-        return max(1, min(rows, int(0.9 * free // per_row)))
+        per_row = {
+            d: b * tokens for d, b in kv_bytes_by_device(self.model, config, self.model.dtype, self.device).items()
+        }
+        head = getattr(self.model.get_output_embeddings(), "weight", None)
+        logits_device = head.device if head is not None and head.device.type == "cuda" else self.device
+        per_row[logits_device] = per_row.get(logits_device, 0) + 6 * 4 * config.vocab_size
+        for device, need in per_row.items():
+            if device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(device)
+                free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # torch's cache
+                rows = min(rows, int(0.9 * free // need))
+        return max(1, rows)
 
     @contextlib.contextmanager
     def _mode(self, mode: str) -> Iterator[None]:

@@ -23,6 +23,26 @@ def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
     return 2 * config.num_hidden_layers * heads * head_dim * dtype.itemsize
 
 
+def kv_bytes_by_device(model: Any, config: Any, dtype: torch.dtype, default: torch.device) -> dict[torch.device, int]:
+    """KV-cache bytes one token of one row takes on each device: a layer's keys and values stay on
+    its attention's GPU (``device_map`` spreads the layers over GPUs). A layer whose weights are on
+    no GPU (offloaded to the CPU or to disk) is run, and keeps its cache, on ``default``; so is all
+    of a model whose attention modules carry no ``layer_idx``."""
+    per_layer = kv_bytes_per_token(config, dtype) // config.num_hidden_layers
+    layers: dict[int, torch.device] = {}
+    for module in model.modules():
+        idx = getattr(module, "layer_idx", None)
+        weight = next(module.parameters(), None) if isinstance(idx, int) else None
+        if weight is not None:
+            layers.setdefault(idx, weight.device if weight.device.type == "cuda" else default)
+    if not layers:
+        return {default: kv_bytes_per_token(config, dtype)}
+    out: dict[torch.device, int] = {}
+    for device in layers.values():
+        out[device] = out.get(device, 0) + per_layer
+    return out
+
+
 def prefill_cache(
     model: Any,
     input_ids: torch.Tensor,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,14 +62,14 @@ class _OncePerMessage(logging.Filter):
 logging.getLogger("bitsandbytes.autograd._functions").addFilter(_OncePerMessage())
 
 
-class Generation(str):
+class GeneratedText(str):
     """A generated text that also knows how it ended: ``new_tokens``, ``hit_cap``, ``finish``."""
 
     new_tokens: int
     hit_cap: bool
     finish: str
 
-    def __new__(cls, text: str, new_tokens: int, hit_cap: bool, finish: str) -> Generation:
+    def __new__(cls, text: str, new_tokens: int, hit_cap: bool, finish: str) -> GeneratedText:
         obj = super().__new__(cls, text)
         obj.new_tokens, obj.hit_cap, obj.finish = new_tokens, hit_cap, finish
         return obj
@@ -167,6 +167,8 @@ class HFQuantLM(RowGeneration, HFLM):
         self.default_seed = int(seed)
         self.calls: list[GenerateStats] = []
         self.show_progress = True
+        self.progress_hook: Callable[[int, int], None] | None = None  # (rows generated, rows) per generate call
+        self._rows = [0, 0]  # rows generated and to generate by the generate_until call at work
         self.share_prefill = True
         self.max_rows: int | None = None  # rows that fitted when a CUDA out-of-memory split a call
 
@@ -195,7 +197,9 @@ class HFQuantLM(RowGeneration, HFLM):
             disable=disable_tqdm or not self.show_progress or self.rank != 0,
             desc="hf-quant generate",
         )
-        for until, jobs in self._group(requests):
+        groups = self._group(requests)
+        self._rows = [0, sum(len(jobs) for _, jobs in groups)]  # generated, to generate: for progress_hook
+        for until, jobs in groups:
             for job, row in self._generate_jobs(jobs, until):
                 for idx, own_cap in job.members:
                     out[idx] = self._finish(row, own_cap, until, requests[idx])
@@ -248,6 +252,9 @@ class HFQuantLM(RowGeneration, HFLM):
                 [j.context for j in chunk], left_truncate_len=max_ctx, truncation=self.truncation
             )
             rows = self.generate_rows(ids, mask, [j.row for j in chunk], [j.cap for j in chunk], until)
+            self._rows[0] += len(chunk)
+            if self.progress_hook is not None:
+                self.progress_hook(*self._rows)
             yield from zip(chunk, rows, strict=True)
 
     def _row(self, point: SamplingPoint, kw: dict[str, Any], context: str, sample_index: int) -> Row:
@@ -259,12 +266,12 @@ class HFQuantLM(RowGeneration, HFLM):
         seed = int(kw.get("seed", self.default_seed))
         return Row(point, row_key(seed, context, sample_index))
 
-    def _finish(self, row: RowResult, cap: int, until: list[str], inst: Instance) -> Generation:
+    def _finish(self, row: RowResult, cap: int, until: list[str], inst: Instance) -> GeneratedText:
         tokens = row.tokens[:cap]
         finish = row.finish if len(row.tokens) <= cap else "cap"
         text = postprocess_generated_text(self.tok_decode(tokens), stop=until, think_end_token=None)
         self.cache_hook.add_partial("generate_until", inst.args, text)
-        return Generation(text, len(tokens), finish == "cap", finish)
+        return GeneratedText(text, len(tokens), finish == "cap", finish)
 
 
 def _kv_cache(kv_cache: str, device: torch.device) -> str:

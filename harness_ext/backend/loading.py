@@ -52,6 +52,8 @@ class LoadInfo:
     devices: list[str] = field(default_factory=list)  # where the weights are, in the order layers run
     weight_bytes_by_device: dict[str, int] = field(default_factory=dict)
     load_peak_by_device: dict[str, int] | None = None  # CUDA: each device's own peak while loading
+    quantized_parameters: int = 0  # weights of the quantized layers, counted as the unquantized model counts them
+    unquantized_parameters: int = 0  # every other parameter (embeddings, norms, lm_head, biases)
 
 
 def scheme_from_args(quant: str | Scheme, **fields: Any) -> Scheme:
@@ -150,8 +152,9 @@ def _config_and_tokenizer(pretrained: str, source: ModelSource, trust_remote_cod
             "harness_ext quantizes on load: point it at the unquantized checkpoint"
         )
     try:
+        revision = None if source.tokenizer else source.revision  # the model's commit is not the tokenizer's
         tok = transformers.AutoTokenizer.from_pretrained(
-            source.tokenizer or source.path, revision=source.revision, trust_remote_code=trust_remote_code
+            source.tokenizer or source.path, revision=revision, trust_remote_code=trust_remote_code
         )
     except Exception as e:
         raise ModelLoadError(f"cannot load the tokenizer of {pretrained!r}: {_one_line(e)}") from e
@@ -199,6 +202,7 @@ def _finish_load(
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
     )
     layers, dtypes = _count(model)
+    quantized, unquantized = _quantized_split(model)
     return LoadInfo(
         load_s=load_s,
         weight_bytes=int(model.get_memory_footprint()),
@@ -216,7 +220,22 @@ def _finish_load(
         devices=[str(d) for d in model_devices(model)],
         weight_bytes_by_device=weight_bytes_by_device(model),
         load_peak_by_device=peak.by_device,
+        quantized_parameters=quantized,
+        unquantized_parameters=unquantized,
     )
+
+
+def _quantized_split(model: torch.nn.Module) -> tuple[int, int]:
+    """Parameters held quantized (the weights of the quantized layers, ``in × out`` each: bitsandbytes
+    packs two 4-bit values per byte, so their ``numel`` is not the count) and those held unquantized.
+    A large tied embedding stays unquantized: the share says how much of the model a scheme reached."""
+    quantized, packed = 0, set()
+    for m in model.modules():
+        if type(m).__name__ in QUANT_LAYER_TYPES:
+            quantized += m.in_features * m.out_features
+            packed.add(id(m.weight))
+    unquantized = sum(p.numel() for p in model.parameters() if id(p) not in packed)
+    return quantized, unquantized
 
 
 def _one_line(e: BaseException) -> str:

@@ -46,8 +46,8 @@ class Summary:
 
     @classmethod
     def of(cls, values: Sequence[float]) -> Summary:
-        """p10/p90 by linear interpolation between the closest ranks (numpy's default: within 2 ulp
-        of the hand-written quantile this replaced); median, mean and sample stdev exactly."""
+        """p10/p90 by linear interpolation between the closest ranks (numpy's default); median, mean
+        and sample stdev exactly."""
         vals = np.sort(np.asarray(values, dtype=float))
         if not vals.size:
             nan = float("nan")
@@ -291,10 +291,6 @@ def floor_ms_per_step(weight_bytes: dict[str, int], bandwidth: dict[str, float])
     """Per CUDA device, the time to stream its weights once at its bandwidth (ms). A decode step
     runs the layers one after another, so the step's floor is the sum of these."""
     return {d: b / bandwidth[d] * 1e3 for d, b in weight_bytes.items() if d in bandwidth}
-
-
-def cpu_threads() -> int:
-    return torch.get_num_threads()
 
 
 # -- machine speed index --------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -49,8 +49,14 @@ DTYPE = "float64"
 
 
 @torch.no_grad()
-def next_token_logits(model: Any, input_ids: Sequence[Sequence[int]], device: torch.device | str) -> torch.Tensor:
-    """Logits of the token after each prompt, ``[n_prompts, vocab]``, as fp32 on the CPU.
+def next_token_logits(
+    model: Any,
+    input_ids: Sequence[Sequence[int]],
+    device: torch.device | str,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Logits of the token after each prompt, ``[n_prompts, vocab]``, as fp32 on the CPU;
+    ``progress(done, total)`` after each prompt.
 
     Each prompt runs alone, one forward pass of exactly its own tokens: no padding, no other rows.
     Batching would move a row's logits: int8 (LLM.int8) picks its outlier columns from the whole
@@ -61,6 +67,8 @@ def next_token_logits(model: Any, input_ids: Sequence[Sequence[int]], device: to
     for ids in input_ids:
         logits = model(input_ids=torch.tensor([list(ids)], dtype=torch.long, device=device)).logits
         rows.append(logits[0, -1].float().cpu())
+        if progress is not None:
+            progress(len(rows), len(input_ids))
     return torch.stack(rows)
 
 

@@ -9,7 +9,6 @@ file's SHA-256, and every scheme loads from that folder.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import json
 import os
@@ -25,6 +24,7 @@ from typing import Any
 
 from harness_ext.catalog import BUILTIN_MODELS, gguf_caveat
 from harness_ext.errors import ModelLoadError
+from harness_ext.weights import builtin_gguf, cache_dir, file_sha256, gguf_path, hub_commit, source_kind
 
 
 @dataclass(frozen=True)
@@ -36,24 +36,6 @@ class ModelSource:
     tokenizer: str | None = None
     origin: dict[str, Any] = field(default_factory=dict)
     note: str | None = None
-
-
-def cache_dir() -> Path:
-    """Where converted checkpoints live: ``$HARNESS_EXT_CACHE`` or ``~/.cache/harness_ext``."""
-    root = os.environ.get("HARNESS_EXT_CACHE") or Path.home() / ".cache" / "harness_ext"
-    return Path(root)
-
-
-def builtin_gguf(name: str) -> Path:
-    """Path of a built-in model's GGUF file; a one-line error saying what to install if missing."""
-    info = BUILTIN_MODELS[name]
-    spec = importlib.util.find_spec(info["package"])  # locate without importing: its __init__ needs `llm`
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(f"built-in model {name!r} needs its package: {info['install']}")
-    path = Path(next(iter(spec.submodule_search_locations))) / info["file"]
-    if not path.is_file():
-        raise ModelLoadError(f"built-in model {name!r}: {path} is missing; reinstall: {info['install']}")
-    return path
 
 
 @functools.lru_cache(maxsize=16)
@@ -83,8 +65,11 @@ def _gguf_origin(gguf: Path, folder: Path, **extra: Any) -> dict[str, Any]:
 def resolve(
     pretrained: str, gguf_file: str | None = None, revision: str | None = None, tokenizer: str | None = None
 ) -> ModelSource:
-    """Turn a model spec's fields into a loadable source, converting GGUF files on first use."""
-    if pretrained in BUILTIN_MODELS:
+    """Turn a model spec's fields into a loadable source, converting GGUF files on first use. A hub
+    model loads the commit its revision resolves to (:func:`harness_ext.weights.hub_commit`): the
+    one its cells' identities name."""
+    kind = source_kind(pretrained, gguf_file)
+    if kind == "builtin":
         gguf = builtin_gguf(pretrained)
         folder = convert_gguf(gguf)
         return ModelSource(
@@ -94,8 +79,8 @@ def resolve(
             _gguf_origin(gguf, folder, builtin=pretrained),
             BUILTIN_MODELS[pretrained]["note"],
         )
-    if gguf_file is not None:
-        gguf = Path(gguf_file) if Path(gguf_file).is_absolute() else Path(pretrained) / gguf_file
+    if kind == "gguf":
+        gguf = gguf_path(pretrained, gguf_file or "")
         if not gguf.is_file():
             raise ModelLoadError(f"GGUF file {gguf} not found (gguf_file is a path, or a file inside `pretrained`)")
         folder = convert_gguf(gguf)
@@ -104,23 +89,20 @@ def resolve(
         return ModelSource(
             str(folder), None, tokenizer, origin, f"converted from GGUF {gguf.name}" + (f": {caveat}" if caveat else "")
         )
-    local = Path(pretrained).expanduser()
-    if local.exists():
+    if kind == "local":
+        local = Path(pretrained).expanduser()
+        if not local.exists():
+            raise ModelLoadError(f"model path {pretrained} does not exist")
         if not (local / "config.json").is_file():
             raise ModelLoadError(
                 f"{local} is not a model folder (no config.json); point `pretrained` at a "
                 "folder saved with save_pretrained, or name a hub id"
             )
         return ModelSource(str(local), None, tokenizer, {"local": str(local.resolve())})
-    if pretrained.startswith(("/", "./", "../", "~")) or pretrained.count("/") > 1:
-        raise ModelLoadError(f"model path {pretrained} does not exist")
-    return ModelSource(pretrained, revision, tokenizer, {"hub": pretrained, "revision": revision})
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in chunks (a GGUF is hundreds of MB)."""
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    commit = hub_commit(pretrained, revision)
+    return ModelSource(
+        pretrained, commit or revision, tokenizer, {"hub": pretrained, "revision": revision, "commit": commit}
+    )
 
 
 def convert_gguf(gguf: Path) -> Path:

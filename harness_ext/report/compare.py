@@ -26,6 +26,7 @@ from scipy import stats
 from harness_ext import analysis
 from harness_ext.analysis import Claim, Study
 from harness_ext.analysis.claims import device_of
+from harness_ext.point import row_label
 
 ALPHA = 0.05
 RULE = (
@@ -60,10 +61,10 @@ class Comparison:
 def load_study(run_dir: str | Path, warn: Callable[[str], None]) -> Study:
     """A run directory (or a folder of its tables) as the report reads it: re-derived from its
     records in memory, writing nothing."""
-    from harness_ext.report.page import study_from, input_tables
+    from harness_ext.report.page import input_tables, study_from_tables
 
     run_dir = Path(run_dir)
-    return study_from(input_tables(run_dir, warn), run_dir)
+    return study_from_tables(input_tables(run_dir, warn), run_dir)
 
 
 def compare(a: Study, b: Study, name_a: str = "A", name_b: str = "B") -> Comparison:
@@ -359,12 +360,9 @@ def _only(x: pd.DataFrame, y: pd.DataFrame, keys: list[str]) -> list[str]:
 
 
 def label(row: dict[str, Any]) -> str:
-    """'tiny | nf4 | quant_nextword | exact_match | T=0.7 k=5 p=1 n=6' or 'tiny | nf4 | batch 1 eager'."""
+    """'tiny | nf4 | quant_nextword | exact_match | T=0.7 k=5 p=1 n=6' (the point's own label,
+    :func:`~harness_ext.point.row_label`) or 'tiny | nf4 | batch 1 eager'."""
     if "batch_size" in row:
         return f"{row['model']} | {row['scheme']} | batch {int(row['batch_size'])} {row['mode']}"
-    k, n = row["top_k"], row["max_new_tokens"]
-    point = (
-        f"T={row['temperature']:g} k={'-' if k == -1 else int(k)} p={row['top_p']:g} "
-        f"n={'-' if n == -1 else int(n)} rp={row['repetition_penalty']:g}"
-    )
-    return f"{row['model']} | {row['scheme']} | {row['task']} | {row['metric']} | {point}"
+    point = row_label(row)
+    return f"{row['model']} | {row['scheme']} | {row['task']} | {row['metric']}" + (f" | {point}" if point else "")

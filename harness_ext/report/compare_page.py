@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from harness_ext.report.compare import QUALITY_KEYS, SPEED_KEYS, Comparison, compare, label, load_study
-from harness_ext.report.page import _template, default_report_dir, templates, visible
+from harness_ext.report.page import default_report_dir, template_source, templates, visible
 
 
 def main(run_a: Path, run_b: Path, output_dir: str | Path | None, warn: Callable[[str], None]) -> int:
@@ -18,7 +18,7 @@ def main(run_a: Path, run_b: Path, output_dir: str | Path | None, warn: Callable
     a = load_study(run_a, warn)
     c = compare(a, load_study(run_b, warn), str(run_a), str(run_b))
     out = Path(output_dir or (a.run.get("report") or {}).get("output_dir") or default_report_dir(run_a, a.run))
-    print(summary(c))
+    print(console_text(c))
     print(f"comparison: {write(c, out)}")
     return 0
 
@@ -56,7 +56,7 @@ def page(c: Comparison) -> str:
                 "speed": _counts(c.speed),
                 "claims": int(c.claims["moved"].sum()) if not c.claims.empty else 0,
             },
-            css=_template("report.css"),
+            css=template_source("report.css"),
         )
     )
 
@@ -75,7 +75,7 @@ def _counts(t: pd.DataFrame) -> dict[str, int]:
     return {"cells": len(t), "moved": int(t["moved"].sum()), "unjudged": int((~t["judged"]).sum())}
 
 
-def summary(c: Comparison, limit: int = 20) -> str:
+def console_text(c: Comparison, limit: int = 20) -> str:
     """The comparison as plain text for the terminal: warnings, every claim, the moved figures."""
     lines = [f"compare: A = {c.a}", f"         B = {c.b}"]
     lines += [f"warning: {w}" for w in c.warnings]

@@ -6,10 +6,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from harness_ext import analysis
 from harness_ext.analysis import Study
 from harness_ext.report.plotting import pyplot, scheme_colors, svg
 from harness_ext.report.sections import QUALITY_METRICS, slice_rows
@@ -65,9 +63,6 @@ def figures(study: Study, quality: pd.DataFrame) -> list[dict[str, str]]:
             f = fig_max_new_tokens(study, quality, model)
             if f:
                 figs.append(f)
-    f = fig_speed(study)
-    if f:
-        figs.append(f)
     return figs
 
 
@@ -172,64 +167,4 @@ def fig_max_new_tokens(study: Study, quality: pd.DataFrame, model: str) -> dict[
         legend_y=1.12,
         ncol_max=5,
         fontsize=7,
-    )
-
-
-def fig_speed(study: Study) -> dict[str, str] | None:
-    speed = analysis.speed_table(study)
-    if speed.empty:
-        return None
-    plt = pyplot()
-    colors = scheme_colors(study)
-    models = sorted(speed["model"].unique(), key=lambda m: study.parameters(m) or 0)
-    batches = sorted(speed["batch_size"].unique())
-    schemes = [s for s in study.schemes()["scheme"] if s in set(speed["scheme"])]
-    fig, axes = plt.subplots(1, len(batches) + 1, figsize=(3.4 * (len(batches) + 1), 2.8), squeeze=False)
-    width = 0.8 / max(len(schemes), 1)
-    x = np.arange(len(models))
-    modes = sorted(speed["mode"].unique())
-    markers = dict(zip(modes, ["o", "^", "s", "D"], strict=False))
-    for ax, bs in zip(axes.flat, batches, strict=False):
-        labelled: set[str] = set()
-        for i, s in enumerate(schemes):
-            for j, m in enumerate(models):
-                for mode in modes:
-                    r = speed[(speed["model"] == m) & (speed["scheme"] == s) & (speed["batch_size"] == bs)]
-                    r = r[r["mode"] == mode]
-                    if r.empty:
-                        continue
-                    xs = np.full(len(r), x[j] + i * width) + np.linspace(-0.25, 0.25, len(r)) * width
-                    ok = ~r["contended"].to_numpy()
-                    y = r["decode_ms_per_token"].astype(float).to_numpy()
-                    ax.scatter(
-                        xs[ok],
-                        y[ok],
-                        s=12,
-                        color=colors.get(s),
-                        marker=markers[mode],
-                        zorder=3,
-                        label=None if s in labelled else s,
-                    )
-                    labelled.add(s)
-                    ax.scatter(xs[~ok], y[~ok], s=14, facecolors="none", edgecolors=colors.get(s), marker=markers[mode])
-        ax.set_xticks(x + width * (len(schemes) - 1) / 2, models)
-        ax.set_title(f"decode ms/token, batch {int(bs)}", fontsize=9)
-    ax = list(axes.flat)[-1]
-    bs0 = batches[0]
-    for i, s in enumerate(schemes):
-        vals = []
-        for m in models:
-            r = speed[(speed["model"] == m) & (speed["scheme"] == s) & (speed["batch_size"] == bs0)]
-            vals.append(float(r["weight_bytes"].iloc[0]) / 2**20 if not r.empty and "weight_bytes" in r else math.nan)
-        ax.bar(x + i * width, vals, width, color=colors.get(s), label=s)
-    ax.set_xticks(x + width * (len(schemes) - 1) / 2, models)
-    ax.set_title("weight memory, MiB", fontsize=9)
-    return _figure(
-        fig,
-        axes,
-        "fig-speed",
-        "Decode time per token: one dot per round (the median of that round's timed repeats; a hollow dot: the "
-        "round ran contended and no verdict uses it; marker shape: mode), and weight memory per scheme, models "
-        "ordered by size.",
-        legend_y=1.06,
     )

@@ -51,7 +51,7 @@ def render(
     run_dir = Path(run_dir)
     warn = warn or log.warning
     files = input_tables(run_dir, warn)
-    study = study_from(files, run_dir)
+    study = study_from_tables(files, run_dir)
     opts = study.run.get("report") or {}
     out = Path(output_dir or opts.get("output_dir") or default_report_dir(run_dir, study.run))
     page, tables = _build_page(study, opts, run_dir)
@@ -127,8 +127,9 @@ def read_run_json(tables: Path) -> dict[str, Any]:
     return run
 
 
-def study_from(files: dict[str, bytes], run_dir: Path) -> Study:
-    """Load the tables from their bytes (through a private temporary folder, as the run wrote them)."""
+def study_from_tables(files: dict[str, bytes], run_dir: Path) -> Study:
+    """The study of a run's tables given as bytes (:func:`input_tables`), loaded through a private
+    temporary folder as the run wrote them; ``run_dir`` names the run in errors."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="harness-ext-report-") as tmp:
@@ -208,7 +209,7 @@ def build(study: Study, opts: dict[str, Any]) -> tuple[str, dict[str, pd.DataFra
     env.filters["mb"] = lambda b: (
         "n/a" if b is None or (isinstance(b, float) and math.isnan(b)) else f"{b / 2**20:,.1f}"
     )
-    page = visible(env.get_template("report.html.j2").render(**ctx, css=_template("report.css")))
+    page = visible(env.get_template("report.html.j2").render(**ctx, css=template_source("report.css")))
     tables = {
         "quality.csv": quality,
         "paired_differences.csv": paired,
@@ -258,7 +259,7 @@ def _escape_char(m: re.Match[str]) -> str:
 def templates() -> jinja2.Environment:
     """The Jinja2 environment of every page of a report (templates/, autoescaped, strict, ``num`` filter)."""
     env = jinja2.Environment(
-        loader=jinja2.FunctionLoader(_template),
+        loader=jinja2.FunctionLoader(template_source),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -268,7 +269,8 @@ def templates() -> jinja2.Environment:
     return env
 
 
-def _template(name: str) -> str:
+def template_source(name: str) -> str:
+    """The text of a packaged template or stylesheet (``templates/``), e.g. ``report.css``."""
     return resources.files("harness_ext.templates").joinpath(name).read_text(encoding="utf-8")
 
 

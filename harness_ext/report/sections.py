@@ -17,6 +17,7 @@ from harness_ext.analysis import Estimate, Study
 from harness_ext.catalog import gguf_caveat
 from harness_ext.environment import hardware_line
 from harness_ext.fingerprint import describe as describe_fingerprint
+from harness_ext.point import row_label
 
 QUALITY_METRICS = [  # (metric, kind, label, higher is better, format)
     ("p_gold", "probe", "next word: P(gold) (probe)", True, ".3f"),
@@ -168,6 +169,7 @@ def setup(study: Study) -> dict[str, Any]:
     return {
         "models": models,
         "schemes": schemes,
+        "quantized": quantized_rows(study),
         "grid": grid,
         "tasks": tasks,
         "seeds": study.run.get("seeds") or [],
@@ -202,6 +204,37 @@ def fingerprint_lines(study: Study) -> list[str]:
     return out
 
 
+def quantized_rows(study: Study) -> list[dict[str, Any]]:
+    """Per quantized (model, scheme) load: its weight bytes and the share of the parameters it holds
+    quantized. The rest (embeddings, norms, ``lm_head``) keeps the "other layers" dtype, so a model
+    with a large embedding can take more memory in a 4-bit scheme than in bf16."""
+    models = {m: i for i, m in enumerate(study.models())}
+    schemes = {s: i for i, s in enumerate(study.schemes()["scheme"])}
+    rows = []
+    for (model, scheme), load in study.loads().items():
+        quant = (load.get("scheme_fields") or {}).get("quant")
+        share = quantized_share(load)
+        if quant not in (None, "none") and share is not None:
+            rows.append({"model": model, "scheme": scheme, "weights": load.get("weight_bytes"), "share": share})
+    return sorted(rows, key=lambda r: (models.get(r["model"], len(models)), schemes.get(r["scheme"], len(schemes))))
+
+
+def quantized_share(load: dict[str, Any]) -> float | None:
+    """The share of a load's parameters held quantized: recorded at load, or (records before that)
+    read from bitsandbytes' storage dtypes (int8 weights one per byte, 4-bit ones two per uint8 byte)."""
+    quantized, rest = load.get("quantized_parameters"), load.get("unquantized_parameters")
+    if quantized is None or rest is None:
+        dtypes = dict(load.get("dtypes") or {})
+        quant = (load.get("scheme_fields") or {}).get("quant")
+        storage = {"int8": ("int8", 1), "nf4": ("uint8", 2), "fp4": ("uint8", 2)}.get(quant)
+        if storage is None or storage[0] not in dtypes:
+            return None
+        quantized = dtypes.pop(storage[0]) * storage[1]
+        rest = sum(dtypes.values())
+    total = quantized + rest
+    return quantized / total if total else None
+
+
 def _none_if_nan(v: Any) -> Any:
     return None if isinstance(v, float) and math.isnan(v) else v
 
@@ -229,7 +262,8 @@ def describe_source(source: dict[str, Any]) -> str:
             f"{s.get('num_hidden_layers')} layers"
         )
     if "hub" in source:
-        return f"hub {source['hub']}" + (f" @ {source['revision']}" if source.get("revision") else "")
+        commit = f" (commit {source['commit'][:12]})" if source.get("commit") else ""
+        return f"hub {source['hub']}" + (f" @ {source['revision']}" if source.get("revision") else "") + commit
     if "local" in source:
         return f"local folder {Path(str(source['local'])).name}"
     return ", ".join(f"{k}: {v}" for k, v in source.items())
@@ -371,7 +405,7 @@ def failed_rows(study: Study) -> list[dict[str, Any]]:
             "model": r["model"],
             "scheme": r["scheme"],
             "task": r["task"] or "",
-            "point": _point_label(r),
+            "point": row_label(r),
             "error": r["error"] or "",
         }
         for _, r in f.iterrows()
@@ -381,13 +415,3 @@ def failed_rows(study: Study) -> list[dict[str, Any]]:
 def missing_cells(study: Study) -> list[dict[str, str]]:
     present = set(study.cells["cell_id"])
     return [c for c in (study.run.get("expected_cells") or []) if c["cell_id"] not in present]
-
-
-def _point_label(r: pd.Series) -> str:
-    if r.get("temperature") is None or (isinstance(r.get("temperature"), float) and math.isnan(r["temperature"])):
-        return ""
-    k = r.get("top_k")
-    return (
-        f"T={r['temperature']:g} k={'-' if k is None or (isinstance(k, float) and math.isnan(k)) else int(k)} "
-        f"n={int(r['max_new_tokens']) if r.get('max_new_tokens') == r.get('max_new_tokens') else '-'}"
-    )

@@ -4,6 +4,7 @@ Speed verdicts rest on rounds (one load, warm-up, timed repeats each: :mod:`harn
 so the figure shows each round's median decode time per token, per model and scheme, eager and
 compiled side by side, with the floor below which no decode step can go (weight bytes on the GPU
 over its measured memory bandwidth). The spread of the dots is the spread that decides the verdict.
+A last panel shows each scheme's weight memory per model.
 Matplotlib only; the figure entry has the shape of the report's others (id, svg, caption).
 """
 
@@ -22,14 +23,16 @@ from harness_ext.report.plotting import pyplot, scheme_colors, svg
 FIG_ID = "fig-speed-rounds"
 DOTS_GID = f"{FIG_ID}-dots"  # one SVG group per (panel, scheme, mode): its markers are the rounds
 FLOOR_GID = f"{FIG_ID}-floor"
+WEIGHTS_GID = f"{FIG_ID}-weights"  # one SVG group per (scheme, model) bar of weight memory
 MODE_MARKERS = {"eager": "o", "compiled": "^"}
 FLOOR_STYLE = {"color": "#222222", "linestyle": "--", "linewidth": 1.2}
 
 
 def fig_speed_rounds(study: Study, speed: pd.DataFrame | None = None) -> dict[str, str] | None:
     """One panel per (batch size, model), models by size; in each, per scheme a dot per round for each
-    mode and the floor as a dashed line over the scheme. ``speed``: the rounds table
-    (:func:`harness_ext.analysis.speed_table`), computed if not given. None when the run timed nothing."""
+    mode and the floor as a dashed line over the scheme; then a panel of weight memory per model and
+    scheme. ``speed``: the rounds table (:func:`harness_ext.analysis.speed_table`), computed if not
+    given. None when the run timed nothing."""
     speed = analysis.speed_table(study) if speed is None else speed
     if speed.empty or "decode_ms_per_token" not in speed:
         return None
@@ -39,8 +42,13 @@ def fig_speed_rounds(study: Study, speed: pd.DataFrame | None = None) -> dict[st
     modes = sorted(speed["mode"].unique(), key=lambda m: (m != "eager", m))
     order = list(study.schemes()["scheme"])
     colors = scheme_colors(study)
+    width = _width(speed, modes)
     fig, axes = plt.subplots(
-        len(batches), len(models), figsize=(_width(speed, modes) * len(models), 2.7 * len(batches)), squeeze=False
+        len(batches),
+        len(models) + 1,
+        figsize=(width * len(models) + 3.2, 2.7 * len(batches)),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [width] * len(models) + [3.2]},
     )
     groups = iter(range(10**6))  # unique SVG ids across the figure's groups
     has_floor = False
@@ -63,6 +71,9 @@ def fig_speed_rounds(study: Study, speed: pd.DataFrame | None = None) -> dict[st
             ax.set_title(f"{model}, batch {int(bs)}", fontsize=9)
             if col == 0:
                 ax.set_ylabel("decode ms/token")
+    _weights(axes[0][-1], speed, models, order, colors)
+    for row in range(1, len(batches)):
+        axes[row][-1].set_axis_off()
     _legend(fig, modes, has_floor, len(batches))
     fig.tight_layout()
     return {"id": FIG_ID, "svg": svg(fig), "caption": _caption(modes, has_floor)}
@@ -104,6 +115,24 @@ def _floor(ax: Any, rounds: pd.DataFrame, at: float, group: int) -> bool:
     return True
 
 
+def _weights(ax: Any, speed: pd.DataFrame, models: list[str], order: list[str], colors: dict[str, str]) -> None:
+    """Weight memory (MiB) per model, a bar per scheme: what each load holds, whatever the batch."""
+    schemes = [s for s in order if s in set(speed["scheme"])]
+    bar = 0.8 / max(len(schemes), 1)
+    x = np.arange(len(models))
+    for i, scheme in enumerate(schemes):
+        mib = []
+        for model in models:
+            r = speed[(speed["model"] == model) & (speed["scheme"] == scheme)]
+            wb = r["weight_bytes"].dropna() if "weight_bytes" in r else r.iloc[:0]
+            mib.append(float(wb.iloc[0]) / 2**20 if len(wb) else math.nan)
+        for j, rect in enumerate(ax.bar(x + i * bar, mib, bar, color=colors.get(scheme), label=scheme)):
+            rect.set_gid(f"{WEIGHTS_GID}-{i}-{j}")
+    ax.set_xticks(x + bar * (len(schemes) - 1) / 2, models)
+    ax.set_title("weight memory, MiB", fontsize=9)
+    ax.legend(fontsize=7, frameon=False)
+
+
 def _legend(fig: Any, modes: list[str], has_floor: bool, rows: int) -> None:
     from matplotlib.lines import Line2D
 
@@ -130,5 +159,6 @@ def _caption(modes: list[str], has_floor: bool) -> str:
     return (
         "Decode time per token, one dot per round (the median of that round's timed repeats; a hollow dot: the "
         f"round ran contended and no verdict uses it), per model and batch size,{side} schemes in spec order."
-        f"{floor} Speed verdicts are read at the smallest batch, over the uncontended rounds."
+        f"{floor} Speed verdicts are read at the smallest batch, over the uncontended rounds. Last panel: the "
+        "weight memory of each scheme's load, per model."
     )

@@ -44,6 +44,7 @@ class QuantLM(Protocol):
     load_info: Any  # the backend's LoadInfo dataclass, or None
     grid_batching: bool
     show_progress: bool
+    progress_hook: Callable[[int, int], None] | None  # (rows generated, rows) after each generate call
 
     @property
     def device(self) -> torch.device: ...
@@ -136,6 +137,11 @@ class RunnerAPI(Protocol):
 
     def note(self, line: str, failure: bool = False) -> None:
         """A line under the progress bar (or in the log); failures always reach stderr."""
+        ...
+
+    def status(self, text: str) -> None:
+        """What a long phase inside a cell is doing now (rows generated, prompts probed), shown in
+        the progress bar; nothing without one."""
         ...
 
 

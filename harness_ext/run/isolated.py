@@ -69,6 +69,7 @@ def payload(runner: RunnerAPI, cells: list[Cell], task_params: TaskParams, **ext
         "cell_ids": [c.id for c in cells],
         "device": cells[0].device,
         "machine": next((c.params["machine"] for c in cells if "machine" in c.params), None),
+        "weights": {cells[0].model.label: cells[0].weights},  # the driver's: a worker may see other paths
         "task_params": task_params,
         "invocation": runner.invocation,
         **extra,
@@ -90,7 +91,9 @@ def unit_task(payload: dict[str, Any]) -> dict[str, Any]:
     if spec.threads:
         torch.set_num_threads(spec.threads)
     wanted = set(payload["cell_ids"])
-    cells = expand(spec, payload["device"], payload["task_params"], payload.get("machine"))
+    cells = expand(
+        spec, payload["device"], payload["task_params"], weights=payload.get("weights"), machine=payload.get("machine")
+    )
     cells = [c for c in cells if c.id in wanted]
     store = MemoryStore(payload.get("artifacts") or {})
     make_runner: RunnerFactory = payload["runner"]

@@ -38,7 +38,14 @@ def measure(runner: RunnerAPI, lm: QuantLM, cell: Cell) -> dict[str, Any]:
     docs = loaders.read_jsonl(path, loaders.REQUIRED_FIELDS["nextword"])[: cell.params.get("limit") or None]
     split = [encode_pair(lm, d["context"], " " + d["target"]) for d in docs]
     ids = [list(ctx) for ctx, _ in split]
-    logits = probes.next_token_logits(lm.model, ids, lm.device)
+    logits = probes.next_token_logits(
+        lm.model,
+        ids,
+        lm.device,
+        progress=lambda done, total: runner.status(
+            f"{cell.model.label} / {cell.scheme.name}: probe {done}/{total} prompts"
+        ),
+    )
     ref_scheme = runner.spec.reference_scheme(cell.model)
     reference = _reference_logits(runner, cell, logits, ref_scheme.name if ref_scheme else None)
     points = probes.grid_points(cell.params["grid"])
@@ -90,7 +97,7 @@ def probe_artifact(cell: Cell, scheme: str | None = None) -> str:
     from harness_ext.spec import content_hash
 
     key = {k: v for k, v in cell.params.items() if k != "grid"} | {
-        "model": cell.model.identity(),
+        "model": {**cell.model.identity(), **cell.weights},
         "device": cell.device,
     }
     return f"probe/{cell.model.label}/{scheme or cell.scheme.name}-{content_hash(key)}.pt"

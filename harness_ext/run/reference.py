@@ -7,6 +7,7 @@ Context/continuation splits are lm-eval's own (``TemplateLM._encode_pair``, thro
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import traceback
@@ -35,8 +36,7 @@ def reference_cell(spec: StudySpec, cell: Cell) -> Cell | None:
     ref = spec.reference_scheme(cell.model)
     if ref is None:
         return None
-    resolved = ref.resolve(cell.model.dtype)
-    return Cell(cell.kind, cell.model, resolved, cell.device, cell.task, cell.point, cell.seed, cell.params)
+    return dataclasses.replace(cell, scheme=ref.resolve(cell.model.dtype))
 
 
 def needs_reference_metrics(spec: StudySpec, cell: Cell, records: Records) -> bool:
@@ -106,9 +106,13 @@ def _model_reference_metrics(
         bar.set_postfix_str("")
     for c in todo:
         rec = records[c.id]
-        nll = [next(scores) for _ in rec.generations] if scores and c.task.kind == "quant_continuation" else None
+        wants_nll = c.task.kind == "quant_continuation"
+        nll = [next(scores) for _ in rec.generations] if scores is not None and wants_nll else None
         ref_cell = reference_cell(runner.spec, c)
-        add_reference_metrics(rec, records[ref_cell.id], c.task.kind, nll, is_reference=c.id == ref_cell.id)
+        complete = not (wants_nll and pairs and scores is None)  # scoring failed: the next run retries it
+        add_reference_metrics(
+            rec, records[ref_cell.id], c.task.kind, nll, is_reference=c.id == ref_cell.id, complete=complete
+        )
         runner.store.write(rec)
         bar.update(1)
 
@@ -122,10 +126,15 @@ def _bar_progress(bar: Any) -> Callable[[int, int], None]:
     return update
 
 
-def add_reference_metrics(rec: Record, ref: Record, kind: str, nll: list[float] | None, *, is_reference: bool) -> None:
+def add_reference_metrics(
+    rec: Record, ref: Record, kind: str, nll: list[float] | None, *, is_reference: bool, complete: bool = True
+) -> None:
     """Per prompt: agreement with the reference's output for the same prompt, sample and seed
     (nextword: same first word; continuation: ROUGE-L F1), and the continuation's mean token NLL
-    under the reference model (``nll``, one per generation, from :func:`score_nll`). Updates ``rec``."""
+    under the reference model (``nll``, one per generation, from :func:`score_nll`). Updates ``rec``.
+
+    ``complete=False`` (a metric could not be computed, e.g. the NLL scoring failed) stores what was
+    computed without the reference's hash, so that :func:`needs_reference_metrics` asks for them again."""
     from harness_ext.tasks.metrics import first_word, rouge_l
 
     stale = (rec.measurements.get("reference_metrics") or {}).get("metrics") or []
@@ -159,7 +168,7 @@ def add_reference_metrics(rec: Record, ref: Record, kind: str, nll: list[float] 
         rec.metrics[m] = mean_sem([s.get(m) for s in rec.sample_metrics])
     rec.measurements["reference_metrics"] = {
         "reference_cell": ref.cell_id,
-        "reference_record": reference_record_hash(ref),
+        "reference_record": reference_record_hash(ref) if complete else None,
         "metrics": names,
         "at": now(),
     }

@@ -33,7 +33,7 @@ from harness_ext.run import executors, schedule
 from harness_ext.run.api import Executor, PairWork, QuantLM, Records, RunDirectory, Store, TaskParams
 from harness_ext.run.failures import failure_fields, write_stderr
 from harness_ext.run.handlers import HANDLERS
-from harness_ext.run.quiet import quiet_lm_eval
+from harness_ext.run.quiet import library_warnings, quiet_lm_eval
 from harness_ext.run.reference import add_run_reference_metrics
 from harness_ext.spec import Cell, ModelSpec, StudySpec, expand, prepare_tasks, resolve_device
 from harness_ext.spec.plan import device_type
@@ -147,7 +147,7 @@ class Runner:
         problems = list(store.problems)
         env = environment.capture(self.argv, self.device)
         self.machine = env["fingerprint"]["key"]
-        cells = expand(self._planned_spec(records), device_type(self.device), task_params, self.machine)
+        cells = expand(self._planned_spec(records), device_type(self.device), task_params, machine=self.machine)
         self.invocation = store.begin(self.spec_text, env)
         for p in problems:  # an unreadable record is recomputed; say so where a user sees it
             print(f"warning: {p}", file=sys.stderr)
@@ -159,7 +159,7 @@ class Runner:
         self._deadline = start + self.time_limit_s if self.time_limit_s else None
         self._pbar = tqdm(total=len(todo), desc="cells", unit="cell", disable=not self.progress, dynamic_ncols=True)
         try:
-            with quiet_lm_eval():
+            with quiet_lm_eval(), library_warnings(self.note):
                 try:
                     self.executor.run_pairs(self, dict(pairs), records, task_params)
                 finally:
@@ -179,7 +179,7 @@ class Runner:
                 store.export_tables(  # with the rounds of other machines and invocations of the same cells
                     [r for r in final.values() if r.cell_id in current or timing_family(r.definition) in families],
                     self.spec_text,
-                    extra=run_summary(self.spec, cells),
+                    extra=run_context(self.spec, cells),
                 )
             finally:
                 store.release()  # the writer lock taken by begin()
@@ -246,6 +246,7 @@ class Runner:
         order); a load that fails fails every cell of the unit, with the reason."""
         model, scheme = cells[0].model, cells[0].scheme
         started = now()
+        self.status(f"loading {model.label} / {scheme.name}")
         try:
             lm = self.load_lm(model, scheme)
         except Exception as e:  # the whole pair fails: record every cell with the reason
@@ -255,6 +256,9 @@ class Runner:
                 cells, records, f"load failed: {failure['error']}", started=started, traceback=failure["traceback"]
             )
             return
+        lm.progress_hook = lambda done, total: self.status(
+            f"{model.label} / {scheme.name}: {done}/{total} rows generated"
+        )
         work = PairWork(lm, asdict(lm.load_info) if lm.load_info else None, records, task_params)
         try:
             for kind, handler in self.handlers.items():
@@ -262,6 +266,7 @@ class Runner:
                 if of_kind:
                     handler(self, work, of_kind)
         finally:
+            self.status("")
             del lm, work
             gc.collect()
             if torch.cuda.is_available():
@@ -320,6 +325,12 @@ class Runner:
             rec = self.new_record(cell, started, status="failed", load=work.load, **failure_fields(e))
         self.save(rec, work.records)
 
+    def status(self, text: str) -> None:
+        """What a long phase is doing now, in the cells bar's postfix (a cell of a grid-batched
+        evaluation finishes only with all of them: without it the bar stands still for minutes)."""
+        if self._pbar is not None:
+            self._pbar.set_postfix_str(text, refresh=True)
+
     def note(self, line: str, failure: bool = False) -> None:
         """A line per cell under the progress bar; without it, failures still reach stderr."""
         if self.progress:
@@ -347,7 +358,7 @@ def _expected(cell: Cell) -> dict[str, Any]:
     return out | ({"family": family} if family else {})
 
 
-def run_summary(spec: StudySpec, cells: list[Cell]) -> dict[str, Any]:
+def run_context(spec: StudySpec, cells: list[Cell]) -> dict[str, Any]:
     """What a report needs from the spec besides the tables: references, families, notes, the
     expected cells (so that missing ones can be listed) and the report options."""
     from harness_ext.catalog import BUILTIN_MODELS, SHAPE_NOTE

@@ -1,12 +1,13 @@
 """The study spec: pydantic models (:mod:`.schema`), schemes as data (:mod:`.schemes`), YAML loading
 with line-numbered errors (:mod:`.loading`), cells and their identities (:mod:`.plan`), and the
-``validate`` summary (:mod:`.summary`).
+``validate`` overview (:mod:`.overview`).
 
 Importing it imports pydantic and PyYAML, never torch: a scheme is data until a backend builds it,
 so that ``harness-ext validate`` stays fast.
 """
 
 from harness_ext.spec.loading import load_spec, parse_spec
+from harness_ext.spec.overview import overview
 from harness_ext.spec.plan import (
     CELL_HASH_VERSION,
     Cell,
@@ -30,7 +31,6 @@ from harness_ext.spec.schema import (
     TaskSpec,
 )
 from harness_ext.spec.schemes import BUILTIN_SCHEMES, DType, Scheme
-from harness_ext.spec.summary import summarize
 
 __all__ = [
     "BUILTIN_SCHEMES",
@@ -51,10 +51,10 @@ __all__ = [
     "expand",
     "load_spec",
     "ordered_schemes",
+    "overview",
     "parse_spec",
     "plan",
     "prepare_tasks",
     "probe_grid",
     "resolve_device",
-    "summarize",
 ]

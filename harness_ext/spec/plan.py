@@ -8,6 +8,8 @@ index (seconds to build), so a spec that names one pays for it in ``validate`` a
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -44,13 +46,14 @@ class Cell:
     point: SamplingPoint | None = None
     seed: int | None = None
     params: dict[str, Any] = field(default_factory=dict)  # limit, repeats, batch size, data hash, ...
+    weights: dict[str, Any] = field(default_factory=dict)  # hub commit or content digest (model_weights)
 
     def definition(self) -> dict[str, Any]:
         """Everything that defines the cell's result; hashed into :attr:`id` and stored in its record."""
         return {
             "hash_version": CELL_HASH_VERSION,
             "kind": self.kind,
-            "model": {"name": self.model.label, **self.model.identity()},
+            "model": {"name": self.model.label, **self.model.identity(), **self.weights},
             "scheme": self.scheme.model_dump(mode="json"),
             "device": self.device,
             "task": self.task.name if self.task else None,
@@ -91,20 +94,28 @@ def resolve_device(device: str) -> str:
 
 
 def expand(
-    spec: StudySpec, device: str, task_params: dict[str, dict[str, Any]] | None = None, machine: str | None = None
+    spec: StudySpec,
+    device: str,
+    task_params: dict[str, dict[str, Any]] | None = None,
+    weights: dict[str, dict[str, Any]] | None = None,
+    machine: str | None = None,
 ) -> list[Cell]:
     """All cells of a study, reference pairs first per model.
 
     ``task_params`` maps task name to extra identity (e.g. the data file's hash, whether the task is
-    a loglikelihood task, which collapses the sampling axes); the runner supplies it. ``machine``: the
+    a loglikelihood task, which collapses the sampling axes); the runner supplies it. ``weights``
+    maps model label to the identity of its weights: :func:`model_weights` unless given (a Ray
+    worker is given the driver's), so that every caller gets the cells' real ids. ``machine``: the
     fingerprint key of the machine that times the speed cells (:mod:`harness_ext.fingerprint`), part
     of their identity so that two kinds of machine never share a cell; the runner computes it once
     (``validate`` plans without it: the count of cells does not depend on it).
     """
     task_params = task_params or {}
+    weights = model_weights(spec) if weights is None else weights
     cells: list[Cell] = []
     points = spec.sampling.expand() if spec.sampling else []
     for model in spec.models:
+        add = functools.partial(_add_cell, cells, weights.get(model.label, {}))
         for scheme in ordered_schemes(spec, model):
             rs = scheme.resolve(model.dtype)
             for task in [] if model.speed_only else spec.task_list:
@@ -128,7 +139,7 @@ def expand(
                     task_points = [None]
                 for point in task_points:
                     for seed in spec.seeds if generative else spec.seeds[:1]:
-                        cells.append(Cell("eval", model, rs, device, task, point, seed, params))
+                        add(Cell("eval", model, rs, device, task, point, seed, params))
             if spec.probe.enabled and not model.speed_only and spec.sampling is not None:
                 ptask = spec.task(spec.probe.task)
                 probe_params = {
@@ -137,7 +148,7 @@ def expand(
                     **{k: v for k, v in task_params.get(ptask.name, {}).items() if k != "generative"},
                     "grid": probe_grid(spec),
                 }
-                cells.append(Cell("probe", model, rs, device, ptask, None, None, probe_params))
+                add(Cell("probe", model, rs, device, ptask, None, None, probe_params))
             if spec.speed.enabled:
                 for mode in spec.speed.modes:
                     for bs in spec.speed.batch_sizes:
@@ -147,17 +158,29 @@ def expand(
                         where = {"machine": machine} if machine else {}
                         for r in range(spec.speed.rounds):  # `rounds` is no identity: more rounds = more cells
                             params = {"batch_size": bs, "mode": mode, **sp, **threads, **where, "round": r}
-                            cells.append(Cell("speed", model, rs, device, None, None, None, params))
+                            add(Cell("speed", model, rs, device, None, None, None, params))
     return cells
 
 
+def _add_cell(cells: list[Cell], weights: dict[str, Any], cell: Cell) -> None:
+    cells.append(dataclasses.replace(cell, weights=weights) if weights else cell)
+
+
+def model_weights(spec: StudySpec) -> dict[str, dict[str, Any]]:
+    """Per model label, what identifies its weights beyond the spec: the hub commit, or a digest of
+    the local folder or GGUF file (:func:`harness_ext.weights.weights_identity`; cached, no torch)."""
+    from harness_ext.weights import weights_identity
+
+    return {m.label: weights_identity(m.pretrained, m.gguf_file, m.revision) for m in spec.models if m.shape is None}
+
+
 def probe_grid(spec: StudySpec) -> dict[str, list[Any]]:
-    """The probe's axes: every temperature of the grid and of ``probe.temperatures``, and every
-    top-k, top-p and repetition penalty of the grid."""
+    """The probe's axes: every temperature and top-k of the grid and of the probe's own lists
+    (``probe.temperatures``, ``probe.top_k``), and every top-p and repetition penalty of the grid."""
     pts = spec.sampling.expand()
     return {
         "temperature": sorted({p.temperature for p in pts} | set(spec.probe.temperatures)),
-        "top_k": sorted({p.top_k for p in pts}, key=lambda k: math.inf if k is None else k),
+        "top_k": sorted({p.top_k for p in pts} | set(spec.probe.top_k), key=lambda k: math.inf if k is None else k),
         "top_p": sorted({p.top_p for p in pts}),
         "repetition_penalty": sorted({p.repetition_penalty for p in pts}),
     }

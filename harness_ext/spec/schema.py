@@ -185,6 +185,7 @@ class ProbeSpec(_Strict):
         description="temperatures the probe computes besides the grid's (one forward pass serves them all): "
         "dense so that claims (b), (c) and (c2) can be decided from the probe",
     )
+    top_k: list[TopK] = Field([], description="top-k values (null = off) the probe computes besides the grid's")
 
 
 Mode = Literal["eager", "compiled"]

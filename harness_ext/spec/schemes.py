@@ -69,6 +69,17 @@ class Scheme(BaseModel):
             return 8
         return 32 if self.dtype == "float32" else 16
 
+    @property
+    def bytes_per_param(self) -> float:
+        """Bytes a linear layer's weight takes per parameter, scales included: 4-bit weights carry one
+        fp32 scale per block of 64 (bitsandbytes' layout; double quant stores them in 8 bits).
+        An unquantized scheme's needs its dtype (:meth:`resolve` first)."""
+        if self.quant in ("nf4", "fp4"):
+            return 0.5 + (1 + 4 / 256 if self.double_quant else 4) / 64
+        if not self.quantized and self.dtype is None:
+            raise ValueError(f"scheme {self.name!r} is not resolved: call Scheme.resolve first")
+        return self.bits / 8
+
     def resolve(self, model_dtype: str) -> Scheme:
         """Return a copy with every open field made concrete for a model loaded in ``model_dtype``."""
         dtype = self.dtype or model_dtype
@@ -92,6 +103,8 @@ class Scheme(BaseModel):
             parts.append(f"compute {self.compute_dtype}")
         if self.int8_threshold is not None:
             parts.append(f"outlier threshold {self.int8_threshold:g}")
+        if self.quant == "int8":  # bitsandbytes 0.50 warns of it: "inputs will be cast ... to float16"
+            parts.append("matmul inputs in float16: LLM.int8 casts them")
         if self.dtype:
             parts.append(f"other layers {self.dtype}")
         return f"{self.quant} ({', '.join(parts)})" if parts else self.quant

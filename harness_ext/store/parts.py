@@ -365,3 +365,5 @@ class Load(Open):
     devices: list[str] | None = None
     weight_bytes_by_device: dict[str, int] | None = None
     load_peak_by_device: dict[str, int] | None = None
+    quantized_parameters: int | None = None
+    unquantized_parameters: int | None = None

@@ -301,15 +301,11 @@ def _reference_artifacts(runner: RunnerAPI, cells: list[Cell]) -> dict[str, Any]
     return out
 
 
-BYTES_PER_PARAM = {"none": {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}, "int8": 1.0, "nf4": 0.55, "fp4": 0.55}
-
-
 def gpus_needed(model: ModelSpec, scheme: Scheme, gpu_memory_gb: float, headroom: float = 1.3) -> int:
     """GPUs for a model's weights in a scheme, with headroom for activations and the KV cache;
     the parameter count comes from the config on the meta device (no weights are read)."""
     params = count_parameters(model)
-    per = BYTES_PER_PARAM[scheme.quant]
-    per = per[scheme.dtype or model.dtype] if isinstance(per, dict) else per
+    per = scheme.resolve(model.dtype).bytes_per_param
     return max(1, math.ceil(params * per * headroom / (gpu_memory_gb * 2**30)))
 
 

@@ -1,4 +1,4 @@
-"""The ``validate`` summary of a spec: its cells counted per dimension and per kind, with the reason
+"""The overview of a spec's plan that ``validate`` prints: its cells counted per dimension and per kind, with the reason
 wherever a task's eval count is not the plain product of the dimensions.
 """
 
@@ -8,8 +8,8 @@ from harness_ext.spec.plan import Cell
 from harness_ext.spec.schema import StudySpec
 
 
-def summarize(spec: StudySpec, cells: list[Cell]) -> str:
-    """The ``validate`` summary: counts per dimension and per kind, and where the eval count is not
+def overview(spec: StudySpec, cells: list[Cell]) -> str:
+    """What ``validate`` prints: counts per dimension and per kind, and where the eval count is not
     the plain product of the dimensions, the reason per task (a pinned ``max_new_tokens`` collapses
     that axis; a loglikelihood task has no sampling axes and one seed)."""
     pts = spec.sampling.expand() if spec.sampling else []
