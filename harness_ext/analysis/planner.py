@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness_ext.analysis import power
 from harness_ext.analysis.claims import Options, claims
 from harness_ext.analysis.study import Study
 
