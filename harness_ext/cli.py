@@ -10,6 +10,8 @@ import argparse
 import json
 import logging
 import math
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -39,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="check a spec; print its cells (models x schemes x points x tasks x seeds)")
     v.add_argument("spec", help="study spec (YAML)")
+    _max_cells_option(v)
 
     r = sub.add_parser("run", help="run a spec into its run directory (resumes: finished cells are skipped)")
     r.add_argument("spec", help="study spec (YAML)")
@@ -70,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="MINUTES",
         help="stop cleanly before the next cell once this much time has passed; run again to resume",
     )
+    _max_cells_option(r)
 
     d = sub.add_parser("demo", help="run the packaged demo spec (SmolLM2-135M on the CPU) and render its report")
     d.add_argument("--output-dir", help="run directory (default runs/demo; the report goes to its report/)")
@@ -79,8 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("run_dir", help="run directory, or a folder holding its tables (e.g. reports/demo/data)")
     rp.add_argument(
         "--output-dir",
-        help="where index.html goes (default: the spec's report.output_dir, else RUN_DIR/report; "
-        "for a folder of tables, runs/<study>/report). Nothing in RUN_DIR itself is written",
+        help="where index.html goes (default: RUN_DIR/report; for a folder of tables, runs/<study>/report). "
+        "The report.output_dir stored in a run directory is not used: a run directory does not choose where "
+        "your files go. Nothing else in RUN_DIR is written",
     )
     rp.add_argument(
         "--compare",
@@ -114,7 +119,38 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _max_cells_option(p: argparse.ArgumentParser) -> None:
+    from harness_ext.spec.bounds import MAX_CELLS
+
+    p.add_argument(
+        "--max-cells",
+        type=int,
+        default=MAX_CELLS,
+        metavar="N",
+        help=f"refuse a spec that plans more than N cells or probe grid points (default {MAX_CELLS:,}); "
+        "counted from the grid's axes before anything is expanded",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The console script: one line per error a user can cause (exit 2 usage, 1 runtime)."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # the reader left (`validate spec | head -1`): stop quietly, as `yes | head` does
+        _silence_stdout()
+        return 141
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush meets no closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file behind stdout (tests): nothing to flush into
+        pass
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     if argv[:1] == ["lm-eval"]:  # hand everything after it to lm-eval untouched
@@ -127,34 +163,58 @@ def main(argv: list[str] | None = None) -> int:
         for noisy in ("lm_eval", "transformers", "accelerate", "datasets"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
+        _check_options(args)
         return COMMANDS[args.command](args, argv)
     except HarnessExtError as e:
-        print(f"harness-ext: error: {e}", file=sys.stderr)
+        print(f"harness-ext: error: {printable(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("harness-ext: interrupted", file=sys.stderr)
         return 130
 
 
+#: Characters never echoed raw to a terminal: C0/C1 controls (an ESC sequence in an ``--only``
+#: value or a file name would drive the terminal) and bidirectional overrides.
+_UNPRINTABLE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters shown as ``\\xNN`` / ``\\uNNNN`` (newlines kept: one per problem)."""
+    return _UNPRINTABLE.sub(lambda m: repr(m.group(0))[1:-1], text)
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse option values that parse but mean nothing, before anything runs."""
+    if getattr(args, "output_dir", None) == "":
+        raise SpecError("--output-dir is empty: give a folder (an empty path would be the current directory)")
+    if getattr(args, "max_cells", 1) < 1:
+        raise SpecError(f"--max-cells must be a positive number of cells, not {args.max_cells}")
+
+
 def _validate(args: argparse.Namespace, argv: list[str]) -> int:
     """Load, check and plan a spec without importing torch: the cell counts do not depend on the
     device, so ``device: auto`` is counted as the CPU here and resolved when the spec runs."""
-    from harness_ext.spec import load_spec, overview, plan
+    from harness_ext import preflight
+    from harness_ext.spec import overview, plan
+    from harness_ext.spec.bounds import check_size
+    from harness_ext.spec.loading import load_spec_file
 
-    spec = load_spec(args.spec)
-    print(overview(spec, plan(spec, "cpu" if spec.device == "auto" else None)))
+    spec, _ = load_spec_file(args.spec)
+    check_size(spec, args.max_cells)
+    preflight.check_paths(spec)
+    print(printable(overview(spec, plan(spec, "cpu" if spec.device == "auto" else None))))
     return 0
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
-    from harness_ext.spec import load_spec
+    from harness_ext.spec.loading import load_spec_file
 
-    spec = load_spec(args.spec)
+    spec, text = load_spec_file(args.spec)
     if args.executor:
         spec = spec.model_copy(update={"executor": args.executor})
     return _run_spec(
         spec,
-        Path(args.spec).read_text(encoding="utf-8"),
+        text,
         args.output_dir,
         args.report,
         not args.no_progress,
@@ -163,6 +223,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         parse_only(args.only),
         args.redo,
         args.add_rounds,
+        args.max_cells,
     )
 
 
@@ -229,17 +290,22 @@ def _run_spec(
     only: dict[str, set[str]] | None = None,
     redo: bool = False,
     add_rounds: int | None = None,
+    max_cells: int | None = None,
 ) -> int:
     from harness_ext import preflight
-    from harness_ext.run import Runner
+    from harness_ext.spec.bounds import MAX_CELLS, check_size
 
     if time_limit_min is not None and not (math.isfinite(time_limit_min) and time_limit_min > 0):
         raise SpecError(f"--time-limit must be a positive number of minutes, not {time_limit_min:g}")
     if add_rounds is not None and not (add_rounds > 0 and spec.speed.enabled):
         raise SpecError(f"--add-rounds {add_rounds}: give a positive number of rounds, for a spec with speed enabled")
+    check_size(spec, max_cells or MAX_CELLS)
     check_only(only or {}, spec)
+    preflight.check_paths(spec)
     preflight.check_device(spec)
     preflight.check_hub(spec)
+    from harness_ext.run import Runner  # torch: only once the spec is known to be runnable
+
     runner = Runner(
         spec,
         text,
@@ -292,7 +358,7 @@ def _report(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _warn(line: str) -> None:
-    print(f"warning: {line}", file=sys.stderr)
+    print(f"warning: {printable(line)}", file=sys.stderr)
 
 
 def _plan(args: argparse.Namespace, argv: list[str]) -> int:
@@ -321,7 +387,7 @@ def _schema(args: argparse.Namespace, argv: list[str]) -> int:
     if args.output:
         from harness_ext.store import atomic_write
 
-        atomic_write(Path(args.output), text)
+        atomic_write(Path(args.output), text, through_links=True)  # the user's own path: a link is meant
         print(f"wrote {args.output}")
     else:
         sys.stdout.write(text)

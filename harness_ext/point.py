@@ -24,8 +24,12 @@ MAX_TEMPERATURE = 10.0
 Temperature = Annotated[
     float, Field(ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False, strict=True, description="0 = greedy")
 ]
+#: The largest top-k a spec may ask for: above every vocabulary (so no truncation), and small enough
+#: for a table's 64-bit integer column (``top_k: [1e23]`` would break every later table export).
+MAX_TOP_K = 2**24
 TopK = Annotated[
-    Annotated[int, Field(gt=0, strict=True)] | None, Field(description="keep the k most likely tokens; null = off")
+    Annotated[int, Field(gt=0, le=MAX_TOP_K, strict=True)] | None,
+    Field(description="keep the k most likely tokens; null = off"),
 ]
 TopP = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False, strict=True, description="nucleus mass; 1.0 = off")]
 MaxNewTokens = Annotated[int, Field(ge=1, le=8192, strict=True)]

@@ -1,8 +1,10 @@
-"""Checks made before a run creates its directory: is the device there, can the models be fetched.
+"""Checks made before a run creates its directory: is the device there, do local model paths and
+GGUF files exist, can the hub models be fetched.
 
-Without them a spec that asks for ``device: cuda`` on a machine without a GPU validates and then
-fails every cell with the same reason, and a hub id without network retries for minutes before
-failing; with them each is one line and nothing is written.
+Without them a spec that asks for ``device: cuda`` on a machine without a GPU, or names a model
+folder that does not exist, validates and then fails every cell with the same reason (a load
+attempt per pair, a FAILED line per cell), and a hub id without network retries for minutes before
+failing; with them each is one line and nothing is written. ``validate`` runs the path check too.
 """
 
 from __future__ import annotations
@@ -33,6 +35,32 @@ def check_device(spec: StudySpec) -> None:
         raise SpecError(f"device: {spec.device}, but this machine has {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})")
 
 
+def check_paths(spec: StudySpec) -> None:
+    """Refuse, in one line, a local model folder, GGUF file or tokenizer path that does not exist
+    (what :func:`harness_ext.backend.sources.resolve` would fail on for every cell of the model)."""
+    for i, m in enumerate(spec.models):
+        if m.pretrained is None or m.pretrained in BUILTIN_MODELS:
+            continue
+        paths = {"tokenizer": m.tokenizer}
+        if m.gguf_file is None:
+            paths["pretrained"] = m.pretrained
+        elif not (gguf := Path(m.pretrained) / m.gguf_file).is_file():  # an absolute gguf_file replaces the folder
+            raise SpecError(
+                f"models[{i}].gguf_file: GGUF file {gguf} not found (a path, or a file inside `pretrained`)"
+            )
+        for field, name in paths.items():
+            if name and _looks_like_a_path(name) and not Path(name).expanduser().exists():
+                raise SpecError(
+                    f"models[{i}].{field}: model path {name} does not exist (a folder saved with save_pretrained, "
+                    "a GGUF file with gguf_file, or a hub id such as org/name)"
+                )
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """What :func:`harness_ext.backend.sources.resolve` takes for a path rather than a hub id."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+
+
 def hub_ids(spec: StudySpec) -> list[tuple[str, str | None]]:
     """The models (and tokenizers) that will be fetched from the Hugging Face hub, with their revision."""
     ids: list[tuple[str, str | None]] = []
@@ -48,8 +76,7 @@ def is_hub_id(model: ModelSpec, name: str) -> bool:
     file or a path)."""
     if name in BUILTIN_MODELS or (model.gguf_file and name == model.pretrained):
         return False
-    is_path = Path(name).expanduser().exists() or name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
-    return not is_path
+    return not (Path(name).expanduser().exists() or _looks_like_a_path(name))
 
 
 def check_hub(spec: StudySpec) -> None:

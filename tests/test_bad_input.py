@@ -22,14 +22,16 @@ report inputs; tests/test_robustness.py covers what needs more than a row.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +140,13 @@ class Ctx:
         return self.run(rep("tasks: [quant_nextword]", task))
 
 
+@dataclass
+class Outcome:
+    code: int | None
+    out: str
+    err: str  # stderr plus WARNING+ log records: what a terminal would show on stderr
+
+
 @dataclass(frozen=True)
 class Case:
     """One row: ``argv(ctx)`` through ``cli.main`` must exit with ``code`` and show ``fragment``.
@@ -146,6 +155,8 @@ class Case:
     the fragment is in every failed record's error), ``ok`` (the run must succeed: every record ok),
     ``stdout`` (a success that prints the fragment).
     ``lines``: how many lines stderr must have (one per problem), None to not check.
+    ``check``: a further check of the outcome (what was written where); ``timeout``: for a row that
+    could hang (a FIFO, a pipe, a lock), the seconds it may take before it fails as a hang.
     """
 
     id: str
@@ -154,6 +165,8 @@ class Case:
     fragment: str | tuple[str, ...] | None
     where: str = "stderr"
     lines: int | None = 1
+    check: Callable[[Ctx, Outcome], None] | None = None
+    timeout: float | None = None
 
 
 def spec_error(id: str, edits: Edit | tuple[Edit, ...], line: int, path: str | None, message: str) -> Case:
@@ -299,6 +312,228 @@ def _report_of(run_json: str | None) -> Callable[[Ctx], list[str]]:
     return build
 
 
+# -- issue 27: run directories that are odd or hostile, text that must not be raw --------------------------------------
+
+
+def _small_run(c: Ctx) -> Path:
+    """A run directory of the base spec built without a model: one record per cell (failed, with a
+    made-up reason), its tables and run.json, as a copied run directory would hold them."""
+    from harness_ext.spec import load_spec, plan
+    from harness_ext.store import Record, now
+
+    text = c.spec_text()
+    c.spec_path.write_text(text, encoding="utf-8")
+    spec = load_spec(c.spec_path)
+    cells = plan(spec)
+    store = RunStore(c.out)
+    store.records_dir.mkdir(parents=True)
+    records = [
+        Record(cell_id=x.id, kind=x.kind, label=x.label(), definition=x.definition(), status="failed",
+               error="made up", started_at=now(), finished_at=now(), invocation="test")
+        for x in cells
+    ]  # fmt: skip
+    for r in records:
+        store.write(r)
+    expected = [{"cell_id": x.id, "label": x.label(), "kind": x.kind} for x in cells]
+    study = {"name": spec.name, "description": ""}
+    store.export_tables(records, text, extra={"study": study, "expected_cells": expected, "report": {}})
+    return c.out
+
+
+def _report_with(odd: Callable[[Path], None]) -> Callable[[Ctx], list[str]]:
+    """``report`` of a small run directory after ``odd(run_dir)`` put something odd in it."""
+
+    def build(c: Ctx) -> list[str]:
+        odd(_small_run(c))
+        return ["report", str(c.out), "--output-dir", str(c.tmp / "report")]
+
+    return build
+
+
+def _record_path(run: Path) -> Path:
+    return next((run / "records").glob("*.json"))
+
+
+def _fifo_record(run: Path) -> None:
+    os.mkfifo(run / "records" / "0123456789abcdef.json")  # nobody ever writes into it
+
+
+def _device_record(run: Path) -> None:
+    # /dev/null, not /dev/zero: a regression would read this link, and /dev/null ends at once (the
+    # endless /dev/zero is tests/test_robustness.py::test_a_record_linked_to_dev_zero_is_not_read)
+    (run / "records" / "0123456789abcdef.json").symlink_to("/dev/null")
+
+
+def _linked_record(run: Path) -> None:
+    real = _record_path(run)
+    (run / "records" / "0123456789abcdef.json").symlink_to(real)  # a valid record, but through a link
+
+
+def _tables_only_with_a_linked_csv(c: Ctx) -> list[str]:
+    """A folder of tables alone (as a report's data/) whose cells.csv links to a private file."""
+    _small_run(c)
+    (c.tmp / "private.txt").write_text("ssh-rsa PRIVATE\n")
+    (c.out / "tables" / "cells.csv").unlink()
+    (c.out / "tables" / "cells.csv").symlink_to(c.tmp / "private.txt")
+    return ["report", str(c.out / "tables"), "--output-dir", str(c.tmp / "report")]
+
+
+def _private_file_not_copied(c: Ctx, res: Outcome) -> None:
+    written = [p.read_text(errors="replace") for p in c.tmp.joinpath("report").rglob("*") if p.is_file()]
+    assert not any("PRIVATE" in text for text in written)
+
+
+def _deep_record(run: Path) -> None:
+    (run / "records" / "0123456789abcdef.json").write_text("[" * 200_000 + "]" * 200_000)
+
+
+def _kind_contradicts_definition(run: Path) -> None:
+    path = _record_path(run)
+    data = json.loads(path.read_text())
+    data["kind"] = "speed"  # its definition (hashed into its name) says eval
+    path.write_text(json.dumps(data))
+
+
+def _invocation(content: str) -> Callable[[Path], None]:
+    def odd(run: Path) -> None:
+        (run / "invocations").mkdir(exist_ok=True)
+        (run / "invocations" / "20260101T000000-1.json").write_text(content)
+
+    return odd
+
+
+def _run_json(**fields: Any) -> Callable[[Path], None]:
+    def odd(run: Path) -> None:
+        path = run / "tables" / "run.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+
+    return odd
+
+
+def _report_goes_to_the_run_directory(c: Ctx, res: Outcome) -> None:
+    assert (c.out / "report" / "index.html").is_file()
+    assert not (c.tmp / "elsewhere").exists(), "run.json's report.output_dir chose where the report went"
+
+
+def _report_output_dir_in_run_json(c: Ctx) -> list[str]:
+    _run_json(report={"output_dir": str(c.tmp / "elsewhere")})(_small_run(c))
+    return ["report", str(c.out)]
+
+
+def _compare_output_dir_in_run_json(c: Ctx) -> list[str]:
+    import shutil
+
+    _run_json(report={"output_dir": str(c.tmp / "elsewhere")})(_small_run(c))
+    shutil.copytree(c.out, c.tmp / "b")
+    return ["report", str(c.out), "--compare", str(c.tmp / "b")]
+
+
+def _compare_goes_to_the_run_directory(c: Ctx, res: Outcome) -> None:
+    assert (c.out / "report" / "compare.html").is_file()
+    assert not (c.tmp / "elsewhere").exists(), "run.json's report.output_dir chose where the comparison went"
+
+
+def _planted_link(where: str) -> Callable[[Ctx], list[str]]:
+    """A received run directory holding a link to a file outside it (``where``: spec.yaml, which
+    ``run`` writes, or report/index.html, which ``report`` writes), or its report folder a link."""
+
+    def build(c: Ctx) -> list[str]:
+        outside = c.tmp / "outside"
+        outside.mkdir()
+        (outside / "precious.txt").write_text("keep me\n")
+        if where == "spec.yaml":
+            c.run()
+            c.out.mkdir()
+            (c.out / "spec.yaml").symlink_to(outside / "precious.txt")
+            return [*c.run(), "--time-limit", "0.0001"]
+        _small_run(c)
+        if where == "report":
+            (c.out / "report").symlink_to(outside)
+        else:
+            (c.out / "report").mkdir()
+            (c.out / "report" / "index.html").symlink_to(outside / "precious.txt")
+        return ["report", str(c.out)]
+
+    return build
+
+
+def _outside_untouched(c: Ctx, res: Outcome) -> None:
+    assert sorted(p.name for p in (c.tmp / "outside").iterdir()) == ["precious.txt"]
+    assert (c.tmp / "outside" / "precious.txt").read_text() == "keep me\n"
+
+
+def _report_while_a_run_holds_the_lock(c: Ctx) -> list[str]:
+    (c.out / "records").mkdir(parents=True)  # the run's first cell is not done: no tables yet
+    store = RunStore(c.out)
+    store.lock()
+    c.finalizers.append(store.release)
+    return ["report", str(c.out), "--output-dir", str(c.tmp / "report")]
+
+
+def _schema_through_a_link(c: Ctx) -> list[str]:
+    (c.tmp / "real.json").write_text("old\n")
+    (c.tmp / "link.json").symlink_to(c.tmp / "real.json")
+    return ["schema", "-o", str(c.tmp / "link.json")]
+
+
+def _link_kept_and_target_written(c: Ctx, res: Outcome) -> None:
+    assert (c.tmp / "link.json").is_symlink(), "the link was replaced by a file"
+    assert json.loads((c.tmp / "real.json").read_text())["title"] == "StudySpec"
+
+
+def _schema_onto(kind: str) -> Callable[[Ctx], list[str]]:
+    def build(c: Ctx) -> list[str]:
+        target = c.tmp / "target"
+        if kind == "fifo":
+            os.mkfifo(target)
+        else:  # a link to a device: as root, writing /dev/null itself would replace it
+            target.symlink_to("/dev/null")
+        return ["schema", "-o", str(target)]
+
+    return build
+
+
+def _target_untouched(c: Ctx, res: Outcome) -> None:
+    target = c.tmp / "target"
+    assert target.is_fifo() or (target.is_symlink() and Path("/dev/null").is_char_device())
+
+
+def _spec_through_a_pipe(c: Ctx) -> list[str]:
+    """``run <(cat spec.yaml)``: the spec is a pipe that can be read once."""
+    text = c.spec_text()
+    r, w = os.pipe()
+    os.write(w, text.encode())
+    os.close(w)
+    c.finalizers.append(lambda: os.close(r))
+    return ["run", f"/dev/fd/{r}", "--no-progress", "--time-limit", "0.0001"]
+
+
+def _stored_spec_is_the_spec(c: Ctx, res: Outcome) -> None:
+    assert (c.out / "spec.yaml").read_text(encoding="utf-8") == c.spec_text()
+
+
+def _no_raw_escape(c: Ctx, res: Outcome) -> None:
+    assert "\x1b" not in res.err + res.out
+
+
+def _grid(values: int, axes: int = 4) -> Edit:
+    """A grid of ``axes`` axes of ``values`` values each: values**axes points, a few hundred numbers of YAML."""
+    lists = {
+        "temperature": [round(i / values, 4) for i in range(values)],
+        "top_k": list(range(1, values + 1)),
+        "top_p": [round((i + 1) / values, 4) for i in range(values)],
+        "max_new_tokens": list(range(1, values + 1)),
+    }
+    body = "".join(f"  {k}: {v}\n" for k, v in list(lists.items())[:axes])
+    return rep(SAMPLING + "\n", "sampling:\n" + body)
+
+
+def _shape(fields: str) -> Edit:
+    """A second model, a random-weight shape (line 4: models[1])."""
+    line = f"  - {{name: s, shape: {{model_type: llama, {fields}}}}}\n"
+    return rep("schemes: [fp32]", line + "schemes: [fp32]")
+
+
 #: a 9-level "billion laughs": 600 bytes that expand to 9**9 values
 LAUGHS = "x-l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
     f"x-l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9)
@@ -414,7 +649,8 @@ CASES: list[Any] = [
     Case("data_row_not_an_object", data(ROW_1 + "[1, 2]\n"), 2, "data.jsonl:2: each line must be a JSON object"),
     Case("data_not_utf8", data(ROW_1.encode() + b"\xff\xfe{}\n"), 2, "data.jsonl:2:"),
     # -- models: the pair's cells are recorded as failed with the reason, the run exits 1 ------------------------------
-    Case("model_path_missing", lambda c: c.run(model=c.tmp / "no" / "such"), 1, "does not exist", "record", None),
+    Case("model_path_missing", lambda c: c.run(model=c.tmp / "no" / "such"), 2,
+         ("models[0].pretrained: model path", "no/such does not exist")),
     Case("folder_not_a_model", lambda c: c.run(model=c.tmp), 1, MODEL_FOLDER, "record", None),
     Case("device_cuda_without_gpu", _no_cuda, 2, "device: cuda, but this machine has no CUDA GPU visible to torch"),
     Case("hub_model_offline_not_in_cache", lambda c: c.run(model="nobody-xyz/no-such-model"), 1,
@@ -434,15 +670,99 @@ CASES: list[Any] = [
     Case("report_run_json_missing", _report_of(None), 1, "tables/run.json is missing"),
     Case("report_run_json_not_json", _report_of("{"), 1, "tables/run.json cannot be read (JSONDecodeError"),
     Case("report_run_json_not_an_object", _report_of("[]"), 1, "tables/run.json is not a JSON object"),
+    # -- issue 27: bounded grids ---------------------------------------------------------------------------------------
+    Case("grid_of_10_to_the_8_cells", lambda c: ["validate", c.run(_grid(100))[1]], 2,
+         ("plans up to 100,000,000 cells", "more than the limit of 100,000")),
+    Case("grid_over_max_cells", lambda c: ["validate", c.run(axis("top_k: [1, 2, 3]"))[1], "--max-cells", "2"], 2,
+         ("plans up to 3 cells", "more than the limit of 2", "--max-cells")),
+    Case("max_cells_raised_for_the_grid", lambda c: ["validate", c.run(axis("top_k: [1, 2, 3]"))[1],
+         "--max-cells", "3"], 0, "3 cells", "stdout"),
+    Case("max_cells_zero", argv("validate", "{spec}", "--max-cells", "0"), 2, "--max-cells must be a positive"),
+    Case("probe_grid_over_max_cells", lambda c: ["validate", c.run(rep("probe: {enabled: false}",
+         "probe: {temperatures: [0.1, 0.2, 0.3]}"))[1], "--max-cells", "3"], 2,
+         "the probe's grid has 4 points"),
+    # -- issue 27: values that break identity or types -----------------------------------------------------------------
+    spec_error("shape_nan", _shape("rms_norm_eps: .nan"), 4, "models[1]", "shape.rms_norm_eps: nan is not a finite"),
+    spec_error("shape_negative_layers", _shape("num_hidden_layers: -3"), 4, "models[1]",
+               "shape.num_hidden_layers: -3 is not a whole number from 1 to 16,777,216"),
+    spec_error("shape_vocab_0", _shape("vocab_size: 0"), 4, "models[1]", "shape.vocab_size: 0 is not a whole number"),
+    spec_error("shape_hidden_4e9", _shape("hidden_size: 4e9"), 4, "models[1]",
+               "shape.hidden_size: '4e9' is not a whole number"),
+    spec_error("shape_hidden_4_billion", _shape("hidden_size: 4000000000"), 4, "models[1]",
+               "shape.hidden_size: 4000000000 is not a whole number"),
+    spec_error("shape_nested_mapping", _shape("rope_scaling: {factor: {x: 1}}"), 4, "models[1]",
+               "shape.rope_scaling.factor: a nested config field holds plain values"),
+    spec_error("shape_size_a_mapping", _shape("hidden_size: {a: 1}"), 4, "models[1]",
+               "shape.hidden_size: {'a': 1} is not a whole number"),
+    spec_error("top_k_1e23", axis("top_k: [100000000000000000000000]"), 8, "sampling.top_k[0]", f"{LE} 16777216"),
+    spec_error("num_gpus_inf", rep("}\nschemes", ", num_gpus: .inf}\nschemes"), 3, "models[0].num_gpus",
+               "Input should be a finite number"),
+    spec_error("ray_gpu_memory_inf", add("ray: {gpu_memory_gb: .inf}\n"), 17, "ray.gpu_memory_gb",
+               "Input should be a finite number"),
+    spec_error("seeds_yaml_set", rep("seeds: [0]", "seeds: !!set {1, 2}"), 10, None,
+               "not allowed in a spec: the YAML tag !!set"),
+    spec_error("name_yaml_binary", rep("name: bad-input", "name: !!binary YmFkLWlucHV0"), 1, None,
+               "not allowed in a spec: the YAML tag !!binary"),
+    Case("output_dir_empty", argv("run", "{spec}", "--output-dir", ""), 2, "--output-dir is empty"),
+    Case("report_output_dir_empty", argv("report", "{tmp}", "--output-dir", ""), 2, "--output-dir is empty"),
+    # -- issue 28: local models that do not exist are one line before anything runs -----------------------------------
+    Case("validate_model_path_missing", lambda c: ["validate", c.run(model=c.tmp / "no" / "such")[1]], 2,
+         "models[0].pretrained: model path"),
+    Case("gguf_file_missing", run(rep('"}\nschemes', '", gguf_file: m.gguf}\nschemes')), 2,
+         ("models[0].gguf_file: GGUF file", "m.gguf not found")),
+    # -- issue 27: text that must not be raw -------------------------------------------------------------------------
+    Case("data_lone_surrogate", data(ROW_1 + '{"context": "x \\ud800 y", "target": "z"}\n'), 2,
+         "data.jsonl:2: holds a lone surrogate (\\ud800)"),
+    Case("data_100k_deep_line", data(ROW_1 + "[" * 100_000 + "]" * 100_000 + "\n"), 2,
+         "data.jsonl:2: nested too deeply"),
+    Case("only_value_with_an_escape_sequence", argv("run", "{spec}", "--only", "scheme=\x1b[2J\x1b[31mred"), 2,
+         "--only scheme=\\x1b[2J\\x1b[31mred: not in the spec", check=_no_raw_escape),
+    Case("spec_through_a_pipe_is_read_once", _spec_through_a_pipe, 3, "time limit reached", lines=None,
+         check=_stored_spec_is_the_spec, timeout=120),
+    # -- issue 27: writing through links, never over devices, FIFOs or folders ----------------------------------------
+    Case("schema_through_a_symlink", _schema_through_a_link, 0, "link.json", "stdout",
+         check=_link_kept_and_target_written),
+    Case("schema_onto_a_fifo", _schema_onto("fifo"), 1, "it is a FIFO, not a regular file", check=_target_untouched,
+         timeout=10),
+    Case("schema_onto_a_device", _schema_onto("device"), 1, "it is a device, not a regular file",
+         check=_target_untouched, timeout=10),
+    # -- issue 27: odd files in a (copied) run directory: listed as unreadable, the report renders ---------------------
+    Case("report_record_is_a_fifo", _report_with(_fifo_record), 0,
+         "0123456789abcdef.json: unreadable (not a regular file (a FIFO))", timeout=20),
+    Case("report_record_links_to_a_device", _report_with(_device_record), 0,
+         "0123456789abcdef.json: unreadable (a symbolic link, not followed)", timeout=20),
+    Case("report_record_links_to_a_file_elsewhere", _report_with(_linked_record), 0,
+         "0123456789abcdef.json: unreadable (a symbolic link, not followed)"),
+    Case("report_table_links_to_a_private_file", _tables_only_with_a_linked_csv, 1,
+         "tables/cells.csv: a symbolic link, not followed", check=_private_file_not_copied),
+    Case("report_record_200k_deep", _report_with(_deep_record), 0, "unreadable (nested more than 100 levels deep)"),
+    Case("report_record_kind_contradicts_definition", _report_with(_kind_contradicts_definition), 0,
+         "unreadable (its kind 'speed' is not its definition's 'eval')"),
+    Case("report_invocation_is_a_list", _report_with(_invocation("[]")), 0,
+         "invocations/20260101T000000-1.json: unreadable (not a JSON object (a JSON list)); left out"),
+    Case("report_invocation_gpus_a_number", _report_with(_invocation('{"gpus": 5}')), 0,
+         "invocations/20260101T000000-1.json: unreadable (gpus: Input should be a valid list)"),
+    Case("report_run_json_examples_many", _report_with(_run_json(report={"examples": "many"})), 1,
+         "tables/run.json is malformed: report.examples: Input should be a valid integer"),
+    Case("report_run_json_expected_cells_5", _report_with(_run_json(expected_cells=5)), 1,
+         "tables/run.json is malformed: expected_cells: Input should be a valid list"),
+    Case("report_run_json_study_name_a_path", _report_with(_run_json(study={"name": "../../x"})), 1,
+         "tables/run.json is malformed: study.name: String should match pattern"),
+    Case("report_ignores_output_dir_in_run_json", _report_output_dir_in_run_json, 0, "report/index.html", "stdout",
+         check=_report_goes_to_the_run_directory),
+    Case("compare_ignores_output_dir_in_run_json", _compare_output_dir_in_run_json, 0, "report/compare.html",
+         "stdout", check=_compare_goes_to_the_run_directory),
+    Case("run_replaces_a_planted_link_not_its_target", _planted_link("spec.yaml"), 3, "time limit reached", lines=None,
+         check=_outside_untouched),
+    Case("report_replaces_a_planted_link_not_its_target", _planted_link("report/index.html"), 0, "report/index.html",
+         "stdout", check=_outside_untouched),
+    Case("report_folder_is_a_link", _planted_link("report"), 1, ("report is a link (to ", "pass --output-dir"),
+         check=_outside_untouched),
+    Case("report_while_a_run_holds_the_lock", _report_while_a_run_holds_the_lock, 1,
+         ("tables/run.json is not written yet: a run holds this run directory's lock (pid ", "report once it"),
+         timeout=20),
 ]
 # fmt: on
-
-
-@dataclass
-class Outcome:
-    code: int | None
-    out: str
-    err: str  # stderr plus WARNING+ log records: what a terminal would show on stderr
 
 
 def invoke(argv: list[str], capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> Outcome:
@@ -462,6 +782,30 @@ def invoke(argv: list[str], capsys: pytest.CaptureFixture[str], caplog: pytest.L
     return Outcome(code, captured.out, captured.err + logged + tb)
 
 
+class Hung(Exception):
+    """A row's command ran past its timeout (raised in the command by SIGALRM, so a blocked read ends)."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`Hung` inside whatever runs after ``seconds`` (a blocking open of a FIFO included:
+    a raising signal handler ends the system call instead of retrying it); None: no limit."""
+    if seconds is None:
+        yield
+        return
+
+    def alarm(signum: int, frame: Any) -> None:
+        raise Hung(f"no answer within {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _fragments(case: Case) -> tuple[str, ...]:
     if case.fragment is None:
         return ()
@@ -472,7 +816,8 @@ def check_no_debris(tmp: Path, out: Path, code: int | None) -> None:
     """No temporary file anywhere, no half-written record, and no run directory after a usage error."""
     assert not list(tmp.rglob("*.tmp")), f"temporary files left: {list(tmp.rglob('*.tmp'))}"
     for rec in out.glob("records/*.json"):
-        json.loads(rec.read_text(encoding="utf-8"))  # complete JSON, never half a file
+        if rec.is_file() and not rec.is_symlink() and rec.name != "0123456789abcdef.json":  # not a row's odd file
+            json.loads(rec.read_text(encoding="utf-8"))  # complete JSON, never half a file
     if code == 2:
         assert not out.exists(), "a usage error must not create the run directory"
 
@@ -482,10 +827,12 @@ def test_bad_input(case: Case, tmp_path, tiny_model, tiny_model_nopad, monkeypat
     ctx = Ctx(tmp_path, tiny_model, tiny_model_nopad, monkeypatch)
     try:
         argv = case.argv(ctx)
-        res = invoke(argv, capsys, caplog)
+        with time_limit(case.timeout):
+            res = invoke(argv, capsys, caplog)
     finally:
         for f in ctx.finalizers:
             f()
+    assert "Hung: " not in res.err, f"{case.id} did not finish within {case.timeout} s"
     assert "Traceback" not in res.err + res.out, res.err
     assert res.code == case.code, f"exit code {res.code}, expected {case.code}\nstderr: {res.err}\nstdout: {res.out}"
     if case.where == "stderr":
@@ -510,6 +857,8 @@ def test_bad_input(case: Case, tmp_path, tiny_model, tiny_model_nopad, monkeypat
         rs = RunStore(ctx.out)
         records = list(rs.load_records().values())
         assert records and not rs.problems and all(r.status == "ok" for r in records)
+    if case.check is not None:
+        case.check(ctx, res)
     check_no_debris(tmp_path, ctx.out, res.code)
 
 

@@ -21,7 +21,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from test_bad_input import _DiskFull, invoke
+from test_bad_input import Ctx, _DiskFull, _small_run, invoke
 
 from harness_ext import cli
 from harness_ext.errors import SpecError, StoreError
@@ -430,3 +430,144 @@ def test_model_output_with_a_bidi_override_reads_as_what_it_is(run_dir, tmp_path
     html = render(run_dir, tmp_path / "out").read_text(encoding="utf-8")
     assert "user\\u202egnp.exe" in html  # shown as an escape, in the examples
     assert not any(c in html for c in INVISIBLE)
+
+
+# -- 9. issue 27: a partial study still reports; grids are bounded; odd files are not read --------------------------
+
+
+def test_report_renders_when_a_model_has_no_quality_rows(run_dir, tiny_model, tmp_path) -> None:
+    """A model whose cells all failed (or a random-weight shape) beside one with quality rows: the
+    page renders, and the figures section says which model has no figure and why."""
+    from harness_ext.spec import plan
+    from harness_ext.store import Record, now
+
+    text = SPEC.format(model=tiny_model).replace(
+        "schemes:", f'  - {{name: broken, pretrained: "{tmp_path}"}}\nschemes:'
+    )  # a folder without config.json: every cell of the model fails to load
+    cells = [c for c in plan(parse_spec(text, "spec.yaml")) if c.model.label == "broken"]
+    store = RunStore(run_dir)
+    for c in cells:
+        store.write(
+            Record(cell_id=c.id, kind=c.kind, label=c.label(), definition=c.definition(), status="failed",
+                   error="load failed: not a model folder", started_at=now(), finished_at=now(), invocation="t")
+        )  # fmt: skip
+    run_json = run_dir / "tables" / "run.json"
+    run = json.loads(run_json.read_text())
+    run["expected_cells"] += [{"cell_id": c.id, "label": c.label(), "kind": c.kind} for c in cells]
+    run_json.write_text(json.dumps(run))
+    html = render(run_dir, tmp_path / "out").read_text(encoding="utf-8")
+    assert "broken: no quality figure: none of its quality cells completed." in html
+    assert 'id="fig-temp-tiny"' in html and 'id="fig-temp-broken"' not in html
+
+
+def test_a_study_whose_quality_cells_all_failed_says_so(tiny_model, tmp_path, monkeypatch) -> None:
+    run = _small_run(Ctx(tmp_path, tiny_model, tiny_model, monkeypatch))  # its one eval cell failed
+    html = render(run, tmp_path / "out").read_text(encoding="utf-8")
+    assert "<p>No quality cell completed in this run.</p>" in html
+
+
+def test_validate_of_a_10_to_the_8_cell_grid_is_refused_within_a_second(tmp_path, capsys, caplog) -> None:
+    """Four axes of 100 values (about 400 numbers of YAML): counted from the axes, never expanded."""
+    values = ", ".join(str(i) for i in range(1, 101))
+    spec = SPEC.format(model="org/model").replace(
+        "sampling:\n  temperature: [0]\n  max_new_tokens: [2]",
+        f"sampling:\n  top_k: [{values}]\n  max_new_tokens: [{values}]\n"
+        f"  temperature: [{', '.join(f'{i / 100:g}' for i in range(100))}]\n"
+        f"  repetition_penalty: [{', '.join(f'{1 + i / 100:g}' for i in range(100))}]",
+    )
+    (tmp_path / "spec.yaml").write_text(spec)
+    t0 = time.perf_counter()
+    res = invoke(["validate", str(tmp_path / "spec.yaml")], capsys, caplog)
+    elapsed = time.perf_counter() - t0
+    assert res.code == 2 and res.err.count("\n") == 1 and "plans up to 100,000,000 cells" in res.err, res.err
+    assert elapsed < 1.0, f"{elapsed:.2f} s"
+
+
+def test_a_cell_hashes_its_definition_once(tiny_model, monkeypatch) -> None:
+    """A run looks every cell's id up several times (done, todo, pairs, run.json): the hash is
+    computed once per cell, so that start-up stays proportional to the cells."""
+    import importlib
+
+    plan_module = importlib.import_module("harness_ext.spec.plan")  # the module (the package exports the function)
+
+    cells = plan_module.plan(parse_spec(SPEC.format(model=tiny_model)))
+    calls = []
+    real = plan_module.content_hash
+    monkeypatch.setattr(plan_module, "content_hash", lambda obj: calls.append(1) or real(obj))
+    ids = [(c.id, c.id, c.id) for c in cells]
+    assert len(calls) == len(cells) and all(a == b == c for a, b, c in ids)
+
+
+@pytest.mark.slow
+def test_a_record_linked_to_dev_zero_is_not_read(run_dir, tmp_path) -> None:
+    """The endless device in a copied run directory: listed as unreadable, in a process whose memory
+    is capped (a regression would read /dev/zero until the cap, not until the machine's OOM killer)."""
+    import resource
+
+    (run_dir / "records" / "0123456789abcdef.json").symlink_to("/dev/zero")
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
+
+    p = subprocess.run(
+        [sys.executable, "-m", "harness_ext.cli", "report", str(run_dir), "--output-dir", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120, preexec_fn=cap,
+    )  # fmt: skip
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert "0123456789abcdef.json: unreadable (a symbolic link, not followed)" in p.stderr
+
+
+@pytest.mark.slow
+def test_validate_into_a_closed_pipe_ends_quietly(tiny_model, tmp_path) -> None:
+    """``harness-ext validate spec | head -1``: the reader is gone; no BrokenPipeError traceback."""
+    (tmp_path / "spec.yaml").write_text(SPEC.format(model=tiny_model))
+    r, w = os.pipe()
+    os.close(r)  # the reader left before anything was written
+    try:
+        p = subprocess.run(
+            [sys.executable, "-m", "harness_ext.cli", "validate", str(tmp_path / "spec.yaml")],
+            stdout=w, stderr=subprocess.PIPE, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(w)
+    assert p.stderr == "" and p.returncode == 141, p.stderr[-2000:]
+
+
+def test_nll_ref_of_a_resumed_pass_agrees_within_float32_rounding(tiny_lm_factory) -> None:
+    """The NLL against the reference is scored in padded batches, whose composition a resumed pass
+    changes: the values agree to float32 rounding, not bit for bit (RELIABILITY.md states the bound)."""
+    import random
+
+    from harness_ext.run.reference import score_nll
+
+    rng = random.Random(0)
+    words = ["the", "a", "of", "cat", "dog", "sat", "on", "mat", "and", "then", "it", "ran", "away", "to", "see"]
+    pairs = [
+        (" ".join(rng.choices(words, k=rng.randint(2, 12))), " " + " ".join(rng.choices(words, k=rng.randint(1, 20))))
+        for _ in range(40)
+    ]
+    lm = tiny_lm_factory("fp32")
+    whole = score_nll(lm, pairs, batch_size=16)
+    resumed = score_nll(lm, pairs[5:25], batch_size=16)  # a resumed pass scores only what is left
+    alone = score_nll(lm, pairs, batch_size=1)
+    for a, b in [*zip(whole[5:25], resumed, strict=True), *zip(whole, alone, strict=True)]:
+        assert abs(a - b) <= 1e-6 * abs(a), (a, b)
+
+
+MORE_INVISIBLE = {
+    "\u00ad": "\\xad",  # soft hyphen
+    "\u034f": "\\u034f",  # combining grapheme joiner
+    "\u180e": "\\u180e",  # Mongolian vowel separator
+    "\u2028": "\\u2028",  # line separator
+    "\u2029": "\\u2029",  # paragraph separator
+    "\u3164": "\\u3164",  # Hangul filler
+    "\U000e0041": "\\U000e0041",  # tag latin capital A: invisible ASCII
+    "\ud800": "\\ud800",  # a lone surrogate (from JSON "\\ud800"): not even encodable
+}
+
+
+@pytest.mark.parametrize("char", list(MORE_INVISIBLE), ids=lambda c: f"U+{ord(c):04X}")
+def test_visible_escapes_tags_separators_and_fillers(char) -> None:
+    from harness_ext.report.page import visible
+
+    assert visible(f"a{char}b") == f"a{MORE_INVISIBLE[char]}b"

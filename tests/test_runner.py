@@ -67,10 +67,8 @@ def test_a_whole_run_loads_each_pair_once_and_stores_every_cell(full_run) -> Non
     assert result.failed == 0 and result.ok == result.cells
     assert result.cells == 2 * CELLS_PER_PAIR
     # quality: reference first; then one load per (scheme, round), in the round's Williams order
-    assert runner.loads[:2] == [("a", "fp32"), ("a", "nf4")] and sorted(runner.loads[2:]) == [
-        ("a", "fp32"),
-        ("a", "nf4"),
-    ]
+    assert runner.loads[:2] == [("a", "fp32"), ("a", "nf4")]
+    assert sorted(runner.loads[2:]) == [("a", "fp32"), ("a", "nf4")]
     assert runner.scoring_loads == [("a", "fp32")]
     cells = pd.read_parquet(out / "tables" / "cells.parquet")
     assert set(cells["model"]) == {"a"} and set(cells["scheme"]) == {"fp32", "nf4"}

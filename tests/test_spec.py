@@ -194,3 +194,13 @@ def test_the_probe_has_its_own_top_k_values_that_add_no_sampled_cells() -> None:
     (probe,) = [c for c in more_k if c.kind == "probe"]
     assert probe.params["grid"]["top_k"] == [1, 5, 50, None]  # the grid's and the probe's own
     assert next(c for c in plain if c.kind == "probe").params["grid"]["top_k"] == [50, None]
+
+
+def test_the_probe_runs_for_the_schemes_it_names_and_always_for_the_reference() -> None:
+    """probe.schemes spends the probe's forward passes where verdicts are decided; the reference is
+    probed whatever the list says (the other schemes' distances are to its logits)."""
+    spec = parse_spec(BASE + "probe: {schemes: [nf4]}\n")
+    probed = [c.scheme.name for c in expand(spec, "cpu") if c.kind == "probe"]
+    assert probed == ["fp32", "nf4"]
+    with pytest.raises(SpecError, match=r"probe.schemes.*'fp8' is not among the schemes"):
+        parse_spec(BASE + "probe: {schemes: [fp8]}\n")

@@ -14,10 +14,11 @@ from harness_ext.report.page import default_report_dir, template_source, templat
 
 def main(run_a: Path, run_b: Path, output_dir: str | Path | None, warn: Callable[[str], None]) -> int:
     """``harness-ext report RUN_A --compare RUN_B``: the summary on stdout, ``compare.html`` and its CSV
-    tables in the folder A's report goes to (``output_dir``, else the spec's, else RUN_A/report)."""
+    tables in the folder A's report goes to (``output_dir``, else RUN_A/report: never a folder named
+    inside the run directory, which may come from elsewhere)."""
     a = load_study(run_a, warn)
     c = compare(a, load_study(run_b, warn), str(run_a), str(run_b))
-    out = Path(output_dir or (a.run.get("report") or {}).get("output_dir") or default_report_dir(run_a, a.run))
+    out = Path(output_dir or default_report_dir(run_a, a.run))
     print(console_text(c))
     print(f"comparison: {write(c, out)}")
     return 0

@@ -25,17 +25,19 @@ def _line_with_band(ax: Any, g: pd.DataFrame, color: str | None, label: str) -> 
 def _figure(
     fig: Any, axes: Any, fig_id: str, caption: str, legend_y: float, ncol_max: int = 99, fontsize: float | None = None
 ) -> dict[str, str]:
-    """One legend above the panels (from the first), then the figure as inline SVG with its caption."""
+    """One legend above the panels (from the first, where it has lines), then the figure as inline SVG
+    with its caption."""
     handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(
-        handles,
-        names,
-        loc="upper center",
-        ncol=min(len(names), ncol_max),
-        frameon=False,
-        bbox_to_anchor=(0.5, legend_y),
-        fontsize=fontsize,
-    )
+    if names:  # matplotlib refuses a legend of 0 columns
+        fig.legend(
+            handles,
+            names,
+            loc="upper center",
+            ncol=min(len(names), ncol_max),
+            frameon=False,
+            bbox_to_anchor=(0.5, legend_y),
+            fontsize=fontsize,
+        )
     fig.tight_layout()
     return {"id": fig_id, "svg": svg(fig), "caption": caption}
 
@@ -51,9 +53,10 @@ def speed_figures(study: Study) -> list[dict[str, str]]:
 
 
 def figures(study: Study, quality: pd.DataFrame) -> list[dict[str, str]]:
+    """The figures section: quality figures of each model that has quality rows, then speed."""
     figs = []
     if not quality.empty:
-        for model in study.models():
+        for model in models_with_quality(study, quality):
             f = fig_vs_temperature(study, quality, model)
             if f:
                 figs.append(f)
@@ -64,6 +67,33 @@ def figures(study: Study, quality: pd.DataFrame) -> list[dict[str, str]]:
             if f:
                 figs.append(f)
     return figs
+
+
+def models_with_quality(study: Study, quality: pd.DataFrame) -> list[str]:
+    """The models with at least one quality row (a random-weight shape, or a model whose cells all
+    failed, has none)."""
+    present = set(quality["model"]) if not quality.empty else set()
+    return [m for m in study.models() if m in present]
+
+
+def figure_gaps(study: Study, quality: pd.DataFrame) -> list[str]:
+    """One line per model without a quality figure, saying why, when other models have one (a study
+    without any quality rows says so in its quality section)."""
+    have = set(models_with_quality(study, quality))
+    if not have:
+        return []
+    cells = study.cells[study.cells["kind"].isin(["eval", "probe"])]
+    planned = set(cells["model"])
+    return [
+        f"{m}: no quality figure: "
+        + (
+            "none of its quality cells completed."
+            if m in planned
+            else "it has no quality cells (speed and memory only)."
+        )
+        for m in study.models()
+        if m not in have
+    ]
 
 
 def fig_vs_temperature(study: Study, quality: pd.DataFrame, model: str) -> dict[str, str] | None:

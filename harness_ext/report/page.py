@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Callable
 from importlib import resources
@@ -53,7 +54,7 @@ def render(
     files = input_tables(run_dir, warn)
     study = study_from_tables(files, run_dir)
     opts = study.run.get("report") or {}
-    out = Path(output_dir or opts.get("output_dir") or default_report_dir(run_dir, study.run))
+    out = Path(output_dir) if output_dir else _default_out(run_dir, study.run)
     page, tables = _build_page(study, opts, run_dir)
     outputs = {fname: frame.to_csv(index=False).encode() for fname, frame in tables.items()}
     src = run_dir / "tables" if (run_dir / "tables").is_dir() else run_dir
@@ -67,6 +68,19 @@ def render(
     for fname, data in outputs.items():
         atomic_write(out / fname, data)
     return out / "index.html"
+
+
+def _default_out(run_dir: Path, run: dict[str, Any]) -> Path:
+    """The default report folder (never the run's own ``report.output_dir``), refused in one line if a
+    link inside the run directory would take the report's files elsewhere."""
+    out = default_report_dir(run_dir, run)
+    for folder in (out, out / "data"):
+        if folder.is_symlink():
+            raise StoreError(
+                f"{folder} is a link (to {os.readlink(folder)}): the run directory would choose where the "
+                "report is written; pass --output-dir"
+            )
+    return out
 
 
 def default_report_dir(run_dir: Path, run: dict[str, Any]) -> Path:
@@ -87,22 +101,23 @@ def input_tables(run_dir: Path, warn: Callable[[str], None]) -> dict[str, bytes]
     run directory whose records are gone: its tables as they are."""
     from harness_ext.store import RunStore, timing_family
 
-    tables = run_dir / "tables" if (run_dir / "tables").is_dir() else run_dir
-    run = read_run_json(tables)
     records_dir = run_dir / "records"
+    tables = run_dir / "tables" if (run_dir / "tables").is_dir() or records_dir.is_dir() else run_dir
+    run = read_run_json(tables)
     if not (records_dir.is_dir() and any(records_dir.glob("*.json"))):
         return {f: _read_bytes(tables / f) for f in TABLE_FILES if (tables / f).is_file()}
     store = RunStore(run_dir)
     records = store.load_records()
-    for problem in store.problems:
-        warn(f"{run_dir / 'records'}: {problem}")
     listed = [c for c in run.get("expected_cells") or [] if isinstance(c, dict)]
     expected = {c["cell_id"] for c in listed}
     families = {c["family"] for c in listed if c.get("family")}  # a speed cell's rounds on any machine
     kept = [
         r for r in records.values() if not expected or r.cell_id in expected or timing_family(r.definition) in families
     ]
-    return derived_tables(store, kept, run)
+    files = derived_tables(store, kept, run)
+    for problem in store.problems:  # records, then invocations (read while deriving the tables)
+        warn(f"{run_dir if problem.startswith('invocations/') else records_dir}: {problem}")
+    return files
 
 
 def derived_tables(store: Any, records: list[Any], run: dict[str, Any]) -> dict[str, bytes]:
@@ -114,16 +129,27 @@ def derived_tables(store: Any, records: list[Any], run: dict[str, Any]) -> dict[
 
 
 def read_run_json(tables: Path) -> dict[str, Any]:
-    """``tables/run.json`` as a mapping, or one :class:`StoreError` line saying what is wrong with it."""
+    """``tables/run.json`` as a mapping of the types a report reads (:class:`~harness_ext.store.run_info.RunInfo`),
+    or one :class:`StoreError` line saying what is wrong with it (or that a run is still writing it)."""
+    from harness_ext.store import RunStore, read_json, run_info
+
     path = tables / "run.json"
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
+        holder = RunStore(tables.parent).writer() if tables.name == "tables" else None
+        if holder is not None:
+            raise StoreError(
+                f"{path} is not written yet: a run holds this run directory's lock ({holder}); "
+                "report once it finishes (or stops)"
+            )
         raise StoreError(f"{path} is missing: the run never finished writing its tables; run the study again")
     try:
-        run = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        run = read_json(path)
+    except (OSError, ValueError) as e:  # not a regular file, too large or deep, not UTF-8, not JSON
         raise StoreError(f"{path} cannot be read ({type(e).__name__}: {e}); run the study again") from None
     if not isinstance(run, dict):
         raise StoreError(f"{path} is not a JSON object; run the study again")
+    if (wrong := run_info.problem(run, run_info.RunInfo)) is not None:
+        raise StoreError(f"{path} is malformed: {wrong}; run the study again")
     return run
 
 
@@ -150,9 +176,21 @@ def _build_page(study: Study, opts: dict[str, Any], run_dir: Path) -> tuple[str,
         raise StoreError(f"{run_dir}: tables/run.json lacks what the report needs ({e}); run the study again") from None
 
 
+def _planned(study: Study, kinds: tuple[str, ...]) -> bool:
+    """Whether the study has cells of these kinds (run or not): "none completed" vs "none planned"."""
+    expected = {c.get("kind") for c in study.run.get("expected_cells") or []}
+    return bool(expected & set(kinds)) or bool(study.cells["kind"].isin(kinds).any())
+
+
+#: The largest table file a report reads (a study's generations of 100,000 cells fit many times).
+MAX_TABLE_BYTES = 4 * 2**30
+
+
 def _read_bytes(path: Path) -> bytes:
+    from harness_ext.store import read_regular
+
     try:
-        return path.read_bytes()
+        return read_regular(path, MAX_TABLE_BYTES)
     except OSError as e:
         raise StoreError(f"cannot read {path}: {e.strerror or e}") from None
 
@@ -192,9 +230,11 @@ def build(study: Study, opts: dict[str, Any]) -> tuple[str, dict[str, pd.DataFra
         "sensitivity_margin": margins.sensitivity_margin,
         "has_floor": bool(not speed.empty and "floor_ms_per_token" in speed.columns),
         "quality_tables": sec.quality_tables(study, quality),
+        "quality_planned": _planned(study, ("eval", "probe")),
         "paired_tables": sec.paired_tables(study, paired),
         "sens_rows": sens.to_dict("records") if not sens.empty else [],
         "figures": figs.figures(study, quality),
+        "figure_gaps": figs.figure_gaps(study, quality),
         "examples": ex.examples(study, int(opts.get("examples", 3))),
         "failed": sec.failed_rows(study),
         "missing": sec.missing_cells(study),
@@ -239,8 +279,13 @@ def build(study: Study, opts: dict[str, Any]) -> tuple[str, dict[str, pd.DataFra
 _INVISIBLE = re.compile(
     "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff"
     # bidirectional controls and invisible characters: text that displays as something else
-    # (``user\u202egnp.exe`` shows as ``userexe.png``) or hides characters
-    "\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
+    # (``user\u202egnp.exe`` shows as ``userexe.png``) or hides characters: soft hyphen, combining
+    # grapheme joiner, Hangul and Khmer fillers, Mongolian vowel separator and variation selectors,
+    # line and paragraph separators, Unicode tags (U+E0000-E007F: invisible ASCII)
+    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u2028-\u202e"
+    "\u2060-\u206f\u3164\ufeff\uffa0\U000e0000-\U000e007f"
+    # lone surrogates (from JSON such as "\\ud800"): not encodable, shown as their code
+    "\ud800-\udfff]"
 )
 
 
@@ -253,7 +298,7 @@ def visible(text: str) -> str:
 
 def _escape_char(m: re.Match[str]) -> str:
     code = ord(m.group(0))
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def templates() -> jinja2.Environment:

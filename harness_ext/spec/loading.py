@@ -24,6 +24,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 #: hundred bytes that expand to 10**9 nodes). A real spec has a few hundred nodes, 5 levels deep.
 MAX_YAML_DEPTH = 64
 MAX_YAML_NODES = 100_000
+#: A spec file is read up to this many bytes: a path such as /dev/zero must not fill the memory.
+MAX_SPEC_BYTES = 4 * 2**20
+#: The only tags a spec may spell out: plain values, lists and mappings. PyYAML's safe loader would
+#: also build sets, bytes and ordered pairs, which pydantic then reads as lists (in no fixed order)
+#: or strings, so that ``!!set`` seeds or a ``!!binary`` name would pass as something else.
+_CORE = "tag:yaml.org,2002:"
+ALLOWED_TAGS = frozenset(_CORE + t for t in ("str", "int", "float", "bool", "null", "seq", "map"))
 
 
 def _compose(text: str, source: str) -> yaml.Node | None:
@@ -59,6 +66,13 @@ def _check_yaml_shape(text: str, source: str) -> None:
     total = 0
     for ev in yaml.parse(text, Loader=_UniqueKeyLoader):
         line = ev.start_mark.line + 1 if ev.start_mark else None
+        tag = getattr(ev, "tag", None)
+        if tag is not None and tag not in ALLOWED_TAGS and tag != "!":  # "!": a non-plain scalar, a string
+            shown = "!!" + tag.removeprefix(_CORE) if tag.startswith(_CORE) else tag
+            raise SpecError(
+                f"{_where(source, line)}: not allowed in a spec: the YAML tag {shown} "
+                "(a spec holds plain values, lists and mappings)"
+            )
         if isinstance(ev, yaml.AliasEvent):
             if any(frame[0] == ev.anchor for frame in stack):
                 raise SpecError(f"{_where(source, line)}: recursive YAML alias *{ev.anchor} (it contains itself)")
@@ -223,15 +237,32 @@ def _cross_check_errors(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], str
 
 def load_spec(path: str | Path) -> StudySpec:
     """Read and validate a spec file. Relative task ``data`` paths resolve against the spec's folder."""
+    return load_spec_file(path)[0]
+
+
+def load_spec_file(path: str | Path) -> tuple[StudySpec, str]:
+    """The validated spec of a file and the text it was read from. The file is read once: a pipe
+    (``run <(cat spec.yaml)``) gives its text only once, and the run directory stores that text."""
     path = Path(path)
+    text = read_spec_text(path)
+    return _resolve_data_paths(parse_spec(text, str(path)), path.parent), text
+
+
+def read_spec_text(path: Path) -> str:
+    """A spec file's text, read once and at most :data:`MAX_SPEC_BYTES`; one line if it cannot be read."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
         raise SpecError(f"{path}: no such spec file") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise SpecError(f"{path}: cannot read the spec: {e}") from None
-    spec = parse_spec(text, str(path))
-    return _resolve_data_paths(spec, path.parent)
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(f"{path}: cannot read the spec: over {MAX_SPEC_BYTES // 2**20} MiB (a spec is far smaller)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: cannot read the spec: {e}") from None
 
 
 def _resolve_data_paths(spec: StudySpec, base: Path) -> StudySpec:

@@ -62,8 +62,9 @@ class Cell:
             "params": self.params,
         }
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
+        """The hash of :meth:`definition`, computed once: a run looks each cell's id up several times."""
         return content_hash(self.definition())
 
     @property
@@ -140,7 +141,7 @@ def expand(
                 for point in task_points:
                     for seed in spec.seeds if generative else spec.seeds[:1]:
                         add(Cell("eval", model, rs, device, task, point, seed, params))
-            if spec.probe.enabled and not model.speed_only and spec.sampling is not None:
+            if spec.probe.enabled and not model.speed_only and spec.sampling is not None and spec.probes(model, scheme):
                 ptask = spec.task(spec.probe.task)
                 probe_params = {
                     "limit": spec.probe.limit or ptask.limit or spec.limit,

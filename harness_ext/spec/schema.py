@@ -13,8 +13,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     PositiveInt,
@@ -24,21 +22,15 @@ from pydantic import (
     model_validator,
 )
 
-from harness_ext.point import Count, MaxNewTokens, RepetitionPenalty, SamplingPoint, Temperature, TopK, TopP
+from harness_ext.point import MaxNewTokens, RepetitionPenalty, SamplingPoint, Temperature, TopK, TopP
+from harness_ext.spec.bounds import check_shape
+from harness_ext.spec.options import Finite, Mode, ProbeSpec, RaySpec, ReportSpec, SpeedSpec, Strict, nonempty_unique
 from harness_ext.spec.schemes import BUILTIN_SCHEMES, DType, Scheme
 
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 OUR_TASKS = ("quant_nextword", "quant_continuation")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _nonempty_unique(values: list[Any], what: str) -> list[Any]:
-    if len(set(values)) != len(values):
-        raise ValueError(f"{what} lists a value twice: {values}")
-    return values
+_Strict = Strict
+_nonempty_unique = nonempty_unique
 
 
 class SamplingGrid(_Strict):
@@ -102,7 +94,7 @@ class ModelSpec(_Strict):
     reference: str | None = Field(
         None, description="scheme used as the unquantized reference; default: first unquantized scheme"
     )
-    num_gpus: float | None = Field(None, ge=0, description="executor ray: GPUs per task (default: from the weights)")
+    num_gpus: Finite | None = Field(None, ge=0, description="executor ray: GPUs per task (default: from the weights)")
     family: str | None = Field(None, description="model family for per-family findings; default: config.model_type")
 
     @model_validator(mode="after")
@@ -116,6 +108,7 @@ class ModelSpec(_Strict):
                 raise ValueError("`shape` needs a model_type (e.g. llama) and the config fields of the architecture")
             if self.gguf_file or self.revision or self.tokenizer:
                 raise ValueError("`shape` models have no weights: drop gguf_file, revision and tokenizer")
+            check_shape(self.shape)
         return self
 
     @property
@@ -174,83 +167,6 @@ class TaskSpec(_Strict):
         return self.name if self.name in OUR_TASKS else None
 
 
-class ProbeSpec(_Strict):
-    """The exact next-token probe: one forward pass per prompt, all temperatures/top-k exactly."""
-
-    enabled: bool = True
-    task: str = Field("quant_nextword", description="name of a nextword-kind task in `tasks`, or quant_nextword")
-    limit: PositiveInt | None = Field(None, strict=True)
-    temperatures: list[Temperature] = Field(
-        default_factory=lambda: [round(0.1 * i, 1) for i in range(16)],
-        description="temperatures the probe computes besides the grid's (one forward pass serves them all): "
-        "dense so that claims (b), (c) and (c2) can be decided from the probe",
-    )
-    top_k: list[TopK] = Field([], description="top-k values (null = off) the probe computes besides the grid's")
-
-
-Mode = Literal["eager", "compiled"]
-
-
-class SpeedSpec(_Strict):
-    """Fixed-length generation benchmark per (model, scheme)."""
-
-    enabled: bool = True
-    batch_sizes: list[Count] = Field(default_factory=lambda: [1], min_length=1)
-    modes: list[Mode] = Field(
-        default_factory=lambda: ["eager"],
-        min_length=1,
-        description="eager: HF generate as is; compiled: static KV cache + torch.compile",
-    )
-    prompt_tokens: PositiveInt = Field(64, le=8192, strict=True)
-    new_tokens: PositiveInt = Field(64, ge=2, le=8192, strict=True)
-    warmup: int = Field(1, ge=0, le=20, strict=True)
-    repeats: int = Field(3, ge=3, le=100, strict=True, description="timed repeats (>= 3) inside one round")
-    rounds: int = Field(
-        3,
-        ge=1,
-        le=100,
-        strict=True,
-        description="rounds: each loads, warms up and times every scheme afresh, in a shuffled order; "
-        "speed verdicts need >= 3. Raising it later adds rounds without redoing earlier ones",
-    )
-
-    @field_validator("batch_sizes", "modes")
-    @classmethod
-    def _unique(cls, v: list[Any], info: ValidationInfo) -> list[Any]:
-        return _nonempty_unique(v, info.field_name)
-
-
-class RaySpec(_Strict):
-    """Options of ``executor: ray``."""
-
-    address: str | None = Field(None, description="an existing cluster ('auto', 'ray://host:10001'); none: start one")
-    num_cpus: float = Field(1.0, gt=0, description="CPUs per (model, scheme) task")
-    num_gpus: float | None = Field(None, ge=0, description="GPUs per task; default: enough for the weights on CUDA")
-    gpu_memory_gb: float = Field(80.0, gt=0, description="memory of one GPU, to size num_gpus from the weights")
-    max_retries: int = Field(3, ge=0, le=100, strict=True, description="retries of a task whose worker died")
-
-
-class ReportSpec(_Strict):
-    """Options of the rendered report."""
-
-    title: str | None = Field(None, max_length=200)
-    output_dir: str | None = Field(None, description="default: report/ in the run directory")
-    examples: int = Field(3, ge=0, le=20, strict=True, description="example generations shown per scheme")
-    equivalence_margin: float = Field(
-        0.05, gt=0, le=1, description="claim (a): quality difference counted as 'alike' (absolute)"
-    )
-    speed_margin: float = Field(
-        0.10, gt=0, le=1, description="claim (a): relative speed/memory difference counted as 'alike'"
-    )
-    sensitivity_margin: float = Field(
-        0.25,
-        gt=0,
-        le=10,
-        description="claims (c), (c2): an excess accuracy drop counts as meaningful above this share of the "
-        "reference's own drop (relative; see docs/VERDICTS.md)",
-    )
-
-
 def _known_scheme(name: str) -> str:
     if name not in BUILTIN_SCHEMES:
         raise ValueError(
@@ -297,7 +213,7 @@ class StudySpec(_Strict):
     ray: RaySpec = Field(default_factory=RaySpec)
     grid_batching: bool = Field(True, description="batch rows of different grid points together")
     threads: PositiveInt | None = Field(None, le=1024, strict=True, description="torch CPU threads (default: torch's)")
-    output_dir: str | None = Field(None, description="run directory; default runs/<name>")
+    output_dir: str | None = Field(None, min_length=1, description="run directory; default runs/<name>")
     report: ReportSpec = Field(default_factory=ReportSpec)
 
     @field_validator("seeds")
@@ -352,6 +268,9 @@ class StudySpec(_Strict):
                         f"{self.probe.task!r} must be quant_nextword or a task in `tasks` with base: quant_nextword",
                     )
                 )
+        for i, n in enumerate(self.probe.schemes or []):
+            if n not in names:
+                out.append((("probe", "schemes", i), f"{n!r} is not among the schemes {names}"))
         weights = any(not m.speed_only for m in self.models)
         if self.sampling is None and weights and (self.tasks or self.probe.enabled):
             out.append(
@@ -387,6 +306,13 @@ class StudySpec(_Strict):
     @property
     def task_list(self) -> list[TaskSpec]:
         return [TaskSpec(name=t) if isinstance(t, str) else t for t in self.tasks]
+
+    def probes(self, model: ModelSpec, scheme: Scheme) -> bool:
+        """Whether the probe runs for (model, scheme): ``probe.schemes`` (default all), and the model's
+        reference always (the other schemes' distances are taken to its logits)."""
+        ref = self.reference_scheme(model)
+        chosen = self.probe.schemes is None or scheme.name in self.probe.schemes
+        return chosen or (ref is not None and ref.name == scheme.name)
 
     def reference_scheme(self, model: ModelSpec) -> Scheme | None:
         """The unquantized scheme a model's quantized schemes are compared against (None if none)."""

@@ -4,7 +4,9 @@
 - :mod:`~harness_ext.store.parts`: the record's typed parts (metric value, generation row, ...);
 - :mod:`~harness_ext.store.files`: :class:`RunStore` (atomic writes, the writer lock, artifacts),
   :class:`MemoryStore` (a remote worker's) and the :class:`Store` protocol both satisfy;
-- :mod:`~harness_ext.store.tables`: the ONE schema of each tidy table, its rows and files.
+- :mod:`~harness_ext.store.tables`: the ONE schema of each tidy table, its rows and files;
+- :mod:`~harness_ext.store.reading`: bounded reads (regular files only, size and depth limits);
+- :mod:`~harness_ext.store.run_info`: the types a reader may rely on in run.json and invocations.
 
 Importing the store imports neither torch nor the backend: a run directory is read without a model.
 """
@@ -28,6 +30,7 @@ from harness_ext.store.parts import (
     SpeedMeasurements,
     SpeedSummary,
 )
+from harness_ext.store.reading import UnreadableFile, read_json, read_regular
 from harness_ext.store.record import RECORD_VERSION, Record, definition_hash, dumps, now, record_dict, timing_family
 
 __all__ = [
@@ -54,10 +57,13 @@ __all__ = [
     "SpeedMeasurements",
     "SpeedSummary",
     "Store",
+    "UnreadableFile",
     "atomic_write",
     "definition_hash",
     "dumps",
     "now",
+    "read_json",
+    "read_regular",
     "record_dict",
     "timing_family",
 ]

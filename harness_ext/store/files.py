@@ -12,16 +12,18 @@ Layout of a run directory (the contract between running and reporting; see docs/
     tables/run.json                   spec, environments, cell counts: what a report needs besides tables
 
 Every file is written to a temporary name in the same folder and renamed over the target, so a
-killed run leaves either the old file or the new one, never half of one.
+killed run leaves either the old file or the new one, never half of one. Every file is read as a
+regular file of bounded size and JSON of bounded depth: a run directory may come from elsewhere,
+and a FIFO, a link to a device or a deeply nested file in it is listed as unreadable, not read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import os
 import socket
+import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,6 +32,8 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import ValidationError
 
 from harness_ext.errors import StoreError
+from harness_ext.store import run_info
+from harness_ext.store.reading import MAX_JSON_BYTES, UnreadableFile, file_kind, read_json, read_regular, why_unreadable
 from harness_ext.store.record import RECORD_VERSION, Record, definition_hash, dumps, now, record_dict
 
 #: The writer lock of a run directory, and the note beside it naming its holder.
@@ -52,22 +56,50 @@ class Store(Protocol):
     def get_tensor(self, name: str) -> Any: ...
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+def _write_target(path: Path, through_links: bool) -> Path:
+    """Where writing ``path`` goes, never over a folder, a FIFO or a device (one :class:`StoreError`
+    line). A symbolic link is written through to the file it names when ``through_links``; otherwise
+    the link itself is replaced by the new file, and whatever it pointed at is left alone."""
+    target = Path(os.path.realpath(path)) if through_links and path.is_symlink() else path
+    try:
+        mode = target.lstat().st_mode
+    except OSError:  # nothing there yet (or unreachable: the write will say so)
+        return target
+    if stat.S_ISDIR(mode):
+        raise StoreError(f"cannot write {path}: Is a directory")
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise StoreError(f"cannot write {path}: it is {file_kind(mode)}, not a regular file; give a file path")
+    return target
+
+
+def atomic_write(path: Path, data: bytes | str, *, through_links: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename); a folder,
+    FIFO or device there is refused in one line, never replaced.
+
+    ``through_links``: a symbolic link at ``path`` is written through (its target replaced, keeping
+    its permissions) — for a path the user named (``schema -o``). Without it (every file of a run
+    directory or a report, which may have come from elsewhere) the link itself is replaced, so that
+    a link planted in a received run directory cannot make a run or a report overwrite its target."""
     path = Path(path)
     raw = data.encode() if isinstance(data, str) else data
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise StoreError(f"cannot write in {path.parent}: {e.strerror or e}") from None
+    target = _write_target(path, through_links)
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
+        kept = target.stat() if target.is_file() and not target.is_symlink() else None
+        mode = stat.S_IMODE(kept.st_mode) if kept else 0o666 & ~_UMASK
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as e:
+        raise StoreError(f"cannot write in {target.parent}: {e.strerror or e}") from None
+    try:
+        os.chmod(tmp, mode)  # mkstemp creates 0600: the usual permissions, or those of the file replaced
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except OSError as e:
         _unlink(tmp)
         raise StoreError(f"cannot write {path}: {e.strerror or e}") from None
@@ -160,10 +192,31 @@ class RunStore:
     def holder(self) -> str:
         """Who holds the writer lock, as written by the holder: ``pid N on HOST since TIME``."""
         try:
-            info = json.loads((self.root / HOLDER_FILE).read_text(encoding="utf-8"))
+            info = read_json(self.root / HOLDER_FILE, max_bytes=2**16)
             return f"pid {info['pid']} on {info['host']} since {info['started_at']}"
         except (OSError, ValueError, KeyError, TypeError):
             return "holder unknown"
+
+    def writer(self) -> str | None:
+        """Who is writing this run directory now (:meth:`holder`), or None when no run holds its lock.
+        Reads only: the lock file is opened read-only and tested with a shared, non-blocking lock."""
+        try:
+            import fcntl
+        except ImportError:  # no flock here: nobody can be told apart
+            return None
+        try:
+            fd = os.open(self.root / LOCK_FILE, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:  # held exclusively: a run is writing
+            return self.holder()
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
 
     def write(self, record: Record) -> None:
         atomic_write(self.records_dir / f"{record.cell_id}.json", dumps(record_dict(record)))
@@ -203,9 +256,9 @@ class RunStore:
             return out
         for path in sorted(self.records_dir.glob("*.json")):
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-                self.problems.append(f"{path.name}: unreadable ({type(e).__name__}); the cell will be recomputed")
+                data = read_json(path)
+            except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+                self.problems.append(f"{path.name}: unreadable ({why_unreadable(e)}); the cell will be recomputed")
                 continue
             version = data.get("record_version") if isinstance(data, dict) else None
             if type(version) is int and version > RECORD_VERSION:
@@ -229,6 +282,12 @@ class RunStore:
             if rec.cell_id != path.stem:
                 self.problems.append(f"{path.name}: holds cell {rec.cell_id}; the cell will be recomputed")
                 continue
+            if rec.definition.get("kind") != rec.kind:
+                self.problems.append(
+                    f"{path.name}: unreadable (its kind {rec.kind!r} is not its definition's "
+                    f"{rec.definition.get('kind')!r}); the cell will be recomputed"
+                )
+                continue
             if definition_hash(rec.definition) != rec.cell_id:
                 self.problems.append(
                     f"{path.name}: unreadable (its definition does not hash to its cell id: edited by hand?); "
@@ -239,13 +298,21 @@ class RunStore:
         return out
 
     def invocations(self) -> list[dict[str, Any]]:
+        """The environment of every invocation (``invocations/*.json``); a file that cannot be read,
+        or holds no JSON object, is left out and listed once in :attr:`problems`."""
         folder = self.root / "invocations"
         out = []
         for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             try:
-                out.append(json.loads(p.read_text(encoding="utf-8")))
-            except (OSError, json.JSONDecodeError):
+                data = read_json(p)
+                if (wrong := run_info.problem(data, run_info.Invocation)) is not None:
+                    raise UnreadableFile(wrong)
+            except (OSError, ValueError) as e:
+                problem = f"invocations/{p.name}: unreadable ({why_unreadable(e)}); left out"
+                if problem not in self.problems:
+                    self.problems.append(problem)
                 continue
+            out.append(data)
         return out
 
     # -- tables ---------------------------------------------------------------------------------
@@ -286,6 +353,6 @@ class MemoryStore:
 
 def _read(p: Path) -> str | None:
     try:
-        return p.read_text(encoding="utf-8")
-    except OSError:
+        return read_regular(p, MAX_JSON_BYTES).decode("utf-8")
+    except (OSError, ValueError):
         return None

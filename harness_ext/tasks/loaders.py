@@ -44,8 +44,14 @@ def read_jsonl(path: str | Path, required: tuple[str, ...]) -> list[dict[str, An
             continue
         try:
             row = json.loads(line)
+            json.dumps(row, ensure_ascii=False).encode("utf-8")  # a "\ud800" escape: a lone surrogate, no text
         except json.JSONDecodeError as e:
             raise TaskDataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise TaskDataError(f"{path}:{lineno}: nested too deeply (a row is one flat JSON object)") from None
+        except UnicodeEncodeError as e:  # a tokenizer could not encode it either
+            bad = f"\\u{ord(e.object[e.start]):04x}"
+            raise TaskDataError(f"{path}:{lineno}: holds a lone surrogate ({bad}), which is not text") from None
         if not isinstance(row, dict):
             raise TaskDataError(f"{path}:{lineno}: each line must be a JSON object")
         for key in required:
