@@ -1,4 +1,4 @@
-"""``harness-ext``: validate | run | report | schema | demo | tasks-dir | lm-eval.
+"""``harness-ext``: validate | run | report | plan | schema | demo | tasks-dir | lm-eval.
 
 Errors a user can cause are printed as one line (``harness-ext: error: ...``) with exit code 2 for
 usage errors and 1 for runtime errors; a traceback means a bug.
@@ -23,6 +23,7 @@ examples:
   harness-ext validate specs/demo.yaml
   harness-ext run specs/demo.yaml --report
   harness-ext report runs/demo
+  harness-ext plan specs/demo.yaml --pilot reports/demo/data
   harness-ext lm-eval run --model hf-quant --model_args pretrained=DIR,quant=nf4 \\
       --tasks quant_nextword --include_path "$(harness-ext tasks-dir)"
 """
@@ -92,6 +93,17 @@ def _parser() -> argparse.ArgumentParser:
         help="instead of the report, compare RUN_B against RUN_DIR: which verdicts and figures moved (compare.html "
         "and compare_*.csv in the report folder, a summary on stdout); both runs are only read",
     )
+
+    pl = sub.add_parser(
+        "plan",
+        help="predict what a spec's design could detect (80 %% power), from a pilot run's variance; "
+        "and how many prompts or rounds each claim part needs",
+    )
+    pl.add_argument("spec", help="study spec (YAML)")
+    pl.add_argument(
+        "--pilot", required=True, metavar="RUN_DIR", help="a finished run (or its tables) to take variances from"
+    )
+    pl.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
 
     s = sub.add_parser("schema", help="write the JSON Schema of study specs (for editor completion)")
     s.add_argument("-o", "--output", help="file to write (default: stdout)")
@@ -349,6 +361,25 @@ def _warn(line: str) -> None:
     print(f"warning: {printable(line)}", file=sys.stderr)
 
 
+def _plan(args: argparse.Namespace, argv: list[str]) -> int:
+    """Predict each claim part's detectable effect for the spec's design from the pilot's variance."""
+    from harness_ext.analysis.planner import Design, predict, text
+    from harness_ext.report.page import input_tables, study_from_tables
+    from harness_ext.spec import load_spec
+
+    spec = load_spec(args.spec)
+    design = Design.of_spec(spec)
+    pilot_dir = Path(args.pilot)
+    pilot = study_from_tables(input_tables(pilot_dir, _warn), pilot_dir)
+    table = predict(pilot, design)
+    print(text(table, design))
+    if args.csv:
+        from harness_ext.store import atomic_write
+
+        atomic_write(Path(args.csv), table.to_csv(index=False))
+    return 0
+
+
 def _schema(args: argparse.Namespace, argv: list[str]) -> int:
     from harness_ext.spec import StudySpec
 
@@ -392,6 +423,7 @@ COMMANDS = {
     "run": _run,
     "demo": _demo,
     "report": _report,
+    "plan": _plan,
     "schema": _schema,
     "tasks-dir": _tasks_dir,
 }

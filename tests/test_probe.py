@@ -207,5 +207,8 @@ def test_probe_logits_are_each_prompts_unpadded_forward(tiny_lm_factory) -> None
     assert seen == [(i + 1, len(prompts)) for i in range(len(prompts))]  # the run's bar shows prompts done
     for i, ids in enumerate(prompts):
         with torch.no_grad():
-            alone = lm.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+            alone = lm.model(input_ids=torch.tensor([ids]), logits_to_keep=1).logits[0, -1].float()
+            every = lm.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
         assert torch.equal(logits[i], alone)
+        # only the last position's output layer is computed: the same logits to rounding
+        assert torch.allclose(logits[i], every, rtol=0, atol=1e-5)

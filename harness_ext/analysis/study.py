@@ -228,22 +228,51 @@ def describe_slice(pp: pd.DataFrame) -> str:
     return ", ".join(parts)
 
 
+def next_word_tasks(study: Study) -> list[str]:
+    """The study's next-word tasks (ours, or ours on a user's data), in spec order."""
+    tasks = study.run.get("tasks") or {}
+    named = [t for t, info in tasks.items() if isinstance(info, dict) and info.get("kind") == "quant_nextword"]
+    if named or tasks:
+        return named
+    # tables written before run.json listed the tasks: the task names themselves say it
+    found = study.samples["task"].dropna().unique() if not study.samples.empty else []
+    return sorted({str(t).removeprefix("probe:") for t in found if "nextword" in str(t)})
+
+
 def primary_quality(study: Study) -> tuple[pd.DataFrame, str]:
-    """Per-prompt next-word accuracy at the profile slice: the probe's p_gold if present, else the
-    sampled exact_match. Returns (frame with a ``temperature`` column, description)."""
+    """Per-prompt next-word accuracy of one task at the profile slice: the probe's p_gold if the
+    study probed, else the sampled exact_match of its first next-word task (a task's doc 0 is never
+    averaged with another task's). Returns (frame with a ``temperature`` column, description naming
+    the task)."""
     probe = per_prompt(study, "p_gold", kind="probe")
     if not probe.empty:
-        return profile_slice(probe), "exact probability of the gold next word (probe: every prompt, no sampling noise)"
+        task = str(probe["task"].iloc[0])
+        probe = probe[probe["task"] == task]
+        name = task.removeprefix("probe:")
+        return (
+            profile_slice(probe),
+            f"the exact probability of the gold next word on {name} (probe: every prompt, no sampling noise)",
+        )
+    tasks = next_word_tasks(study)
     em = per_prompt(study, "exact_match")
-    if not em.empty:
-        return profile_slice(em), "sampled next-word exact match"
-    return pd.DataFrame(), ""
+    em = em[em["task"].isin(tasks)] if not em.empty else em
+    if em.empty:
+        return pd.DataFrame(), ""
+    task = next(t for t in tasks if t in set(em["task"]))
+    others = [t for t in tasks if t != task and t in set(em["task"])]
+    desc = f"sampled next-word exact match on {task}"
+    if others:
+        desc += f" (the other next-word task{'s' * (len(others) > 1)} {', '.join(others)} not used for verdicts)"
+    return profile_slice(em[em["task"] == task]), desc
 
 
 def _matrix(pp: pd.DataFrame, model: str, scheme: str) -> pd.DataFrame:
-    """doc_id x temperature matrix of one (model, scheme) (empty if the run measured no quality)."""
+    """doc_id x temperature matrix of one (model, scheme) on one task (empty if the run measured no
+    quality); ``pp`` must hold a single task (as :func:`primary_quality` returns)."""
     if pp.empty:
         return pd.DataFrame()
+    if "task" in pp.columns and pp["task"].nunique() > 1:
+        raise ValueError("a quality matrix is read on one task: select it first")
     m = pp[(pp["model"] == model) & (pp["scheme"] == scheme)]
     return m.pivot_table(index="doc_id", columns="temperature", values="value", aggfunc="mean")
 
@@ -258,9 +287,9 @@ def temperature_sensitivity(study: Study) -> pd.DataFrame:
         measures.append(("accuracy drop", q, -1.0))
     tv = profile_slice(per_prompt(study, "tv", kind="probe"))
     if not tv.empty:
-        measures.append(("TV-to-reference rise", tv, 1.0))
+        measures.append(("TV-to-reference rise", tv[tv["task"] == tv["task"].iloc[0]], 1.0))
     for name, pp, sign in measures:
-        for (model, scheme), _ in pp.groupby(["model", "scheme"]):
+        for (model, scheme, task), _ in pp.groupby(["model", "scheme", "task"]):
             mat = _matrix(pp, model, scheme)
             if mat.shape[1] < 2:
                 continue
@@ -270,6 +299,7 @@ def temperature_sensitivity(study: Study) -> pd.DataFrame:
                 {
                     "model": model,
                     "scheme": scheme,
+                    "task": task,
                     "measure": name,
                     "from_T": lo_t,
                     "to_T": hi_t,

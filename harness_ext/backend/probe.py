@@ -62,10 +62,18 @@ def next_token_logits(
     Batching would move a row's logits: int8 (LLM.int8) picks its outlier columns from the whole
     batch and 4-bit kernels round differently for other batch shapes, so a batched probe would
     depend on the spec's batch size. The upcast to fp32 is exact for fp32, fp16 and bf16 outputs.
+    Only the last position's logits are computed (``logits_to_keep=1``): the output layer over a
+    large vocabulary at every prompt position was a fifth of a small model's forward pass.
     """
     rows = []
+    keep: dict[str, int] = {"logits_to_keep": 1}
     for ids in input_ids:
-        logits = model(input_ids=torch.tensor([list(ids)], dtype=torch.long, device=device)).logits
+        x = torch.tensor([list(ids)], dtype=torch.long, device=device)
+        try:
+            logits = model(input_ids=x, **keep).logits
+        except TypeError:  # a model class without the argument computes every position
+            keep = {}
+            logits = model(input_ids=x).logits
         rows.append(logits[0, -1].float().cpu())
         if progress is not None:
             progress(len(rows), len(input_ids))

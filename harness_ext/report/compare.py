@@ -212,8 +212,7 @@ def _field(change: str) -> str:
 # -- claims ---------------------------------------------------------------------------------------------
 def _claims(study: Study) -> list[Claim]:
     """The claims as the run's own report decides them (its own margins)."""
-    o = analysis.Options.of_report(study.run.get("report") or {})
-    return analysis.claims(study, o.margin, o.speed_margin, o.sensitivity_margin)
+    return analysis.claims(study, analysis.Options.of_report(study.run.get("report")))
 
 
 def deciding(c: Claim) -> str:

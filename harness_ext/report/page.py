@@ -204,7 +204,7 @@ def _resolved(p: Path) -> Path:
 def build(study: Study, opts: dict[str, Any]) -> tuple[str, dict[str, pd.DataFrame]]:
     """The page's HTML and its CSV tables."""
     margins = analysis.Options.of_report(opts)
-    claims = analysis.claims(study, margins.margin, margins.speed_margin, margins.sensitivity_margin)
+    claims = analysis.claims(study, margins)
     quality = analysis.quality_table(study)
     paired = analysis.paired_differences(study)
     sens = analysis.temperature_sensitivity(study)
@@ -266,6 +266,7 @@ def build(study: Study, opts: dict[str, Any]) -> tuple[str, dict[str, pd.DataFra
                     "per_model": json.dumps(c.per_model),
                     "reason": c.reason,
                     "deciding": c.deciding,
+                    "detectable": c.detectable,
                     "rule": c.rule,
                     "evidence": json.dumps(c.evidence),
                 }

@@ -100,9 +100,9 @@ def _device_caveats(study: Study) -> list[str]:
     return out
 
 
-def glance(claims: list[analysis.Claim]) -> list[dict[str, str]]:
+def glance(claims: list[analysis.Claim]) -> list[dict[str, Any]]:
     """The verdicts at a glance: one row per claim, with its scope, the figure that decided it and
-    the anchor of its section."""
+    the anchor of its section; where the models read differently, each model's reading and figure."""
     return [
         {
             "key": c.key,
@@ -111,7 +111,15 @@ def glance(claims: list[analysis.Claim]) -> list[dict[str, str]]:
             "css": c.css,
             "scope": c.scope if c.verdict != "not tested" else "",
             "deciding": c.deciding or c.reason,
+            "detectable": c.detectable,
             "anchor": f"claim-{c.key}",
+            "per_model": [
+                {"model": m, "verdict": v, "css": v.replace(" ", "-"), "deciding": c.per_model_deciding.get(m, "")}
+                for m, v in c.per_model.items()
+                if v != "not tested"
+            ]
+            if c.models_disagree
+            else [],
         }
         for c in claims
     ]

@@ -13,14 +13,15 @@ from harness_ext.analysis.claims.base import (
     BOOTSTRAP_OVER_PROMPTS,
     OVER_PROMPTS,
     OVER_ROUNDS,
+    RANGE_BOUNDS,
     REGISTRY,
     Claim,
+    ModelReading,
     Options,
     PerModel,
     Verdict,
     across_models,
     claim,
-    decided_by,
     device_of,
     scope_of,
     size_groups,
@@ -31,30 +32,26 @@ __all__ = [
     "BOOTSTRAP_OVER_PROMPTS",
     "OVER_PROMPTS",
     "OVER_ROUNDS",
+    "RANGE_BOUNDS",
     "REGISTRY",
     "Claim",
+    "ModelReading",
     "Options",
     "PerModel",
     "Verdict",
     "across_models",
     "claim",
     "claims",
-    "decided_by",
     "device_of",
     "scope_of",
     "size_groups",
 ]
 
 
-def claims(
-    study: Study,
-    margin: float = 0.05,
-    speed_margin: float = 0.10,
-    sensitivity_margin: float = 0.25,
-    n_resamples: int = 2000,
-) -> list[Claim]:
-    """Every registered claim, decided (in registry order: a, b, c, d)."""
+def claims(study: Study, opts: Options | None = None) -> list[Claim]:
+    """Every registered claim, decided with ``opts``' margins (default: the spec's defaults), in
+    registry order: a, b, c, d (each followed by its sharpened form)."""
     from harness_ext.analysis.claims import a, b, c, d  # noqa: F401  (registers them)
 
-    opts = Options(margin, speed_margin, sensitivity_margin, n_resamples)
+    opts = opts or Options()
     return [x for key in sorted(REGISTRY) for x in REGISTRY[key](study, opts)]

@@ -1,18 +1,17 @@
-"""Helpers the claim modules share: the nf4/fp4 pair, the per-model quality matrix, and the pure
-decision rules (arrays in, a reading out) that the calibration tests simulate."""
+"""Helpers the claim modules share: the nf4/fp4 pair, the per-model quality matrices, the accuracy a
+scheme loses when leaving greedy decoding, the yardstick of "meaningfully more sensitive", and the
+speed groups a claim compares in."""
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from harness_ext.analysis.claims.base import PerModel
-from harness_ext.analysis.stats import ALPHA, holm, p_greater, p_less, p_outside, tost
+from harness_ext.analysis import rounds
 from harness_ext.analysis.study import Study, _matrix
 
-MIN_PROMPTS = 10  # fewer prompts than this: no quality reading
 LOW_T_MAX = 1.0  # "low temperatures": 0 < T <= 1
 BAND = (0.5, 0.8)  # the sharpened claim (3'): the 4-bit models' extra sensitivity sits here
 
@@ -47,61 +46,60 @@ def fmt_t(ts: list[float]) -> str:
     return "{" + ", ".join(f"{t:g}" for t in ts) + "}"
 
 
-# -- pure rules ------------------------------------------------------------------------------------
-def equivalence_reading(parts: list[tuple[float, float]], alpha: float = ALPHA) -> PerModel:
-    """Parts given as (TOST p, p of a difference beyond the margin). Holds if every part is
-    equivalent (intersection-union test: each at ``alpha``, no correction needed); does not hold if
-    Holm over the parts' difference tests rejects any; otherwise inconclusive."""
-    if not parts:
-        return "not tested"
-    if all(pt < alpha for pt, _ in parts):
-        return "holds"
-    if any(holm([po for _, po in parts], alpha)):
-        return "does not hold"
-    return "inconclusive"
+def signed(v: float, fmt: str = "+.3f") -> str:
+    """``+0.076``; a value that rounds to zero reads ``0.000``, never ``-0.000``."""
+    text = f"{v:{fmt}}"
+    return text.lstrip("+-") if float(text) == 0 else text
 
 
-def equivalence_parts(diffs: np.ndarray, margin: float) -> tuple[float, float]:
-    """(TOST p, p beyond margin) of a mean difference over prompts or rounds."""
-    return tost(diffs, margin), p_outside(diffs, margin)
+def drops(m: pd.DataFrame, ts: list[float]) -> pd.Series | None:
+    """Per prompt (index doc_id): accuracy at T=0 minus the mean accuracy over ``ts``."""
+    ts = [t for t in ts if t in m.columns]
+    if m.empty or 0.0 not in m.columns or not ts:
+        return None
+    return m[0.0] - m[ts].mean(axis=1)
 
 
-def excess_reading(excess: np.ndarray, margin: float, alpha: float = ALPHA) -> PerModel:
-    """One scheme's excess drop per prompt: holds if it is above 0 (one-sided t-test), does not hold
-    if it is below the margin (one-sided t-test), otherwise inconclusive."""
-    if np.isfinite(excess).sum() < MIN_PROMPTS:
-        return "inconclusive"
-    if p_greater(excess, 0.0) < alpha:
-        return "holds"
-    if p_less(excess, margin) < alpha:
-        return "does not hold"
-    return "inconclusive"
+@dataclass(frozen=True)
+class Yardstick:
+    """What counts as a meaningful difference in sensitivity: ``share`` times the reference's own
+    loss, per prompt (so the reference loss's own noise is part of the test), or a fixed absolute
+    margin where the reference loses nothing on average."""
+
+    per_prompt: np.ndarray
+    text: str
+
+    @property
+    def value(self) -> float:
+        return float(np.nanmean(self.per_prompt))
 
 
-def band_reading(in_band: np.ndarray, outside: np.ndarray, margin: float, alpha: float = ALPHA) -> PerModel:
-    """Holds if the in-band excess is above 0 and above the out-of-band excess (both one-sided,
-    intersection-union); does not hold if Holm over (in-band excess below margin, in-band minus
-    out-of-band below margin) rejects either; otherwise inconclusive."""
-    conc = in_band - outside
-    if np.isfinite(conc).sum() < MIN_PROMPTS:
-        return "inconclusive"
-    if p_greater(in_band, 0.0) < alpha and p_greater(conc, 0.0) < alpha:
-        return "holds"
-    if any(holm([p_less(in_band, margin), p_less(conc, margin)], alpha)):
-        return "does not hold"
-    return "inconclusive"
+def yardstick(ref_drop: np.ndarray, share: float, fallback: float, ref: str) -> Yardstick:
+    """``share`` x the reference's per-prompt loss when it loses accuracy on average; else ``fallback``."""
+    mean = float(np.nanmean(ref_drop)) if np.isfinite(ref_drop).any() else float("nan")
+    if np.isfinite(mean) and mean > 0:
+        return Yardstick(share * ref_drop, f"{share * mean:.3f} = {share:g} × {ref}'s own loss {mean:.3f}")
+    return Yardstick(np.full(len(ref_drop), fallback), f"{fallback:g} absolute ({ref} loses nothing on average)")
 
 
-def combine_all(readings: list[PerModel]) -> PerModel:
-    """Every part the same reading -> that reading; otherwise inconclusive (or not tested if none)."""
-    tested = [r for r in readings if r != "not tested"]
-    if not tested:
-        return "not tested"
-    return tested[0] if all(r == tested[0] for r in tested) else "inconclusive"
-
-
-def absolute_margin(ref_drop: np.ndarray, relative: float, fallback: float) -> float:
-    """The excess counted as meaningful: ``relative`` times the reference's own mean drop; where the
-    reference loses nothing (mean drop <= 0) the relative scale is undefined and ``fallback`` is used."""
-    d = float(np.nanmean(ref_drop)) if np.isfinite(ref_drop).any() else math.nan
-    return relative * d if math.isfinite(d) and d > 0 else fallback
+def smallest_batch_groups(sp: pd.DataFrame, model: str) -> list[tuple[str, pd.DataFrame]]:
+    """("eager, batch 1", rows) for one model's speed table at its smallest batch size, per mode
+    (and per any further grouping key of :data:`rounds.GROUP`, named in the label): the batch every
+    speed claim reads, so (a) and (d) compare the same rounds."""
+    gm = sp[sp["model"] == model] if not sp.empty else sp
+    if gm.empty:
+        return []
+    extra = [c for c in rounds.GROUP if c not in ("model", "batch_size", "mode") and c in gm.columns]
+    out = []
+    for mode, g in gm.groupby("mode", sort=True):
+        g = g[g["batch_size"] == g["batch_size"].min()]
+        for key, h in g.groupby(extra, sort=True) if extra else [((), g)]:
+            label = f"{mode}, batch {int(h['batch_size'].iloc[0])}"
+            key = key if isinstance(key, tuple) else (key,)
+            label += "".join(
+                f", machine {v}" if c == "fingerprint" else f", {c} {v}"
+                for c, v in zip(extra, key, strict=True)
+                if v not in ("", None)
+            )
+            out.append((label, h))
+    return out

@@ -7,162 +7,147 @@ import math
 import numpy as np
 
 from harness_ext.analysis import rounds
-from harness_ext.analysis.claims._common import (
-    MIN_PROMPTS,
-    equivalence_parts,
-    equivalence_reading,
-    four_bit_pair,
-    matrix,
-    temps,
-)
+from harness_ext.analysis.claims._common import four_bit_pair, matrix, smallest_batch_groups, temps
 from harness_ext.analysis.claims.base import (
     OVER_PROMPTS,
     OVER_ROUNDS,
     Claim,
+    ModelReading,
     Options,
-    PerModel,
     across_models,
     claim,
-    decided_by,
+    not_tested,
+    quote,
 )
+from harness_ext.analysis.rules import MIN_PROMPTS, MIN_ROUNDS, EquivalencePart, equivalence
 from harness_ext.analysis.stats import Estimate, RoundRatio
 from harness_ext.analysis.study import Study, primary_quality
 
 
 @claim("a")
 def claim_a(study: Study, o: Options) -> list[Claim]:
-    lm = math.log(1 + o.speed_margin)
     c = Claim(
         "a",
         "nf4 and fp4 are alike",
         "nf4 and fp4 are alike in speed, memory and quality.",
-        f"Per model, each part is an equivalence test (two one-sided t-tests at 5%): next-word accuracy "
-        f"nf4 − fp4 (per prompt, mean over the temperatures) inside ±{o.margin:g}; decode time, per (batch, mode), "
-        f"log(nf4/fp4) paired within each uncontended round, inside ±log({1 + o.speed_margin:g}) over ≥ "
-        f"{rounds.MIN_ROUNDS} rounds. Weight memory is deterministic: a ratio inside [{1 / (1 + o.speed_margin):.2f}, "
-        f"{1 + o.speed_margin:.2f}] is equivalent; bytes equal by construction are reported, not counted. Holds on a "
-        "model if every part is equivalent (intersection-union); does not hold if Holm over the parts' tests of a "
-        "difference beyond the margin rejects one; otherwise inconclusive.",
+        f"Per model, three parts, each an equivalence test (two one-sided t-tests at 5%): next-word accuracy "
+        f"nf4 − fp4 (per prompt, mean over the temperatures) inside ±{o.margin:g}; decode time at the smallest batch, "
+        f"per mode, log(nf4/fp4) paired within each uncontended round, inside ±log({1 + o.speed_margin:g}) over ≥ "
+        f"{MIN_ROUNDS} rounds; weight memory (deterministic: a ratio inside [{1 / (1 + o.speed_margin):.2f}, "
+        f"{1 + o.speed_margin:.2f}], identical bytes being alike by construction). Holds on a model if every part "
+        "was measured and is shown equivalent (intersection-union); does not hold if Holm's correction over the "
+        "tested parts' one-sided tests of a difference beyond the margin rejects one (or the bytes differ beyond "
+        "it); otherwise inconclusive.",
     )
     pair = four_bit_pair(study)
     if pair is None:
         return [c.decide("not tested", "the study has no nf4 and fp4 schemes that differ only in the 4-bit format")]
-    nf4, fp4 = pair
     q, _ = primary_quality(study)
     sp = rounds.speed_table(study)
-    per: dict[str, PerModel] = {}
-    for model in study.models():
-        parts: list[tuple[float, float]] = []
-        unreplicated = False
-        a, b = matrix(q, model, nf4), matrix(q, model, fp4)
-        ts = temps(a, b) if not (a.empty or b.empty) else []
-        if ts:
-            d = (a[ts] - b[ts]).mean(axis=1).dropna().to_numpy()
-            if d.size >= MIN_PROMPTS:
-                parts.append(equivalence_parts(d, o.margin))
-            else:
-                unreplicated = True  # too few prompts: the quality part stays undecided
-            c.evidence.append(
-                {
-                    "what": f"{model}: accuracy {nf4} − {fp4} (mean over T, {d.size} prompts)",
-                    "value": Estimate.t(d).text(),
-                    "interval": OVER_PROMPTS,
-                    "verdict": _part(parts[-1]) if d.size >= MIN_PROMPTS else f"fewer than {MIN_PROMPTS} prompts",
-                }
-            )
-        else:
-            c.evidence.append(
-                {"what": f"{model}: quality", "value": "not measured for this model", "verdict": "part not tested"}
-            )
-        for key, g in sp[sp["model"] == model].groupby(rounds.GROUP[1:]) if not sp.empty else []:
-            if not {nf4, fp4} <= set(g["scheme"]):
-                continue
-            where = f"{model}, batch {int(key[0])}, {key[1]}"
-            lr = rounds.paired_log_ratios(g, nf4, fp4)
-            if lr.size < rounds.MIN_ROUNDS:
-                unreplicated = True
-                reading = f"inconclusive — not replicated ({lr.size} uncontended round{'s' * (lr.size != 1)})"
-            else:
-                parts.append(equivalence_parts(lr, lm))
-                reading = _part(parts[-1])
-            c.evidence.append(
-                {
-                    "what": f"{where}: decode time {nf4}/{fp4}",
-                    "value": RoundRatio.of(lr).text(),
-                    "verdict": reading,
-                    "interval": OVER_ROUNDS,
-                }
-            )
-            memory = _memory(g, nf4, fp4, o.speed_margin)
-            if memory is not None and key == min(g.groupby(rounds.GROUP[1:]).groups):
-                c.evidence.append({"what": f"{model}: weight memory {nf4}/{fp4}", **memory[0]})
-                if memory[1] is not None:
-                    parts.append(memory[1])
-        reading = equivalence_reading(parts)
-        if unreplicated and reading in ("holds", "not tested"):  # a part (too few rounds or prompts) is undecided
-            reading = "inconclusive"
-        per[model] = reading
-    words = {
-        "holds": "quality, speed and memory are equivalent within the margins",
-        "does not hold": _parts(c, per, "does not hold", ("differs",))
-        or "at least one of quality, speed or memory differs beyond its margin",
-        "inconclusive": _undecided(c, per)
-        or "the tests neither establish equivalence nor a difference beyond the margins",
-        "not tested": "nothing measured for the nf4/fp4 pair",
-    }
-    across_models(study, c, per, words=words)
-    deciding = {
-        "holds": ("equivalent",),
-        "does not hold": ("differs",),
-        "inconclusive": ("undecided", "inconclusive", "fewer than", "differs"),
-    }
-    return [decided_by(c, deciding)]
+    readings = {m: read_model(study, c, o, m, pair, q, sp) for m in study.models()}
+    timed = sorted({w for m in study.models() for w, _ in smallest_batch_groups(sp, m)})
+    what = f"{pair[0]} vs {pair[1]}" + (f"; speed: {', '.join(timed)}" if timed else "; speed not timed")
+    return [across_models(study, c, readings, not_tested="nothing measured for the nf4/fp4 pair", what=what)]
 
 
-def _undecided(c: Claim, per: dict[str, PerModel]) -> str:
-    """The parts that left an inconclusive model undecided, each named with its figure."""
-    parts = _parts(c, per, "inconclusive", ("undecided", "inconclusive", "fewer than"))
-    alone = _parts(c, per, "inconclusive", ("differs",))
-    if alone:  # a part that differs on its own, but not after Holm's correction over the model's parts
-        parts = "; ".join(x for x in (parts, f"{alone}: not significant after Holm over the parts") if x)
-    return "undecided: " + parts if parts else ""
-
-
-def _parts(c: Claim, per: dict[str, PerModel], reading: str, verdicts: tuple[str, ...]) -> str:
-    """The evidence parts whose verdict starts with one of ``verdicts``, of the models read ``reading``."""
-    return "; ".join(
-        f"{e['what']} {e['value']} ({e['verdict']})"
-        for e in c.evidence
-        if str(e.get("verdict", "")).startswith(verdicts)
-        and any(e["what"].startswith(m) and v == reading for m, v in per.items())
+def read_model(study: Study, c: Claim, o: Options, model: str, pair: tuple[str, str], q, sp) -> ModelReading:
+    """One model's parts (quality, speed per mode, memory), their evidence rows and the reading."""
+    nf4, fp4 = pair
+    parts: list[EquivalencePart] = []
+    rows: list[dict[str, str]] = []
+    a, b = matrix(q, model, nf4), matrix(q, model, fp4)
+    ts = temps(a, b) if not (a.empty or b.empty) else []
+    d = (a[ts] - b[ts]).mean(axis=1).dropna().to_numpy() if ts else np.array([])
+    parts.append(EquivalencePart(f"accuracy {nf4} − {fp4}", d, o.margin, MIN_PROMPTS))
+    if d.size:
+        c.design(model, f"accuracy {nf4} − {fp4}", d, "prompts", o.margin)
+    what = f"{model}: accuracy {nf4} − {fp4} (mean over T, {d.size} prompts)"
+    rows.append(
+        c.add(what, Estimate.t(d).text("+.3f") if d.size else "not measured", _reading(parts[-1]), OVER_PROMPTS)
     )
+    lm = math.log(1 + o.speed_margin)
+    timed = False
+    for where, g in smallest_batch_groups(sp, model):
+        if not {nf4, fp4} <= set(g["scheme"]):
+            continue
+        timed = True
+        lr = rounds.paired_log_ratios(g, nf4, fp4)
+        parts.append(EquivalencePart(f"decode time {nf4}/{fp4} ({where})", lr, lm, MIN_ROUNDS))
+        c.design(model, f"decode time {nf4}/{fp4} ({where})", lr, "rounds", lm, log=True)
+        rows.append(
+            c.add(
+                f"{model}, {where}: decode time {nf4}/{fp4}", RoundRatio.of(lr).text(), _reading(parts[-1]), OVER_ROUNDS
+            )
+        )
+    if not timed:
+        parts.append(EquivalencePart(f"decode time {nf4}/{fp4}", np.array([]), lm, MIN_ROUNDS))
+        rows.append(c.add(f"{model}: decode time {nf4}/{fp4}", "not measured (no speed rounds)", "not measured"))
+    memory = _memory(study, sp, model, nf4, fp4, o.speed_margin)
+    parts.append(memory[0])
+    rows.append(c.add(f"{model}: weight memory {nf4}/{fp4}", memory[1], _reading(parts[-1])))
+    if all(p.fixed is None and p.n == 0 for p in parts[:-1]) and memory[0].fixed is None:
+        return not_tested("nothing measured for the nf4/fp4 pair")
+    dec = equivalence(parts)
+    p, row = (parts[dec.part], rows[dec.part]) if dec.part is not None else (None, None)
+    return ModelReading(dec.reading, _why(dec.reading, dec.why, parts, p, row, o), quote(row))
 
 
-def _part(p: tuple[float, float]) -> str:
+def _reading(p: EquivalencePart) -> str:
+    """A part's reading with the p-value behind it."""
+    r = p.reading()
+    if r == "equivalent":
+        return "equivalent" + (f" (TOST p = {p.p_equivalent:.2g})" if p.fixed is None else " (deterministic)")
+    if r == "differs":
+        return "differs" + (f" (p = {p.p_differs:.2g}, one-sided, beyond the margin)" if p.fixed is None else "")
+    if r == "undecided":
+        return f"undecided (TOST p = {p.p_equivalent:.2g}; beyond the margin p = {p.p_differs:.2g})"
+    return r
+
+
+def _why(
+    reading: str, why: str, parts: list[EquivalencePart], p: EquivalencePart | None, row: dict | None, o: Options
+) -> str:
+    if reading == "holds":
+        return "every part is shown equivalent within its margin; the closest: " + quote(row)
+    if p is None or row is None:
+        return why
+    margin = f"±{p.margin:g}" if "accuracy" in p.label else f"±{o.speed_margin:.0%}"
+    if reading == "does not hold":
+        return f"{p.label} differs beyond {margin}: {row['value']}"
+    if why == "not measured":
+        measured = "; ".join(f"{x.label}: {x.reading()}" for x in parts if x is not p and x.reading() != "not measured")
+        return f"{p.label} was not measured, so the pair cannot be shown alike in every respect" + (
+            f" (measured: {measured})" if measured else ""
+        )
+    if why == "too few units":
+        need = "rounds" if p.min_units == MIN_ROUNDS else "prompts"
+        return f"{p.label}: only {p.n} {need} (≥ {p.min_units} needed)"
     return (
-        f"equivalent (TOST p={p[0]:.3g})"
-        if p[0] < 0.05
-        else (f"differs (p={p[1]:.3g})" if p[1] < 0.05 else f"undecided (TOST p={p[0]:.3g})")
+        f"{p.label} is neither shown inside {margin} nor beyond it: {row['value']} "
+        f"(TOST p = {p.p_equivalent:.2g}, beyond p = {p.p_differs:.2g})"
     )
 
 
-def _memory(g, nf4: str, fp4: str, margin: float) -> tuple[dict[str, str], tuple[float, float] | None] | None:
-    """Weight bytes are deterministic: equal bytes mean the same storage layout (by construction),
-    which is no evidence about the formats; unequal bytes are compared with the margin directly."""
-    if "weight_bytes" not in g.columns:
-        return None
-    wa = g[g["scheme"] == nf4]["weight_bytes"].dropna().astype(float)
-    wb = g[g["scheme"] == fp4]["weight_bytes"].dropna().astype(float)
-    if wa.empty or wb.empty:
-        return None
-    r = float(wa.iloc[0] / wb.iloc[0])
-    if np.all(wa.to_numpy() == wb.iloc[0]) and np.all(wb.to_numpy() == wb.iloc[0]):
-        return {
-            "value": "1.000× (identical bytes)",
-            "verdict": "equal by construction (same 4-bit storage): not counted",
-        }, None
+def _weight_bytes(study: Study, sp, model: str, scheme: str) -> float | None:
+    """The load's weight bytes (run.json), else those its speed rounds recorded."""
+    w = (study.loads().get((model, scheme)) or {}).get("weight_bytes")
+    if w:
+        return float(w)
+    if not sp.empty and "weight_bytes" in sp.columns:
+        v = sp[(sp["model"] == model) & (sp["scheme"] == scheme)]["weight_bytes"].dropna()
+        return float(v.iloc[0]) if len(v) else None
+    return None
+
+
+def _memory(study: Study, sp, model: str, nf4: str, fp4: str, margin: float) -> tuple[EquivalencePart, str]:
+    """Weight bytes of the two loads: deterministic, so read without a test. Identical bytes are the
+    same storage layout (both formats store 4-bit codes and the same scales): alike by construction."""
+    wa, wb = _weight_bytes(study, sp, model, nf4), _weight_bytes(study, sp, model, fp4)
+    label = f"weight memory {nf4}/{fp4}"
+    if not wa or not wb:
+        return EquivalencePart(label, np.array([]), margin, 1), "not measured"
+    r = float(wa) / float(wb)
+    if wa == wb:
+        return EquivalencePart(label, np.array([0.0]), margin, 1, fixed=True), "1.000× (identical bytes)"
     inside = 1 / (1 + margin) <= r <= 1 + margin
-    return {"value": f"{r:.3f}×", "verdict": "equivalent" if inside else "differs"}, (0.0, 1.0) if inside else (
-        1.0,
-        0.0,
-    )
+    return EquivalencePart(label, np.array([math.log(r)]), margin, 1, fixed=inside), f"{r:.3f}×"

@@ -1,39 +1,37 @@
-"""(b) nf4 and fp4 behave differently across temperatures — an interaction, tested per prompt;
-(b2) per model family, which 4-bit format is the more resilient at low temperature."""
+"""(b) nf4 and fp4 behave differently across temperatures — an interaction, read as the range of
+their gap over temperature; (b2) per model family, which 4-bit format is the more resilient at low
+temperature."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from harness_ext.analysis.claims._common import LOW_T_MAX, MIN_PROMPTS, fmt_t, four_bit_pair, matrix, temps
+from harness_ext.analysis.claims._common import (
+    LOW_T_MAX,
+    drops,
+    fmt_t,
+    four_bit_pair,
+    matrix,
+    signed,
+    temps,
+    yardstick,
+)
 from harness_ext.analysis.claims.base import (
     OVER_PROMPTS,
+    RANGE_BOUNDS,
     Claim,
+    ModelReading,
     Options,
-    PerModel,
     across_models,
     claim,
-    decided_by,
-    scope_of,
+    not_tested,
+    quote,
 )
-from harness_ext.analysis.stats import ALPHA, Estimate, holm, interaction_p, p_greater, p_less, tost
+from harness_ext.analysis.rules import MIN_PROMPTS, Part, range_bounds
+from harness_ext.analysis.stats import Estimate
 from harness_ext.analysis.study import Study, primary_quality
 
 EXPECTED = {"llama-2": "nf4", "llama2": "nf4", "falcon": "fp4"}  # the revised abstract's (2')
-
-
-def interaction_reading(gaps: np.ndarray, margin: float, p: float, reject: bool, alpha: float = ALPHA) -> PerModel:
-    """``gaps``: prompts x temperatures of nf4 − fp4. Holds if the interaction test rejects (Holm
-    across models) and the mean gap's range over temperatures exceeds the margin; does not hold if
-    at every temperature the gap's deviation from its own per-prompt mean lies inside ±margin (TOST,
-    intersection-union); otherwise inconclusive (the interaction is not shown)."""
-    centered = gaps - gaps.mean(axis=1, keepdims=True)
-    profile = gaps.mean(axis=0)
-    if reject and profile.max() - profile.min() > margin:
-        return "holds"
-    if all(tost(centered[:, j], margin) < alpha for j in range(gaps.shape[1])):
-        return "does not hold"
-    return "inconclusive"
 
 
 @claim("b")
@@ -42,92 +40,102 @@ def claim_b(study: Study, o: Options) -> list[Claim]:
         "b",
         "nf4 and fp4 differ across temperatures",
         "nf4 and fp4 behave differently across temperatures.",
-        "An interaction, not a gap: per prompt, the nf4 − fp4 accuracy gap at every temperature, centered on the "
-        "prompt's own mean gap (a constant offset is claim (a), not (b)). A sign-flip permutation test "
-        f"({o.n_resamples} resamples) of the mean centered profile's variation, Holm across models. Holds on a "
-        f"model if it rejects at 5% and the mean gap's range over temperatures exceeds {o.margin:g}; does not hold "
-        f"if at every temperature the centered gap is inside ±{o.margin:g} (two one-sided t-tests); otherwise "
-        "inconclusive: the interaction is not shown.",
+        "An interaction, not a gap: the quantity is the range over temperature of the mean nf4 − fp4 accuracy gap "
+        "(a constant gap is claim (a) and cancels here). Per model, every pair of temperatures gives a per-prompt "
+        "difference with its own standard error; the range's 95 % upper bound is the largest |mean| + t·se over the "
+        "pairs (one-sided per pair, valid by intersection-union), its 95 % lower bound the largest |mean| − c·se "
+        "with c "
+        f"simultaneous over the pairs ({o.n_resamples} random sign flips of the prompts' residual profiles). Holds if "
+        f"the lower bound exceeds {o.margin:g}; does not hold if the upper bound is below {o.margin:g}; otherwise "
+        "inconclusive. One margin, one quantity, both directions.",
     )
     c2 = Claim(
         "b2",
         "Which 4-bit format resists low temperatures (per family)",
         "nf4 is the more temperature-resilient 4-bit scheme at low temperature for Llama-2 models, fp4 for "
         "Falcon models (the revised abstract).",
-        f"Per model, the accuracy lost from greedy (T=0) to the temperatures 0 < T ≤ {LOW_T_MAX:g} (mean per prompt), "
-        "nf4's loss minus fp4's: nf4 is more resilient if a one-sided t-test puts it below 0 at 2.5%, fp4 if above. "
-        "The claim names Llama-2 and Falcon: it holds on a model of those families if the named format is the more "
-        "resilient, does not hold if the other one is; other families are reported, and the claim is not tested "
-        "on them.",
+        f"Per model, the accuracy each format loses from greedy (T=0) to the temperatures 0 < T ≤ {LOW_T_MAX:g} (mean "
+        "per prompt). The named format is meaningfully more resilient if its loss is smaller than the other's by more "
+        f"than {o.sensitivity_margin:g} × the reference's own loss (report.sensitivity_margin, the yardstick of (c); "
+        "the two formats' mean loss where the model has no reference): a one-sided t-test over prompts of "
+        "(other's loss − named loss − yardstick) above 0 at 5% holds, below 0 does not hold. The claim names Llama-2 "
+        "and Falcon: other families are reported, and the claim is not tested on them.",
     )
     pair = four_bit_pair(study)
     if pair is None:
         r = "the study has no nf4/fp4 pair"
         return [c.decide("not tested", r), c2.decide("not tested", r)]
-    nf4, fp4 = pair
     q, _ = primary_quality(study)
     if q.empty:
         r = "no next-word accuracy in the run (speed and memory only)"
         return [c.decide("not tested", r), c2.decide("not tested", r)]
-    gaps: dict[str, np.ndarray] = {}
-    per2: dict[str, PerModel] = {}
-    for model in study.models():
-        a, b = matrix(q, model, nf4), matrix(q, model, fp4)
-        ts = temps(a, b) if not (a.empty or b.empty) else []
-        if len(ts) < 2:
-            c.evidence.append(
-                {"what": model, "value": "needs ≥ 2 temperatures for both schemes", "verdict": "not tested"}
-            )
-            continue
-        g = (a[ts] - b[ts]).dropna().to_numpy()
-        if g.shape[0] >= MIN_PROMPTS:
-            gaps[model] = g
-        profile = g.mean(axis=0)
-        c.evidence.append(
-            {
-                "what": f"{model}: mean gap {nf4} − {fp4} at T={fmt_t(ts)} ({g.shape[0]} prompts)",
-                "value": ", ".join(signed(v) for v in profile),
-                "verdict": profile_reading(profile, ts, nf4, fp4),
-            }
-        )
-        per2[model] = _resilience(study, c2, model, a, b, nf4, fp4)
-    per: dict[str, PerModel] = {m: "not tested" for m in study.models()}
-    per.update({m: "inconclusive" for m in per2 if m not in gaps})  # measured, but on too few prompts
-    ps = {m: interaction_p(g, o.n_resamples) for m, g in gaps.items()}
-    rejected = dict(zip(ps, holm(list(ps.values())), strict=True))
-    for m, g in gaps.items():
-        per[m] = interaction_reading(g, o.margin, ps[m], rejected[m])
-        prof = g.mean(axis=0)
-        c.evidence.append(
-            {
-                "what": f"{m}: interaction (range of the mean gap over T; sign-flip p)",
-                "value": f"range {prof.max() - prof.min():.3f}; p = {ps[m]:.3g}",
-                "verdict": per[m] if per[m] != "inconclusive" else "not shown",
-            }
-        )
-    words = {
-        "holds": "the nf4 − fp4 gap changes with temperature beyond the margin",
-        "does not hold": "the nf4 − fp4 gap is constant across temperatures within the margin (a constant offset "
-        "is a difference in level — claim (a) — not in temperature response)",
-        "inconclusive": "the interaction is not shown",
-        "not tested": "no model has both formats at ≥ 2 temperatures on ≥ 10 prompts",
-    }
-    across_models(study, c, per, words=words)
-    decided_by(c, {"holds": ("holds",), "does not hold": ("does not hold",), "inconclusive": ("not shown",)})
-    _family_verdict(study, c2, per2)
-    decided_by(c2, {v: ("more resilient",) for v in ("holds", "does not hold", "inconclusive")})
+    readings = {m: read_interaction(c, o, m, pair, q) for m in study.models()}
+    across_models(
+        study,
+        c,
+        readings,
+        not_tested="no model has both formats at ≥ 2 temperatures on ≥ 10 prompts",
+        what=f"{pair[0]} − {pair[1]}",
+    )
+    readings2 = {m: read_resilience(study, c2, o, m, pair, q) for m in study.models()}
+    across_models(
+        study,
+        c2,
+        readings2,
+        not_tested="the study has no Llama-2 or Falcon-family model: the family-specific claim is not tested here "
+        "(the measured resilience of the models present is listed)",
+        what=f"{pair[0]} vs {pair[1]}",
+    )
     return [c, c2]
 
 
-def signed(v: float) -> str:
-    """``+0.076``; a mean that rounds to zero reads ``0.000``, never ``-0.000``."""
-    text = f"{v:+.3f}"
-    return "0.000" if float(text) == 0 else text
+def read_interaction(c: Claim, o: Options, model: str, pair: tuple[str, str], q) -> ModelReading:
+    nf4, fp4 = pair
+    a, b = matrix(q, model, nf4), matrix(q, model, fp4)
+    ts = temps(a, b) if not (a.empty or b.empty) else []
+    if len(ts) < 2:
+        c.add(model, "needs ≥ 2 temperatures for both schemes", "not tested")
+        return not_tested("no model has both formats at ≥ 2 temperatures")
+    g = (a[ts] - b[ts]).dropna().to_numpy()
+    profile = g.mean(axis=0)
+    c.add(
+        f"{model}: mean gap {nf4} − {fp4} at T={fmt_t(ts)} ({g.shape[0]} prompts)",
+        ", ".join(signed(v) for v in profile),
+        profile_reading(profile, ts, nf4, fp4),
+    )
+    if g.shape[0] < MIN_PROMPTS:
+        c.add(f"{model}: interaction", f"{g.shape[0]} prompts", f"fewer than {MIN_PROMPTS} prompts")
+        return ModelReading("inconclusive", f"only {g.shape[0]} prompts (≥ {MIN_PROMPTS} needed)")
+    rb = range_bounds(g, o.n_resamples)
+    reading = rb.reading(o.margin)
+    hi, lo = int(np.argmax(profile)), int(np.argmin(profile))
+    c.design(model, f"range of the gap (T={ts[lo]:g} vs T={ts[hi]:g})", g[:, hi] - g[:, lo], "prompts", o.margin)
+    value = (
+        f"{rb.estimate:.3f} [{rb.lower:.3f}, {rb.upper:.3f}] (T={ts[lo]:g} to T={ts[hi]:g}); "
+        f"any variation p = {rb.p_any:.2g}"
+    )
+    row = c.add(f"{model}: range of the gap over T (margin {o.margin:g})", value, reading, RANGE_BOUNDS)
+    present = "an interaction is present" if rb.p_any < 0.05 else "no interaction is shown at all"
+    if reading == "holds":
+        why = f"the gap changes with temperature by more than {o.margin:g}: its range's 95 % lower bound is " + (
+            f"{rb.lower:.3f}"
+        )
+    elif reading == "does not hold":
+        why = (
+            f"the gap changes with temperature by less than {o.margin:g}: range {rb.estimate:.3f}, 95 % upper bound "
+            f"{rb.upper:.3f} ({present}, p = {rb.p_any:.2g}, but smaller than the margin)"
+        )
+    else:
+        why = (
+            f"the gap's range over temperature, {rb.estimate:.3f} [{rb.lower:.3f}, {rb.upper:.3f}], is shown "
+            f"neither above nor below {o.margin:g} ({present}, p = {rb.p_any:.2g})"
+        )
+    return ModelReading(reading, why, quote(row))
 
 
 def profile_reading(profile: np.ndarray, ts: list[float], nf4: str, fp4: str) -> str:
     """What the per-temperature gaps show before any test: which format is ahead, and where that changes
-    (the interaction row below tests whether the change exceeds the margin)."""
+    (the range row below decides whether the change exceeds the margin)."""
     ahead = [nf4 if v > 0 else fp4 if v < 0 else "neither" for v in np.round(profile, 3)]
     if len(set(ahead)) == 1:
         return f"{ahead[0]} ahead at every T" if ahead[0] != "neither" else "no gap at any T"
@@ -135,55 +143,49 @@ def profile_reading(profile: np.ndarray, ts: list[float], nf4: str, fp4: str) ->
     return f"{ahead[0]} ahead at T={ts[0]:g}; the lead changes at {', '.join(changes)}"
 
 
-def _resilience(study: Study, c2: Claim, model: str, a, b, nf4: str, fp4: str) -> PerModel:
+def read_resilience(study: Study, c2: Claim, o: Options, model: str, pair: tuple[str, str], q) -> ModelReading:
+    nf4, fp4 = pair
     family = study.family(model)
-    low = [t for t in temps(a, b) if 0 < t <= LOW_T_MAX]
-    if 0.0 not in a.columns or 0.0 not in b.columns or not low:
-        c2.evidence.append(
-            {"what": f"{model} ({family})", "value": "needs T=0 and a temperature in (0, 1]", "verdict": "not tested"}
-        )
-        return "not tested"
-    drop_a = (a[[0.0]].to_numpy() - a[low].to_numpy()).mean(axis=1)
-    drop_b = (b[[0.0]].to_numpy() - b[low].to_numpy()).mean(axis=1)
-    d = drop_a - drop_b
-    d = d[np.isfinite(d)]
-    winner = nf4 if p_less(d, 0) < ALPHA / 2 else fp4 if p_greater(d, 0) < ALPHA / 2 else None
-    c2.evidence.append(
-        {
-            "what": f"{model} ({family}): drop {nf4} − drop {fp4}, T={fmt_t(low)}",
-            "value": Estimate.t(d).text(),
-            "interval": OVER_PROMPTS,
-            "verdict": f"more resilient: {winner or 'neither (not significant)'}",
-        }
+    a, b = matrix(q, model, nf4), matrix(q, model, fp4)
+    low = [t for t in temps(a, b) if 0 < t <= LOW_T_MAX] if not (a.empty or b.empty) else []
+    da, db = drops(a, low), drops(b, low)
+    if da is None or db is None:
+        c2.add(f"{model} ({family})", "needs T=0 and a temperature in (0, 1]", "not tested")
+        return not_tested("no model has T=0 and a temperature in (0, 1] for both formats")
+    idx = da.dropna().index.intersection(db.dropna().index)
+    ref = study.reference(model)
+    dr = drops(matrix(q, model, ref), low) if ref else None
+    if dr is not None:
+        idx = idx.intersection(dr.dropna().index)
+        yard = yardstick(dr.loc[idx].to_numpy(), o.sensitivity_margin, o.margin, ref)
+    else:
+        both = (da.loc[idx].to_numpy() + db.loc[idx].to_numpy()) / 2
+        yard = yardstick(both, o.sensitivity_margin, o.margin, "the two formats' mean")
+    gap = db.loc[idx].to_numpy() - da.loc[idx].to_numpy()  # > 0: nf4 loses less than fp4
+    c2.add(
+        f"{model} ({family}): loss {fp4} − loss {nf4}, T={fmt_t(low)} (> 0: {nf4} more resilient)",
+        Estimate.t(gap).text("+.3f"),
+        f"yardstick {yard.text}",
+        OVER_PROMPTS,
     )
-    fam = family.lower()
-    expected = next((EXPECTED[k] for k in EXPECTED if k in fam), None)
-    if expected is None or d.size < MIN_PROMPTS:
-        return "not tested"
-    if winner is None:
-        return "inconclusive"
-    got = "nf4" if winner == nf4 else "fp4"
-    return "holds" if got == expected else "does not hold"
-
-
-def _family_verdict(study: Study, c2: Claim, per2: dict[str, PerModel]) -> None:
-    tested = {m: v for m, v in per2.items() if v != "not tested"}
-    if not tested:
-        c2.scope = scope_of(study, list(per2))
-        c2.per_model = dict(per2)
-        c2.decide(
-            "not tested",
-            "the study has no Llama-2 or Falcon-family model: the family-specific claim is not tested here "
-            "(the measured resilience of the models present is listed)",
-        )
-        return
-    across_models(
-        study,
-        c2,
-        per2,
-        words={
-            "holds": "the format the claim names is the more resilient in the tested families",
-            "does not hold": "the other format is the more resilient",
-            "inconclusive": "the resilience difference is not clear, or the models disagree",
-        },
+    expected = next((EXPECTED[k] for k in EXPECTED if k in family.lower()), None)
+    if expected is None:
+        return not_tested(f"the claim names Llama-2 and Falcon models; {model} is of the {family} family")
+    named, other, y = (nf4, fp4, gap) if expected == "nf4" else (fp4, nf4, -gap)
+    part = Part(f"{named} more resilient than {other}", y - yard.per_prompt, MIN_PROMPTS)
+    c2.design(model, f"{named}'s advantage over {other}", part.y, "prompts", yard.value)
+    reading = part.reading()
+    row = c2.add(
+        f"{model} ({family}): {named}'s advantage beyond the yardstick",
+        Estimate.t(part.y).text("+.3f"),
+        reading,
+        OVER_PROMPTS,
     )
+    adv = Estimate.t(y).text("+.3f")
+    if reading == "holds":
+        why = f"{named} loses less than {other} by more than the yardstick ({yard.text}): {adv}"
+    elif reading == "does not hold":
+        why = f"{named}'s advantage over {other} is shown below the yardstick ({yard.text}): {adv}"
+    else:
+        why = f"{named}'s advantage over {other}, {adv}, is shown neither above nor below the yardstick ({yard.text})"
+    return ModelReading(reading, why, quote(row))

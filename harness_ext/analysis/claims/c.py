@@ -1,50 +1,36 @@
-"""(c) 4-bit models are more sensitive to low temperatures than the unquantized model, on an
-absolute and a relative scale; (c2) the extra sensitivity sits in 0.5–0.8."""
+"""(c) 4-bit models are more sensitive to low temperatures than the unquantized model; (c2) the
+extra sensitivity sits in 0.5–0.8. One yardstick of "meaningfully more sensitive" serves both
+directions: a share of the reference's own loss."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import pandas as pd
 from scipy import stats as sps
 
-from harness_ext.analysis.claims._common import (
-    BAND,
-    LOW_T_MAX,
-    absolute_margin,
-    band_reading,
-    combine_all,
-    excess_reading,
-    fmt_t,
-    matrix,
-)
+from harness_ext.analysis.claims._common import BAND, LOW_T_MAX, drops, fmt_t, matrix, yardstick
 from harness_ext.analysis.claims.base import (
     BOOTSTRAP_OVER_PROMPTS,
     OVER_PROMPTS,
     Claim,
+    ModelReading,
     Options,
-    PerModel,
     across_models,
     claim,
-    decided_by,
+    not_tested,
+    quote,
 )
+from harness_ext.analysis.rules import MIN_PROMPTS, Part, agree, all_parts
 from harness_ext.analysis.stats import Estimate
 from harness_ext.analysis.study import Study, primary_quality
 
-MIN_TEMPS = 2  # (c2): temperatures needed inside the band and outside it
-
-
-def drops(q, model: str, scheme: str, ts: list[float]):
-    """Per prompt (index doc_id): accuracy at T=0 minus the mean accuracy over ``ts``."""
-    m = matrix(q, model, scheme)
-    ts = [t for t in ts if t in m.columns]
-    if m.empty or 0.0 not in m.columns or not ts:
-        return None
-    return m[0.0] - m[ts].mean(axis=1)
+MIN_BAND = 2  # (c2): temperatures needed inside the band; at least one on each side of it
 
 
 def relative(drop_s: np.ndarray, drop_r: np.ndarray) -> tuple[float, float, float]:
-    """mean drop of the scheme / mean drop of the reference, with a paired percentile bootstrap
+    """mean loss of the scheme / mean loss of the reference, with a paired percentile bootstrap
     interval over prompts (scipy.stats.bootstrap)."""
     ratio = float(drop_s.mean() / drop_r.mean()) if drop_r.mean() else math.nan
     if not math.isfinite(ratio) or drop_s.size < 3:
@@ -66,23 +52,26 @@ def claim_c(study: Study, o: Options) -> list[Claim]:
         "c",
         "4-bit is more sensitive to low temperatures",
         "4-bit models are more sensitive to low temperatures than the unquantized model.",
-        f"Per prompt, the accuracy a scheme loses from greedy (T=0) to the temperatures 0 < T ≤ {LOW_T_MAX:g} "
-        "(mean over them); the excess = the 4-bit scheme's loss minus the reference's. Margin: "
-        f"{o.sensitivity_margin:g} × the reference's own mean loss (report.sensitivity_margin; {o.margin:g} where the "
-        "reference loses nothing). Holds for a scheme if a one-sided t-test puts the excess above 0 at 5%; does not "
-        "hold if one puts it below the margin; on a model, every 4-bit scheme must agree (intersection-union). The "
-        "relative scale (4-bit loss / reference loss, paired bootstrap) is shown beside it.",
+        f"Per prompt, the accuracy a scheme loses from greedy (T=0) to the temperatures 0 < T ≤ {LOW_T_MAX:g} (mean "
+        "over them); the excess = the 4-bit scheme's loss minus the reference's. 'Meaningfully more sensitive' = an "
+        f"excess above {o.sensitivity_margin:g} × the reference's own loss (report.sensitivity_margin; {o.margin:g} "
+        "absolute where the reference loses nothing), tested per prompt as excess − that share of the reference's "
+        "loss, so the reference's own noise is in the test. Holds for a scheme if a one-sided t-test puts it above 0 "
+        "at 5%, does not hold if one puts it below 0: the same yardstick in both directions. On a model, every 4-bit "
+        "scheme must agree (intersection-union). The relative scale (4-bit loss / reference loss, paired bootstrap) "
+        "is shown beside it.",
     )
     c2 = Claim(
         "c2",
         "…and the extra sensitivity sits in 0.5–0.8",
         "The 4-bit models' extra sensitivity sits in the temperature range 0.5–0.8 (the revised abstract).",
-        f"Needs ≥ {MIN_TEMPS} temperatures inside [{BAND[0]}, {BAND[1]}] and ≥ {MIN_TEMPS} in (0, {LOW_T_MAX:g}]"
-        " outside "
-        "it (the probe computes a dense temperature list). Per scheme: the excess over the in-band temperatures, and "
-        "the in-band minus the out-of-band excess. Holds if both are above 0 (one-sided t-tests at 5%, "
-        "intersection-union); does not hold if Holm over (in-band excess below the margin, in-band minus out-of-band "
-        "below the margin) rejects either; every 4-bit scheme must agree.",
+        f"The excess at a temperature T = the 4-bit scheme's loss from T=0 to T minus the reference's. Needs ≥ "
+        f"{MIN_BAND} temperatures inside [{BAND[0]}, {BAND[1]}] and ≥ 1 below and ≥ 1 above it in (0, {LOW_T_MAX:g}] "
+        "(the probe's dense list has them). Per scheme, three parts, each against the yardstick of (c): the in-band "
+        "excess above it; the in-band excess above the excess below the band by more than it; and above the excess "
+        "above the band by more than it (never a pooled outside: an excess that merely rises with T is largest "
+        "above the band). Holds if all three are shown (one-sided t-tests at 5%, intersection-union); does not hold "
+        "if Holm's correction over their opposite tests rejects one; every 4-bit scheme must agree.",
     )
     q, _ = primary_quality(study)
     if q.empty:
@@ -94,127 +83,147 @@ def claim_c(study: Study, o: Options) -> list[Claim]:
         return [c.decide("not tested", r), c2.decide("not tested", r)]
     all_t = sorted(q["temperature"].unique())
     low = [t for t in all_t if 0 < t <= LOW_T_MAX]
-    band = [t for t in low if BAND[0] <= t <= BAND[1]]
-    other = [t for t in low if t not in band]
-    per: dict[str, PerModel] = {}
-    per2: dict[str, PerModel] = {}
-    for model in study.models():
-        ref = study.reference(model)
-        if ref is None or model not in set(q["model"]):
-            per[model] = per2[model] = "not tested"
-            continue
-        dr = drops(q, model, ref, low)
-        if dr is None:
-            c.evidence.append(
-                {"what": model, "value": "needs T=0 and a temperature in (0, 1]", "verdict": "not tested"}
-            )
-            per[model] = per2[model] = "not tested"
-            continue
-        readings, readings2 = [], []
-        for s in four_bit:
-            ds = drops(q, model, s, low)
-            if ds is None:
-                continue
-            both = ds.index.intersection(dr.index)
-            e = (ds.loc[both] - dr.loc[both]).to_numpy()
-            m_abs = absolute_margin(dr.loc[both].to_numpy(), o.sensitivity_margin, o.margin)
-            r = excess_reading(e, m_abs)
-            readings.append(r)
-            rel = relative(ds.loc[both].to_numpy(), dr.loc[both].to_numpy())
-            c.evidence.append(
-                {
-                    "what": f"{model}: {s} vs {ref}, T={fmt_t(low)}: excess loss (absolute; margin {m_abs:.3f})",
-                    "value": Estimate.t(e).text(),
-                    "interval": OVER_PROMPTS,
-                    "verdict": r,
-                }
-            )
-            c.evidence.append(
-                {
-                    "what": f"{model}: {s} loss / {ref} loss (relative; margin {1 + o.sensitivity_margin:.2f}×)",
-                    "value": f"{rel[0]:.2f}× [{rel[1]:.2f}, {rel[2]:.2f}]"
-                    if math.isfinite(rel[0])
-                    else "n/a (the reference loses nothing)",
-                    "interval": BOOTSTRAP_OVER_PROMPTS,
-                    "verdict": "shown beside the absolute scale; not tested",
-                }
-            )
-            if len(band) >= MIN_TEMPS and len(other) >= MIN_TEMPS:
-                eb = _excess(q, model, s, ref, band)
-                eo = _excess(q, model, s, ref, other)
-                if eb is None or eo is None:
-                    continue
-                idx = eb.index.intersection(eo.index)
-                r2 = band_reading(eb.loc[idx].to_numpy(), eo.loc[idx].to_numpy(), m_abs)
-                readings2.append(r2)
-                c2.evidence.append(
-                    {
-                        "what": f"{model}: {s} excess in band T={fmt_t(band)}",
-                        "value": Estimate.t(eb).text(),
-                        "interval": OVER_PROMPTS,
-                        "verdict": "one side of the in-band minus out-of-band test below",
-                    }
-                )
-                c2.evidence.append(
-                    {
-                        "what": f"{model}: {s} excess outside, T={fmt_t(other)}",
-                        "value": Estimate.t(eo).text(),
-                        "interval": OVER_PROMPTS,
-                        "verdict": "one side of the in-band minus out-of-band test below",
-                    }
-                )
-                c2.evidence.append(
-                    {
-                        "what": f"{model}: {s} in-band minus out-of-band",
-                        "value": Estimate.t((eb.loc[idx] - eo.loc[idx]).to_numpy()).text(),
-                        "interval": OVER_PROMPTS,
-                        "verdict": r2,
-                    }
-                )
-        per[model] = combine_all(readings)
-        per2[model] = combine_all(readings2)
-    words = {
-        "holds": "every 4-bit scheme loses more accuracy than the reference when leaving greedy decoding",
-        "does not hold": "no 4-bit scheme loses more than the margin beyond the reference",
-        "inconclusive": _per_scheme(c, "excess loss") or "the schemes disagree or the tests do not decide",
+    sets = {
+        "below": [t for t in low if t < BAND[0]],
+        "band": [t for t in low if BAND[0] <= t <= BAND[1]],
+        "above": [t for t in low if t > BAND[1]],
     }
-    across_models(study, c, per, words=words)
-    if len(band) < MIN_TEMPS or len(other) < MIN_TEMPS:
-        c2.scope = c.scope
+    readings, readings2 = {}, {}
+    for model in study.models():
+        readings[model], readings2[model] = read_model(study, c, c2, o, model, four_bit, q, low, sets)
+    what = f"{', '.join(four_bit)} vs the reference"
+    across_models(study, c, readings, what=what)
+    if len(sets["band"]) < MIN_BAND or not sets["below"] or not sets["above"]:
         c2.decide(
             "inconclusive",
-            f"the grid cannot locate the band: {len(band)} temperature(s) inside [{BAND[0]}, {BAND[1]}] and "
-            f"{len(other)} outside in (0, {LOW_T_MAX:g}]; ≥ {MIN_TEMPS} of each are needed",
+            f"the grid cannot locate the band: {len(sets['band'])} temperature(s) inside [{BAND[0]}, {BAND[1]}], "
+            f"{len(sets['below'])} below and {len(sets['above'])} above it in (0, {LOW_T_MAX:g}]; ≥ {MIN_BAND} inside "
+            "and ≥ 1 on each side are needed",
+            f"temperatures inside [{BAND[0]}, {BAND[1]}]: {len(sets['band'])}; below: {len(sets['below'])}; "
+            f"above: {len(sets['above'])}",
         )
-        c2.deciding = f"temperatures in [{BAND[0]}, {BAND[1]}]: {len(band)}; outside: {len(other)} (≥ {MIN_TEMPS} each)"
+        c2.scope = c.scope
     else:
-        across_models(
-            study,
-            c2,
-            per2,
-            words={
-                "holds": "the excess is positive in the band and larger there than outside",
-                "does not hold": "the band holds no meaningful excess beyond the rest",
-                "inconclusive": _per_scheme(c2, "in-band minus")
-                or "the in-band excess is not clearly positive and concentrated",
-                "not tested": "no model has the temperatures needed",
-            },
-        )
-    every = {"holds": ("holds",), "does not hold": ("does not hold",), "inconclusive": ("inconclusive",)}
-    decided_by(c, every)
-    if not c2.deciding:
-        decided_by(c2, every)
+        across_models(study, c2, readings2, what=what)
     return [c, c2]
 
 
-def _per_scheme(c: Claim, what: str) -> str:
-    """Each scheme's own reading with its figure (why the model's reading is what it is)."""
-    rows = [f"{e['what'].split(' (')[0]}: {e['verdict']} ({e['value']})" for e in c.evidence if what in e["what"]]
-    return "per scheme — " + "; ".join(rows) if rows else ""
+def read_model(study, c, c2, o, model, four_bit, q, low, sets) -> tuple[ModelReading, ModelReading]:
+    """One model's (c) and (c2) readings over its 4-bit schemes."""
+    ref = study.reference(model)
+    if ref is None or model not in set(q["model"]):
+        r = not_tested(f"{model} has no reference scheme with next-word accuracy")
+        return r, r
+    mr = matrix(q, model, ref)
+    dr = drops(mr, low)
+    if dr is None:
+        c.add(model, "needs T=0 and a temperature in (0, 1]", "not tested")
+        r = not_tested("no model has T=0 and a temperature in (0, 1]")
+        return r, r
+    per_c: dict[str, tuple[Part, str]] = {}
+    per_c2: dict[str, tuple[str, str, str]] = {}
+    for s in four_bit:
+        ms = matrix(q, model, s)
+        ds = drops(ms, low)
+        if ds is None:
+            continue
+        idx = ds.dropna().index.intersection(dr.dropna().index)
+        yard = yardstick(dr.loc[idx].to_numpy(), o.sensitivity_margin, o.margin, ref)
+        excess = ds.loc[idx].to_numpy() - dr.loc[idx].to_numpy()
+        part = Part(f"{s} more sensitive than {ref}", excess - yard.per_prompt, MIN_PROMPTS)
+        c.design(model, f"{s}'s excess loss", part.y, "prompts", yard.value)
+        where = f"{model}: {s} vs {ref}, T={fmt_t(low)}"
+        c.add(
+            f"{where}: excess loss (absolute)", Estimate.t(excess).text("+.3f"), f"yardstick {yard.text}", OVER_PROMPTS
+        )
+        row = c.add(
+            f"{where}: excess beyond the yardstick", Estimate.t(part.y).text("+.3f"), part.reading(), OVER_PROMPTS
+        )
+        rel = relative(ds.loc[idx].to_numpy(), dr.loc[idx].to_numpy())
+        c.add(
+            f"{model}: {s} loss / {ref} loss (relative; meaningful above {1 + o.sensitivity_margin:.2f}×)",
+            f"{rel[0]:.2f}× [{rel[1]:.2f}, {rel[2]:.2f}]"
+            if math.isfinite(rel[0])
+            else "n/a (the reference loses nothing)",
+            "shown beside the absolute scale; not tested",
+            BOOTSTRAP_OVER_PROMPTS,
+        )
+        per_c[s] = (part, row, Estimate.t(excess).text("+.3f"), yard.text)
+        if len(sets["band"]) >= MIN_BAND and sets["below"] and sets["above"]:
+            per_c2[s] = _band(c2, o, model, s, ref, ms.loc[idx], mr.loc[idx], yard, sets)
+    return _combine_c(per_c), _combine_c2(per_c2)
 
 
-def _excess(q, model: str, s: str, ref: str, ts: list[float]):
-    ds, dr = drops(q, model, s, ts), drops(q, model, ref, ts)
-    if ds is None or dr is None:
-        return None
-    return (ds - dr).dropna()
+def _combine_c(per: dict) -> ModelReading:
+    if not per:
+        return not_tested("no 4-bit scheme has T=0 and a temperature in (0, 1]")
+    reading = agree([p.reading() for p, *_ in per.values()])
+    words = {
+        "holds": "above the yardstick",
+        "does not hold": "shown below the yardstick",
+        "inconclusive": "neither shown above nor below the yardstick",
+    }
+    parts = "; ".join(f"{s}: excess loss {ex}, {words[p.reading()]} ({yard})" for s, (p, _, ex, yard) in per.items())
+    lead = {
+        "holds": "every 4-bit scheme is meaningfully more sensitive than the reference",
+        "does not hold": "no 4-bit scheme is meaningfully more sensitive than the reference",
+    }.get(reading, "the 4-bit schemes do not decide together")
+    if reading == "holds":  # the scheme closest to failing decided it
+        pick = max(per, key=lambda s: per[s][0].p_holds)
+    elif reading == "does not hold":
+        pick = max(per, key=lambda s: per[s][0].p_fails)
+    else:
+        pick = next((s for s in per if per[s][0].reading() == "inconclusive"), next(iter(per)))
+    return ModelReading(reading, f"{lead} — {parts}", quote(per[pick][1]))
+
+
+def _band(c2, o, model, s, ref, ms: pd.DataFrame, mr: pd.DataFrame, yard, sets) -> tuple[str, str, str]:
+    """(reading, deciding row, why) of one scheme's band test."""
+
+    def excess(ts):  # per prompt: the scheme's loss from T=0 to ts minus the reference's
+        return (ms[0.0] - ms[ts].mean(axis=1)).to_numpy() - (mr[0.0] - mr[ts].mean(axis=1)).to_numpy()
+
+    e = {k: excess(v) for k, v in sets.items()}
+    where = {"below": "below the band", "band": "in the band", "above": "above the band"}
+    for k in ("below", "band", "above"):
+        c2.add(
+            f"{model}: {s} excess loss {where[k]}, T={fmt_t(sets[k])}",
+            Estimate.t(e[k]).text("+.3f"),
+            "context for the three parts below",
+            OVER_PROMPTS,
+        )
+    parts = [
+        Part("the excess in the band", e["band"] - yard.per_prompt, MIN_PROMPTS),
+        Part("the excess in the band minus that below it", e["band"] - e["below"] - yard.per_prompt, MIN_PROMPTS),
+        Part("the excess in the band minus that above it", e["band"] - e["above"] - yard.per_prompt, MIN_PROMPTS),
+    ]
+    for p in parts:
+        c2.design(model, f"{s}: {p.label}", p.y, "prompts", yard.value)
+    rows = [
+        c2.add(f"{model}: {s}, {p.label}, less the yardstick", Estimate.t(p.y).text("+.3f"), p.reading(), OVER_PROMPTS)
+        for p in parts
+    ]
+    dec = all_parts(parts)
+    row = rows[dec.part] if dec.part is not None else None
+    p = parts[dec.part] if dec.part is not None else None
+    if dec.reading == "holds":
+        why = (
+            f"{s}: the excess in the band is meaningful and exceeds that on each side of the band by more than the "
+            f"yardstick ({yard.text})"
+        )
+    elif dec.reading == "does not hold" and p is not None:
+        why = f"{s}: {p.label} is shown below the yardstick ({yard.text}): {row['value']} after subtracting it"
+    else:
+        why = (
+            f"{s}: {p.label if p else 'a part'} is shown neither above nor below the yardstick ({yard.text}): "
+            f"{row['value'] if row else 'no data'} after subtracting it"
+        )
+    return dec.reading, quote(row), why
+
+
+def _combine_c2(per: dict[str, tuple[str, str, str]]) -> ModelReading:
+    if not per:
+        return not_tested("no 4-bit scheme has the temperatures needed")
+    reading = agree([r for r, _, _ in per.values()])
+    first = next((v for v in per.values() if v[0] == reading), next(iter(per.values())))
+    return ModelReading(reading, "; ".join(why for _, _, why in per.values()), first[1])

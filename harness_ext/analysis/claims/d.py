@@ -1,102 +1,55 @@
 """(d) int8 is much slower, fp16 the fastest, at every size; (d2) bf16 is the fastest at every size.
-Decided from speed rounds: ratios paired within a round, intervals over rounds."""
+Decided from speed rounds: ratios paired within a round, one-sided t-tests over rounds, one speed
+margin for "much slower" and "fastest" alike."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from harness_ext.analysis import rounds
-from harness_ext.analysis.claims.base import OVER_ROUNDS, Claim, Options, PerModel, across_models, claim, decided_by
-from harness_ext.analysis.stats import ALPHA, RoundRatio, holm, p_greater, p_less
+from harness_ext.analysis.claims._common import smallest_batch_groups
+from harness_ext.analysis.claims.base import (
+    OVER_ROUNDS,
+    Claim,
+    ModelReading,
+    Options,
+    across_models,
+    claim,
+    not_tested,
+    quote,
+)
+from harness_ext.analysis.rules import MIN_ROUNDS, Part, all_parts
+from harness_ext.analysis.stats import RoundRatio
 from harness_ext.analysis.study import Study
-
-
-def speed_reading(
-    slower: list, faster: list, *, margin_log: float, min_rounds: int = rounds.MIN_ROUNDS, alpha: float = ALPHA
-) -> tuple[PerModel, str]:
-    """``slower``: per-round log-ratios that must be above ``margin_log`` (the scheme much slower
-    than each other); ``faster``: log-ratios that must be below 0 (the scheme faster than each
-    other); each an array, or a (label, array) pair that the reason names. Holds if every one-sided
-    t-test over rounds rejects (intersection-union); does not hold if Holm over the opposite tests
-    (slower one faster; faster one slower) rejects one; fewer than ``min_rounds`` rounds in any
-    comparison: inconclusive — not replicated. The reason names the comparisons that decided it."""
-    comparisons = [(*_labelled(x), margin_log, True) for x in slower] + [(*_labelled(x), 0.0, False) for x in faster]
-    if not comparisons:
-        return "not tested", "nothing to compare"
-    short = [(label, lr) for label, lr, _, _ in comparisons if len(lr) < min_rounds]
-    if short:
-        label, lr = min(short, key=lambda x: len(x[1]))
-        n = len(lr)
-        return (
-            "inconclusive",
-            f"not replicated: {label} was timed in {n} uncontended round{'s' * (n != 1)} in common (≥ {min_rounds} "
-            "needed)",
-        )
-    ps = [p_greater(lr, m) if up else p_less(lr, m) for _, lr, m, up in comparisons]
-    if all(p < alpha for p in ps):
-        closest = max(range(len(ps)), key=ps.__getitem__)
-        label, lr, m, up = comparisons[closest]
-        return "holds", (
-            f"every comparison is significant over rounds, the closest {label} {RoundRatio.of(lr).text()} "
-            f"({_condition(m, up)}, p = {ps[closest]:.2g})"
-        )
-    against = [p_less(lr, 0.0) if up else p_greater(lr, 0.0) for _, lr, _, up in comparisons]
-    reverse = holm(against, alpha)
-    if any(reverse):
-        named = [
-            f"{label} {RoundRatio.of(lr).text()}"
-            for (label, lr, _, _), r in zip(comparisons, reverse, strict=True)
-            if r
-        ]
-        return "does not hold", "goes the other way (Holm over the comparisons): " + "; ".join(named)
-    undecided = [
-        f"{label} {RoundRatio.of(lr).text()} — not shown {_condition(m, up)} (p = {p:.2g})"
-        for (label, lr, m, up), p in zip(comparisons, ps, strict=True)
-        if p >= alpha
-    ]
-    return "inconclusive", "not separated over rounds: " + "; ".join(undecided)
-
-
-def comparison_reading(lr, margin_log: float, up: bool, min_rounds: int = rounds.MIN_ROUNDS) -> str:
-    """One comparison's own reading: whether its one-sided test over rounds meets the condition
-    (the claim needs every one of them), or too few rounds to tell."""
-    if len(lr) < min_rounds:
-        return f"not replicated ({len(lr)} round{'s' * (len(lr) != 1)})"
-    p = p_greater(lr, margin_log) if up else p_less(lr, margin_log)
-    return f"{'meets' if p < ALPHA else 'not shown'} {_condition(margin_log, up)} (p = {p:.2g})"
-
-
-def _condition(margin_log: float, up: bool) -> str:
-    """The condition a comparison must meet, in words: above the 'much slower' margin, or below 1x."""
-    return f"above {math.exp(margin_log):.2f}× ('much slower')" if up else "below 1× (faster)"
-
-
-def _labelled(x: object) -> tuple[str, object]:
-    return x if isinstance(x, tuple) else ("a comparison", x)
 
 
 @claim("d")
 def claim_d(study: Study, o: Options) -> list[Claim]:
-    ml = math.log(1 + o.speed_margin)
-    rule_tail = (
-        f"Per model, at the smallest batch, in every mode: decode time per token, per round (one load, warm-up, "
-        f"timed repeats), ratios paired within the round; uncontended rounds only, ≥ {rounds.MIN_ROUNDS} of them. "
-        "One-sided t-tests over rounds of the log-ratio at 5%; "
+    m = 1 + o.speed_margin
+    rule = (
+        f"Per model, at its smallest batch, in every mode: decode time per token, per round (one load, warm-up, timed "
+        f"repeats), ratios paired within the round; uncontended rounds only, ≥ {MIN_ROUNDS} of them; one-sided t-tests "
+        f"over rounds of the log-ratio at 5%. One speed margin, {m:.2f}× (report.speed_margin: the smallest speed "
+        "difference a user choosing a format would act on, and (a)'s margin of 'alike'), serves both words: 'much "
+        f"slower' = more than {m:.2f}× slower than every other scheme; 'the fastest' = more than {m:.2f}× faster than "
+        "every other scheme (a tie with another scheme is not 'the fastest'). Holds if every comparison is shown "
+        "(intersection-union); does not hold if Holm's correction over the opposite tests rejects one (a comparison "
+        "shown short of the margin or going the other way). A scheme the claim names and the study lacks leaves that "
+        "part not tested: no other scheme stands in for it. 'Every size' needs ≥ 2 sizes for supported/contradicted."
     )
     c = Claim(
         "d",
         "int8 is much slower, fp16 the fastest",
         "int8 is much slower than the other schemes, and fp16 is the fastest at every model size.",
-        rule_tail + f"int8 'much slower' = above {1 + o.speed_margin:.2f}× every other scheme; 'fastest' = the "
-        "unquantized 16-bit scheme (fp16, else bf16) below 1× every other. Holds if all tests reject "
-        "(intersection-union); does not hold if Holm over the opposite tests rejects one. 'Every size' needs ≥ 2 "
-        "sizes; a missing scheme leaves its part not tested.",
+        rule,
     )
     c2 = Claim(
         "d2",
         "bf16 is the fastest at every size",
         "Unquantized bf16 is the fastest at every model size (the revised abstract).",
-        rule_tail + "bf16 below 1× every other scheme; as in (d) otherwise.",
+        rule,
     )
     sp = rounds.speed_table(study)
     if sp.empty:
@@ -104,110 +57,146 @@ def claim_d(study: Study, o: Options) -> list[Claim]:
         return [c.decide("not tested", r), c2.decide("not tested", r)]
     sch = study.schemes(measured=True)
     # the seed's int8 is bitsandbytes' LLM.int8; torchao's and HQQ's int8 are weight-only, another scheme
-    int8 = sch[(sch["quant"] == "int8") & (sch["backend"].fillna("bitsandbytes") == "bitsandbytes")]["scheme"]
-    int8 = int8.tolist()[:1]
-    unq16 = sch[(sch["quant"] == "none") & (sch["dtype"].isin(["float16", "bfloat16"]))]
-    fast = (unq16[unq16["dtype"] == "float16"]["scheme"].tolist() or unq16["scheme"].tolist())[:1]
-    bf16 = unq16[unq16["dtype"] == "bfloat16"]["scheme"].tolist()[:1]
-    per: dict[str, PerModel] = {}
-    per2: dict[str, PerModel] = {}
-    for model, gm in sp.groupby("model", sort=False):
-        g_bs = gm[gm["batch_size"] == gm["batch_size"].min()]
-        slower, faster, faster2 = [], [], []
-        for (mode, machine), g in g_bs.groupby(["mode", "fingerprint"]):  # two machines: two tests, never one
-            label = f"{model} / {mode} / batch {int(g['batch_size'].iloc[0])}" + (
-                f" / machine {machine}" if machine else ""
-            )
-            present = list(dict.fromkeys(g["scheme"]))
-            for subject, out, evid, up in (
-                (int8, slower, c, True),
-                (fast, faster, c, False),
-                (bf16, faster2, c2, False),
-            ):
-                for s in subject:
-                    if s not in present:
-                        continue
-                    for other in present:
-                        if other == s:
-                            continue
-                        lr = rounds.paired_log_ratios(g, s, other)
-                        out.append((f"{s}/{other} ({mode}, batch {int(g['batch_size'].iloc[0])})", lr))
-                        evid.evidence.append(
-                            {
-                                "what": f"{label}: {s}/{other} decode time",
-                                "value": RoundRatio.of(lr).text(),
-                                "interval": OVER_ROUNDS,
-                                "verdict": comparison_reading(lr, ml if up else 0.0, up),
-                            }
-                        )
-            for s in present:
-                sd = rounds.spread(g, s)
-                c.evidence.append(
-                    {
-                        "what": f"{label}: {s} spread",
-                        "value": f"between rounds CV {_pct(sd['between'])} over {sd['rounds']} uncontended round(s); "
-                        f"within a round (p90−p10)/median {_pct(sd['within'])}",
-                        "verdict": "context: the spread behind the intervals (no test)",
-                    }
-                )
-            flagged = g[g["contended"]]
-            for _, r in flagged.iterrows():
-                c.evidence.append(
-                    {
-                        "what": f"{label}: {r['scheme']} round {int(r['round'])}",
-                        "value": "ran contended",
-                        "verdict": "excluded from every test",
-                    }
-                )
-        v, why = speed_reading(slower, faster, margin_log=ml)
-        if v == "holds" and (not int8 or not fast):  # a conjunction with a missing part is not shown to hold
-            v, why = "not tested", "a scheme the claim names is missing"
-        per[model] = v if (int8 or fast) else "not tested"
-        c.evidence.append({"what": f"{model}: reading", "value": why, "verdict": per[model]})
-        if bf16:
-            v2, why2 = speed_reading([], faster2, margin_log=ml)
-            per2[model] = v2
-            c2.evidence.append({"what": f"{model}: reading", "value": why2, "verdict": v2})
-        else:
-            per2[model] = "not tested"
-    missing = [n for n, x in (("int8", int8), ("fp16/bf16", fast)) if not x]
-    words = {
-        "holds": "int8 is the slowest by the margin and the 16-bit scheme the fastest",
-        "does not hold": "int8 is not the slowest, or the 16-bit scheme is beaten",
-        "inconclusive": "the rounds do not decide (too few, or the schemes not separated)",
-        "not tested": f"the study has no {' or '.join(missing) or 'comparable'} scheme",
-    }
-    words["inconclusive"] = _why(c, words["inconclusive"])
-    across_models(study, c, per, needs_sizes=True, words=words)
-    if missing and c.verdict != "not tested":
-        c.reason += f"; the study has no {' or '.join(missing)} scheme, so that part is not tested"
+    bnb_int8 = sch[(sch["quant"] == "int8") & (sch["backend"].fillna("bitsandbytes") == "bitsandbytes")]
+    int8 = next(iter(bnb_int8["scheme"]), None)
+    unq = sch[sch["quant"] == "none"]
+    fp16 = next(iter(unq[unq["dtype"] == "float16"]["scheme"]), None)
+    bf16 = next(iter(unq[unq["dtype"] == "bfloat16"]["scheme"]), None)
+    readings, readings2 = {}, {}
+    for model in dict.fromkeys(sp["model"]):
+        groups = smallest_batch_groups(sp, model)
+        _context(c, model, groups)
+        readings[model] = read_model(
+            c,
+            o,
+            model,
+            groups,
+            {"much slower": int8, "fastest": fp16},
+            names={"much slower": "int8", "fastest": "fp16"},
+        )
+        readings2[model] = read_model(c2, o, model, groups, {"fastest": bf16}, names={"fastest": "bf16"})
+    timed = ", ".join(sorted({w for m in dict.fromkeys(sp["model"]) for w, _ in smallest_batch_groups(sp, m)}))
+    named = " and ".join(x for x in (int8, fp16) if x) or "neither int8 nor fp16"
+    across_models(study, c, readings, needs_sizes=True, what=f"{named} against every other scheme; {timed}")
     across_models(
-        study,
-        c2,
-        per2,
-        needs_sizes=True,
-        words={
-            "holds": "bf16 is the fastest",
-            "does not hold": "bf16 is beaten",
-            "inconclusive": _why(c2, "the rounds do not separate the schemes"),
-            "not tested": "the study has no bf16 scheme",
-        },
+        study, c2, readings2, needs_sizes=True, what=f"{bf16 or 'no bf16'} against every other scheme; {timed}"
     )
-    every = {v: (v,) for v in ("holds", "does not hold", "inconclusive")}
-    decided_by(c, every, first_part=True)
-    decided_by(c2, every, first_part=True)
     return [c, c2]
+
+
+def read_model(
+    c: Claim, o: Options, model: str, groups, subjects: dict[str, str | None], names: dict[str, str]
+) -> ModelReading:
+    """One model's reading: every comparison of each named subject, in every mode (smallest batch)."""
+    ml = math.log(1 + o.speed_margin)
+    parts: list[Part] = []
+    rows: list[dict[str, str]] = []
+    words: list[str] = []
+    absent = [names[k] for k, s in subjects.items() if s is None]
+    for where, g in groups:
+        present = list(dict.fromkeys(g["scheme"]))
+        for word, s in subjects.items():
+            if s is None or s not in present:
+                continue
+            for other in (x for x in present if x != s):
+                lr = rounds.paired_log_ratios(g, s, other)
+                y = lr - ml if word == "much slower" else -lr - ml
+                part = Part(f"{s}/{other} ({where})", y, MIN_ROUNDS)
+                c.design(model, f"{s}/{other} ({where})", lr, "rounds", ml, log=True)
+                parts.append(part)
+                words.append(word)
+                rows.append(
+                    c.add(
+                        f"{model}, {where}: {s}/{other} decode time",
+                        RoundRatio.of(lr).text(),
+                        _comparison(part, lr, word, o.speed_margin),
+                        OVER_ROUNDS,
+                    )
+                )
+    if not parts:
+        named = " or ".join(names[k] for k in subjects)
+        return not_tested(f"the study has no {named} scheme" if absent else f"{model} has no comparable rounds")
+    dec = all_parts(parts)
+    p, row, word = parts[dec.part], rows[dec.part], words[dec.part]
+    if dec.reading == "holds":
+        why = f"every comparison meets its condition over rounds; the closest: {quote(row)} ({_sense(p, word, o)})"
+    elif dec.reading == "does not hold":
+        why = _direction(p, word, row, o)
+    elif dec.why == "too few units":
+        why = (
+            f"not replicated: {p.label} was timed in {p.n} uncontended round{'s' * (p.n != 1)} (≥ {MIN_ROUNDS} needed)"
+        )
+    else:
+        why = (
+            f"not separated over rounds: {row['value']} for {p.label}, short of {_condition(word, o)} "
+            f"(p = {p.p_holds:.2g}) and not shown against it (p = {p.p_fails:.2g})"
+        )
+    if absent and dec.reading != "does not hold":
+        missing = " and ".join(absent)
+        return ModelReading(
+            "not tested",
+            f"the claim names {missing} and the study has none (no other scheme stands "
+            f"in for it); what was measured: {dec.reading} — {why}",
+            quote(row),
+        )
+    return ModelReading(dec.reading, why, quote(row))
+
+
+def _condition(word: str, o: Options) -> str:
+    m = 1 + o.speed_margin
+    return (
+        f"'much slower' (> {m:.2f}×)" if word == "much slower" else f"'the fastest' (< {1 / m:.2f}×, {m:.2f}× faster)"
+    )
+
+
+def _comparison(part: Part, lr: np.ndarray, word: str, margin: float) -> str:
+    """One comparison's own reading, in words: which way it went against the condition."""
+    if not part.decidable:
+        return f"not replicated ({part.n} round{'s' * (part.n != 1)})"
+    cond = f"> {1 + margin:.2f}×" if word == "much slower" else f"< {1 / (1 + margin):.2f}×"
+    if part.p_holds < 0.05:
+        return f"meets {cond} (p = {part.p_holds:.2g})"
+    if part.p_fails < 0.05:
+        return f"shown short of {cond} (p = {part.p_fails:.2g})"
+    return f"undecided against {cond} (p = {part.p_holds:.2g} / {part.p_fails:.2g})"
+
+
+def _sense(p: Part, word: str, o: Options) -> str:
+    return f"{_condition(word, o)} shown, p = {p.p_holds:.2g}"
+
+
+def _direction(p: Part, word: str, row: dict[str, str], o: Options) -> str:
+    """Why a refuted comparison refutes the claim, saying which way the ratio was measured."""
+    s, rest = p.label.split("/", 1)
+    other = rest.split(" (", 1)[0]
+    ml = math.log(1 + o.speed_margin)
+    r = RoundRatio.of(np.asarray(p.y) + ml if word == "much slower" else -(np.asarray(p.y) + ml))
+    pct = f"{o.speed_margin:.0%}"
+    if r.lo > 1:
+        way = f"{s} was measured slower than {other}" + ("" if word == "fastest" else f", by less than {pct}")
+    elif r.hi < 1:
+        way = f"{s} was measured faster than {other}" + ("" if word == "much slower" else f", by less than {pct}")
+    else:
+        way = f"{s} and {other} are not separated (a tie within the rounds' noise)"
+    return f"{way}: {s}/{other} {row['value']} — short of {_condition(word, o)}"
+
+
+def _context(c: Claim, model: str, groups) -> None:
+    """Rows that say what stands behind the intervals: each scheme's spread, and excluded rounds."""
+    for where, g in groups:
+        for s in dict.fromkeys(g["scheme"]):
+            sd = rounds.spread(g, s)
+            c.add(
+                f"{model}, {where}: {s} spread",
+                f"between rounds CV {_pct(sd['between'])} over {sd['rounds']} uncontended round(s); within a round "
+                f"(p90−p10)/median {_pct(sd['within'])}",
+                "context: the spread behind the intervals (no test)",
+            )
+        for _, r in g[g["contended"]].iterrows():
+            c.add(
+                f"{model}, {where}: {r['scheme']} round {int(r['round'])}", "ran contended", "excluded from every test"
+            )
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%" if math.isfinite(x) else "n/a"
-
-
-def _why(c: Claim, default: str) -> str:
-    """Each inconclusive model's own reason, named by model (the reason says which comparison failed)."""
-    whys = [
-        f"{e['what'].removesuffix(': reading')}: {e['value']}"
-        for e in c.evidence
-        if e["what"].endswith(": reading") and e.get("verdict") == "inconclusive"
-    ]
-    return "; ".join(whys) if whys else default
