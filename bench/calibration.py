@@ -4,8 +4,10 @@
     python bench/calibration.py --sims 400 --quick   # a smoke run (rates too coarse to certify)
 
 Quality noise: the committed demo's probe (per-prompt rows resampled whole across schemes and
-temperatures). Speed noise: per-round log decode-time residuals of the committed CPU demo and of the
-H100 speed studies run on one GPU (``reports/paper_speed``, ``reports/two_gpus/replicated/one-*``).
+temperatures). Speed noise: per-round log decode-time residuals of the committed CPU demo's two runs
+(rounds in processes of their own), of the earlier CPU demo (all rounds in one process,
+``reports/calibration/pools/``), and of the H100 speed studies run on one GPU (``reports/paper_speed``,
+``reports/two_gpus/replicated/one-*``). ``--rules`` runs some rules only (the table then holds those).
 Writes ``reports/calibration/table.md`` and ``table.csv``; exits 1 if any false-verdict rate's
 Clopper–Pearson 95 % upper bound exceeds 6.5 %.
 """
@@ -29,11 +31,17 @@ GPU_RUNS = ["reports/paper_speed/data"] + [
 ]
 
 
+DEMO_RUNS = ["reports/demo/data", "reports/demo/rerun/data"]
+ONE_PROCESS = "reports/calibration/pools/cpu_demo_one_process"
+
+
 def pools() -> tuple[sim.QualityPool, dict[str, sim.SpeedPool]]:
-    demo = Study.load(REPO / "reports/demo/data")
+    demo = Study.load(REPO / DEMO_RUNS[0])
     quality = sim.QualityPool.of(demo, source="CPU demo, SmolLM2-135M probe")
+    runs = [Study.load(REPO / p) for p in DEMO_RUNS if (REPO / p).is_dir()]
     speeds = {
-        "CPU demo rounds (2 cores)": sim.SpeedPool.of([demo], "CPU demo"),
+        f"CPU demo rounds, fresh processes ({len(runs)} runs, 2 cores)": sim.SpeedPool.of(runs, "CPU demo"),
+        "CPU demo rounds, one process (the earlier demo)": sim.SpeedPool.of([Study.load(REPO / ONE_PROCESS)], "CPU"),
         "H100 rounds (paper_speed, 5 runs)": sim.SpeedPool.of([Study.load(REPO / p) for p in GPU_RUNS], "H100"),
     }
     return quality, speeds
@@ -76,9 +84,14 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, nargs="+", default=[3, 5, 8])
     ap.add_argument("--out", type=Path, default=REPO / "reports/calibration")
     ap.add_argument("--quick", action="store_true", help="do not write the table (a smoke run)")
+    ap.add_argument("--rules", help="comma-separated rules to run, e.g. '(a) quality,(b),(c)' (default: all)")
+    ap.add_argument("--out-name", default="table", help="file stem of the written table (default: table)")
     args = ap.parse_args()
     quality, speeds = pools()
     scenarios = cal.scenarios(quality, speeds, rounds=tuple(args.rounds))
+    if args.rules:
+        wanted = {r.strip() for r in args.rules.split(",")}
+        scenarios = [s for s in scenarios if s.rule in wanted]
     start = time.perf_counter()
 
     def say(s: str) -> None:
@@ -93,8 +106,8 @@ def main() -> int:
     print(text)
     if not args.quick:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "table.md").write_text(text, encoding="utf-8")
-        tab.to_csv(args.out / "table.csv", index=False)
+        (args.out / f"{args.out_name}.md").write_text(text, encoding="utf-8")
+        tab.to_csv(args.out / f"{args.out_name}.csv", index=False)
     bad = tab[tab["ok"] == False]  # noqa: E712  (None marks power rows)
     return 1 if len(bad) else 0
 

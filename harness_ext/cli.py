@@ -163,6 +163,9 @@ def _main(argv: list[str] | None) -> int:
     if not args.verbose:
         for noisy in ("lm_eval", "transformers", "accelerate", "datasets"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
+        from harness_ext import import_noise  # torchao's and torch's import-time notices
+
+        import_noise.quiet()
     try:
         _check_options(args)
         return COMMANDS[args.command](args, argv)

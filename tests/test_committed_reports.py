@@ -48,11 +48,9 @@ def test_every_committed_record_reads_and_writes_back_byte_identically() -> None
 
 @pytest.mark.parametrize("run_dir", RUN_DIRS, ids=lambda p: str(p.relative_to(REPO / "reports")))
 def test_committed_run_directories_derive_their_tables(run_dir: Path) -> None:
-    """The tables derived from the records through the one schema hold what the tables committed
-    beside them hold (the report's derivation, as ``harness-ext report <run dir>`` does it). What
-    changed on purpose: every parquet column has its schema type (enforced on write: a column without
-    values is no longer ``null``, an integer column with gaps no longer ``double``), and a speed round's
-    ``round``, ``round_position`` and ``contended`` are typed columns of the cells table, not metric rows."""
+    """The tables derived from the records through the one schema (the report's derivation, as
+    ``harness-ext report <run dir>`` does it) are, byte for byte, the tables committed beside them and
+    in the report rendered from them: the record format is the contract, the tables follow from it."""
     import pyarrow.parquet as pq
 
     from harness_ext.report.page import input_tables
@@ -63,34 +61,10 @@ def test_committed_run_directories_derive_their_tables(run_dir: Path) -> None:
     assert not warnings and set(derived) == {p.name for p in (run_dir / "tables").iterdir()}
     report_data = run_dir.parent / "data"  # the report rendered from this run directory, if committed
     for name, data in derived.items():
-        committed = [run_dir / "tables" / name] + ([report_data / name] if report_data.is_dir() else [])
         if name.endswith(".parquet"):
             assert pq.read_schema(io.BytesIO(data)).remove_metadata() == SCHEMAS[name.split(".")[0]], name
-        for path in committed:
-            assert _rows(data, name) == _rows(path.read_bytes(), name, typed=False), (name, path)
-
-
-def _rows(data: bytes, name: str, typed: bool = True) -> object:
-    """A table file's rows as plain values (run.json: its bytes); for the cells table as committed
-    (``typed=False``), its rows with the round's fact metrics moved into their typed columns."""
-    import pandas as pd
-
-    from harness_ext.store.tables import FACT_METRICS, ROUND_COLUMNS, SCHEMAS
-
-    if name == "run.json":
-        return data
-    frame = pd.read_parquet(io.BytesIO(data)) if name.endswith(".parquet") else pd.read_csv(io.BytesIO(data))
-    if name.startswith("cells") and not typed:
-        facts = frame[(frame["kind"] == "speed") & frame["metric"].isin(FACT_METRICS)]
-        by_cell = facts.pivot_table(index="cell_id", columns="metric", values="value", aggfunc="first")
-        frame = frame.drop(facts.index).reset_index(drop=True)
-        at = frame.columns.get_loc("invocation") + 1
-        for i, col in enumerate(ROUND_COLUMNS):
-            values = frame["cell_id"].map(by_cell[col]) if col in by_cell else None
-            frame.insert(at + i, col, values)
-        frame["contended"] = frame["contended"].map(lambda v: bool(v) if pd.notna(v) else None)
-    frame = frame.reindex(columns=SCHEMAS[name.split(".")[0]].names)
-    return [[None if pd.isna(v) else (float(v) if isinstance(v, (int, float)) else v) for v in r] for r in frame.values]
+        for path in [run_dir / "tables" / name] + ([report_data / name] if report_data.is_dir() else []):
+            assert data == path.read_bytes(), (name, path)
 
 
 @pytest.mark.parametrize("path", sorted(REPO.glob("reports/**/*.parquet")), ids=lambda p: str(p.relative_to(REPO)))

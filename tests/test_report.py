@@ -370,7 +370,7 @@ def test_every_evidence_row_says_what_it_shows_and_d_names_the_condition(demo_st
 def test_examples_say_their_settings_and_show_the_reference_beside_each_scheme(demo) -> None:
     _, html = demo
     examples = html[html.index('id="examples"') : html.index('id="missing"')]
-    settings = "T = 0 (greedy), top-k 50, top-p 1, repetition penalty 1, at most 64 new tokens, seed 0, sample 0"
+    settings = "T = 0 (greedy), top-k off, top-p 1, repetition penalty 1, at most 32 new tokens, seed 0, sample 0"
     assert settings in examples
     assert "reference (fp32), same stream" in examples
     gens = pd.read_parquet(REPO / "reports" / "demo" / "data" / "generations.parquet")
@@ -378,8 +378,8 @@ def test_examples_say_their_settings_and_show_the_reference_beside_each_scheme(d
         (gens["task"] == "quant_continuation")
         & (gens["doc_id"] == 0)
         & (gens["temperature"] == 0.0)
-        & (gens["top_k"] == 50)
-        & (gens["max_new_tokens"] == 64)
+        & (gens["top_k"].isna() | (gens["top_k"] == -1))
+        & (gens["max_new_tokens"] == 32)
         & (gens["seed"] == 0)
         & (gens["sample"] == 0)
     ]

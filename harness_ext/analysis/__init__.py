@@ -6,7 +6,7 @@ The public surface is re-exported here: ``from harness_ext import analysis; anal
 
 from harness_ext.analysis.claims import REGISTRY, Claim, Options, Verdict, claims
 from harness_ext.analysis.rounds import MIN_ROUNDS, speed_summary, speed_table
-from harness_ext.analysis.stats import Estimate, RoundRatio, bootstrap_ci
+from harness_ext.analysis.stats import Estimate, bootstrap_ci
 from harness_ext.analysis.study import (
     POINT_COLUMNS,
     Study,
@@ -27,7 +27,6 @@ __all__ = [
     "Claim",
     "Estimate",
     "Options",
-    "RoundRatio",
     "Study",
     "Verdict",
     "bootstrap_ci",

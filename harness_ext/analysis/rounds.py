@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness_ext.analysis.stats import RoundRatio, log_ratio_rounds
+from harness_ext.analysis.stats import Estimate, log_ratio_rounds
 from harness_ext.analysis.study import Study
 from harness_ext.store.tables import FACT_METRICS, ROUND_COLUMNS
 
@@ -117,8 +117,8 @@ def paired_log_ratios(g: pd.DataFrame, a: str, b: str, clean: bool = True) -> np
     return log_ratio_rounds(x.loc[both].to_numpy(), y.loc[both].to_numpy())
 
 
-def ratio(g: pd.DataFrame, a: str, b: str, clean: bool = True) -> RoundRatio:
-    return RoundRatio.of(paired_log_ratios(g, a, b, clean))
+def ratio(g: pd.DataFrame, a: str, b: str, clean: bool = True) -> Estimate:
+    return Estimate.over_rounds(paired_log_ratios(g, a, b, clean))
 
 
 def spread(g: pd.DataFrame, scheme: str) -> dict[str, float]:

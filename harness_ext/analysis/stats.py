@@ -37,24 +37,63 @@ def bootstrap_ci(
     return (mean, float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
+#: What an estimate's interval is: one label per statistic, shown beside every interval in a report.
+BOOTSTRAP_OVER_PROMPTS = "95 % bootstrap interval over prompts"
+OVER_PROMPTS = "95 % t-interval over prompts"
+OVER_ROUNDS = "95 % t-interval over rounds (log-ratio)"
+
+
 @dataclass(frozen=True)
 class Estimate:
-    """A mean over prompts with its 95 % bootstrap interval."""
+    """The one number-with-interval type from analysis to report: a value, its 95 % interval, the
+    units it rests on (prompts or rounds) and which statistic the interval is (``statistic``, one of
+    the labels above). A ratio over rounds (``ratio``) is the geometric mean of per-round ratios with
+    the t-interval of their logs, shown as ``1.24× [0.86, 1.78] over 3 rounds``.
+
+    What the store keeps (a record's ``MetricValue``: lm-eval's value and stderr, a probe metric's mean
+    and stderr, a speed round's median with its p10–p90) is the record format, read into this type
+    where a report shows an interval; a round's p10–p90 of repeats is a spread, never an interval."""
 
     value: float
     lo: float
     hi: float
     n: int
+    statistic: str = BOOTSTRAP_OVER_PROMPTS
+    ratio: bool = False
 
     @classmethod
     def of(cls, values: np.ndarray | list[float]) -> Estimate:
+        """The mean over prompts with its percentile bootstrap interval."""
         v = np.asarray(values, dtype=float)
         mean, lo, hi = bootstrap_ci(v)
         return cls(mean, lo, hi, int(np.isfinite(v).sum()))
 
+    @classmethod
+    def t(cls, values: np.ndarray | list[float], level: float = 0.95) -> Estimate:
+        """The mean with its t-interval: the interval the claims' t-based tests are consistent with."""
+        v = _finite(values)
+        mean, lo, hi = t_interval(v, level)
+        return cls(mean, lo, hi, int(v.size), OVER_PROMPTS)
+
+    @classmethod
+    def over_rounds(cls, log_ratios: np.ndarray | list[float]) -> Estimate:
+        """A ratio of two schemes' decode times: the geometric mean over rounds of the per-round ratio,
+        with the t-interval over rounds of its log (no interval with fewer than 2 rounds)."""
+        v = _finite(log_ratios)
+        mean, lo, hi = t_interval(v)
+        return cls(math.exp(mean), math.exp(lo), math.exp(hi), int(v.size), OVER_ROUNDS, ratio=True)
+
+    @property
+    def rounds(self) -> int:
+        return self.n
+
     def text(self, fmt: str = ".3f") -> str:
         if not math.isfinite(self.value):
             return "n/a"
+        if self.ratio:
+            if not math.isfinite(self.lo):
+                return f"{self.value:.2f}× ({self.n} round: no interval)"
+            return f"{self.value:.2f}× [{self.lo:.2f}, {self.hi:.2f}] over {self.n} rounds"
         return f"{fmt_number(self.value, fmt)} [{fmt_number(self.lo, fmt)}, {fmt_number(self.hi, fmt)}]"
 
     def above(self, x: float) -> bool:
@@ -68,13 +107,6 @@ class Estimate:
 
     def outside(self, m: float) -> bool:
         return self.lo > m or self.hi < -m
-
-    @classmethod
-    def t(cls, values: np.ndarray | list[float], level: float = 0.95) -> Estimate:
-        """The mean with its t-interval: the interval the claims' t-based tests are consistent with."""
-        v = _finite(values)
-        mean, lo, hi = t_interval(v, level)
-        return cls(mean, lo, hi, int(v.size))
 
 
 def fmt_number(v: float, spec: str = ".3f") -> str:
@@ -163,26 +195,3 @@ def log_ratio_rounds(a: np.ndarray | list[float], b: np.ndarray | list[float]) -
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.log(a / b)
     return r[np.isfinite(r)]
-
-
-@dataclass(frozen=True)
-class RoundRatio:
-    """A ratio of two schemes' decode times: geometric mean over rounds of the per-round ratio, with
-    its 95 % t-interval over rounds (nan with fewer than 2 rounds)."""
-
-    value: float
-    lo: float
-    hi: float
-    rounds: int
-
-    @classmethod
-    def of(cls, log_ratios: np.ndarray) -> RoundRatio:
-        mean, lo, hi = t_interval(log_ratios)
-        return cls(math.exp(mean), math.exp(lo), math.exp(hi), int(np.size(log_ratios)))
-
-    def text(self) -> str:
-        if not math.isfinite(self.value):
-            return "n/a"
-        if not math.isfinite(self.lo):
-            return f"{self.value:.2f}× ({self.rounds} round: no interval)"
-        return f"{self.value:.2f}× [{self.lo:.2f}, {self.hi:.2f}] over {self.rounds} rounds"

@@ -48,7 +48,7 @@ FORWARD = "one prompt per pass, unpadded"
 DTYPE = "float64"
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def next_token_logits(
     model: Any,
     input_ids: Sequence[Sequence[int]],
@@ -118,34 +118,79 @@ def probe_metrics(
     probability that one sample is ``gold``), ``entropy`` (nats), and against the ``reference``
     logits (same prompts) at the same settings ``top1_agree`` (same argmax), ``tv`` (total
     variation) and ``kl`` (KL(reference ‖ this), only where neither distribution is truncated or
-    greedy; NaN elsewhere). Without a reference the last three are NaN."""
+    greedy; NaN elsewhere). Without a reference the last three are NaN.
+
+    What does not depend on the point is computed once per chunk: the float64 logits, the
+    repetition penalty's transform and the argmax (temperature and truncation keep the largest logit,
+    so every point's top token is the penalized logits' argmax). Greedy points are one-hot: their
+    metrics follow from the argmax alone. The reference's own probe (``reference is logits``) agrees
+    with itself exactly, so its distances are 0 without being computed."""
     results: dict[SamplingPoint, dict[str, list[float]]] = {p: {m: [] for m in METRICS} for p in points}
+    itself = reference is logits
     for start in range(0, logits.shape[0], chunk):
         sl = slice(start, start + chunk)
-        z, g = logits[sl], gold[sl]
-        zr = reference[sl] if reference is not None else None
+        z64, g = logits[sl].double(), gold[sl]
+        zr64 = reference[sl].double() if reference is not None and not itself else None
         s = seen[sl] if seen is not None else None
+        n = z64.shape[0]
+        nan = [math.nan] * n
+        penalized: dict[float, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]] = {}
         for p in points:
-            probs, logp = distribution(z, p, s)
+            rp = p.repetition_penalty
+            if rp not in penalized:
+                z, zr = _penalized(z64, rp, s), (_penalized(zr64, rp, s) if zr64 is not None else None)
+                penalized[rp] = (z, zr, z.argmax(-1), zr.argmax(-1) if zr is not None else None)
+            z, zr, top, rtop = penalized[rp]
             m = results[p]
-            m["p_gold"] += probs.gather(1, g[:, None]).squeeze(1).tolist()
-            plogp = torch.where(probs > 0, probs * logp, torch.zeros_like(probs))
-            m["entropy"] += (-plogp.sum(-1)).tolist()
-            if zr is None:
-                nan = [math.nan] * z.shape[0]
+            if reference is None:
                 m["top1_agree"] += nan
                 m["tv"] += nan
                 m["kl"] += nan
-                continue
-            rprobs, rlogp = distribution(zr, p, s)
-            m["top1_agree"] += (probs.argmax(-1) == rprobs.argmax(-1)).float().tolist()
-            m["tv"] += (0.5 * (probs - rprobs).abs().sum(-1)).clamp(0.0, 1.0).tolist()
-            if p.temperature > 0 and not p.truncated:
-                kl = torch.where(rprobs > 0, rprobs * (rlogp - logp), torch.zeros_like(rprobs)).sum(-1).clamp(min=0.0)
-                m["kl"] += kl.tolist()
+            elif itself:
+                m["top1_agree"] += [1.0] * n
+                m["tv"] += [0.0] * n
+                m["kl"] += [0.0] * n if p.temperature > 0 and not p.truncated else nan
             else:
-                m["kl"] += [math.nan] * z.shape[0]
+                agree = (top == rtop).double()
+                m["top1_agree"] += agree.tolist()
+            if p.temperature == 0.0:  # one-hot on the argmax: hit or miss, no entropy, same argmax or apart
+                m["p_gold"] += (top == g).double().tolist()
+                m["entropy"] += [0.0] * n
+                if zr is not None:
+                    m["tv"] += (1.0 - agree).tolist()
+                    m["kl"] += nan
+                continue
+            probs, logp = _warped(z, p)
+            m["p_gold"] += probs.gather(1, g[:, None]).squeeze(1).tolist()
+            m["entropy"] += (-torch.nansum(probs * logp, dim=-1)).tolist()  # 0 * -inf (removed tokens) -> 0
+            if zr is None:
+                continue
+            rprobs, rlogp = _warped(zr, p)
+            m["tv"] += (0.5 * (probs - rprobs).abs().sum(-1)).clamp(0.0, 1.0).tolist()
+            if not p.truncated:
+                m["kl"] += torch.nansum(rprobs * (rlogp - logp), dim=-1).clamp(min=0.0).tolist()
+            else:
+                m["kl"] += nan
     return results
+
+
+def _penalized(z64: torch.Tensor, penalty: float, seen: torch.Tensor | None) -> torch.Tensor:
+    if penalty == 1.0 or seen is None:
+        return z64
+    return apply_repetition_penalty(z64, seen, torch.full((z64.shape[0],), penalty, dtype=z64.dtype))
+
+
+def _warped(z64: torch.Tensor, point: SamplingPoint) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 (probabilities, log-probabilities) at a point with T > 0, from penalized float64 logits."""
+    n = z64.shape[0]
+    warped = warp(
+        z64,
+        torch.full((n,), point.temperature, dtype=z64.dtype),
+        torch.full((n,), point.top_k or 0, dtype=torch.long),
+        torch.full((n,), point.top_p, dtype=z64.dtype),
+    )
+    logp = torch.log_softmax(warped, dim=-1)
+    return logp.exp(), logp
 
 
 def seen_tokens(input_ids: Sequence[Sequence[int]], vocab: int) -> torch.Tensor:

@@ -59,7 +59,16 @@ def gguf_tensor_types(gguf: Path) -> dict[str, int]:
 
 
 def _gguf_origin(gguf: Path, folder: Path, **extra: Any) -> dict[str, Any]:
-    return {**extra, "gguf": str(gguf), "converted": str(folder), "gguf_tensor_types": gguf_tensor_types(gguf)}
+    """Where a converted model came from. The tensor types are read from the GGUF once, at conversion,
+    and kept beside the converted weights: parsing a GGUF's metadata takes about a second, and every
+    speed round loads the model afresh in a process of its own."""
+    try:
+        types = json.loads((folder / "harness_ext.json").read_text(encoding="utf-8")).get("gguf_tensor_types")
+    except (OSError, ValueError):
+        types = None
+    if not isinstance(types, dict):
+        types = gguf_tensor_types(gguf)
+    return {**extra, "gguf": str(gguf), "converted": str(folder), "gguf_tensor_types": types}
 
 
 def resolve(
@@ -138,7 +147,8 @@ def convert_gguf(gguf: Path) -> Path:
             state.pop("lm_head.weight", None)
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tok.save_pretrained(tmp)
-        (tmp / "harness_ext.json").write_text(json.dumps({"source_gguf": str(gguf), "sha256": digest}, indent=1))
+        about = {"source_gguf": str(gguf), "sha256": digest, "gguf_tensor_types": gguf_tensor_types(gguf)}
+        (tmp / "harness_ext.json").write_text(json.dumps(about, indent=1))
         try:
             tmp.rename(target)
         except OSError:  # another process finished first

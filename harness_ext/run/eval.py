@@ -64,7 +64,7 @@ def evaluate_chunk(runner: RunnerAPI, work: PairWork, cells: list[Cell]) -> None
             model=lm,
             tasks=objs,
             limit=cells[0].params.get("limit"),
-            task_manager=task_manager(),
+            task_manager=task_manager(defaults=any(c.task.kind is None for c in cells)),
             bootstrap_iters=0,
             log_samples=True,
             random_seed=seed,

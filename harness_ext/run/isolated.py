@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 #: Set to 1 to time speed rounds inside the runner's process.
 IN_PROCESS_ENV = "HARNESS_EXT_ROUNDS_IN_PROCESS"
 #: What the forkserver imports before forking a round's process (CUDA: nothing that initialises CUDA).
-PRELOAD = ["harness_ext.backend", "harness_ext.run.runner"]
+PRELOAD = ["harness_ext.import_noise", "harness_ext.backend", "harness_ext.run.runner"]
 PRELOAD_CPU = [*PRELOAD, "harness_ext.run.warm"]
 
 

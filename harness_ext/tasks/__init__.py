@@ -16,12 +16,17 @@ from typing import Any
 TASKS_DIR = Path(__file__).parent
 
 
+#: the tasks of our own YAMLs (``task:`` of each file in TASKS_DIR)
+OUR_YAML_TASKS = frozenset(p.stem for p in TASKS_DIR.glob("quant_*.yaml"))
+
+
 @functools.cache
-def task_manager() -> Any:
-    """lm-eval's ``TaskManager`` with our tasks included, built once per process (it costs seconds)."""
+def task_manager(defaults: bool = True) -> Any:
+    """lm-eval's ``TaskManager`` with our tasks included, built once per process. ``defaults``: index
+    lm-eval's own thousands of task YAMLs too (seconds); our tasks alone need none of them."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(TASKS_DIR))
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=defaults)
 
 
 def base_config(name: str) -> dict[str, Any] | None:
@@ -30,7 +35,7 @@ def base_config(name: str) -> dict[str, Any] | None:
     from lm_eval.tasks._index import Kind
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    entry = task_manager().task_index.get(name)
+    entry = task_manager(defaults=name not in OUR_YAML_TASKS).task_index.get(name)
     if entry is None:
         raise KeyError(name)
     if entry.kind in (Kind.GROUP, Kind.TAG):
@@ -48,7 +53,7 @@ def output_type(name: str) -> str:
     cfg = base_config(name)
     if cfg is not None:
         return cfg.get("output_type", "generate_until")
-    task = task_manager().load([name])["tasks"][name]
+    task = task_manager(defaults=name not in OUR_YAML_TASKS).load([name])["tasks"][name]
     return task.get_config("output_type")
 
 
@@ -66,7 +71,7 @@ def make_variant(
 
     cfg = base_config(name)
     if cfg is None:  # a Python-class task: build it, then adjust its config in place
-        task = task_manager().load([name])["tasks"][name]
+        task = task_manager(defaults=name not in OUR_YAML_TASKS).load([name])["tasks"][name]
         task.config.task = variant
     else:
         cfg = copy.deepcopy(cfg)

@@ -10,9 +10,7 @@ rules, margins and error-rate controls are in docs/VERDICTS.md. Shared parts liv
 from __future__ import annotations
 
 from harness_ext.analysis.claims.base import (
-    BOOTSTRAP_OVER_PROMPTS,
-    OVER_PROMPTS,
-    OVER_ROUNDS,
+    PAIRED_BOOTSTRAP,
     RANGE_BOUNDS,
     REGISTRY,
     Claim,
@@ -26,12 +24,14 @@ from harness_ext.analysis.claims.base import (
     scope_of,
     size_groups,
 )
+from harness_ext.analysis.stats import BOOTSTRAP_OVER_PROMPTS, OVER_PROMPTS, OVER_ROUNDS
 from harness_ext.analysis.study import Study
 
 __all__ = [
     "BOOTSTRAP_OVER_PROMPTS",
     "OVER_PROMPTS",
     "OVER_ROUNDS",
+    "PAIRED_BOOTSTRAP",
     "RANGE_BOUNDS",
     "REGISTRY",
     "Claim",

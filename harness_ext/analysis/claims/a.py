@@ -9,8 +9,6 @@ import numpy as np
 from harness_ext.analysis import rounds
 from harness_ext.analysis.claims._common import four_bit_pair, matrix, smallest_batch_groups, temps
 from harness_ext.analysis.claims.base import (
-    OVER_PROMPTS,
-    OVER_ROUNDS,
     Claim,
     ModelReading,
     Options,
@@ -20,7 +18,7 @@ from harness_ext.analysis.claims.base import (
     quote,
 )
 from harness_ext.analysis.rules import MIN_PROMPTS, MIN_ROUNDS, EquivalencePart, equivalence
-from harness_ext.analysis.stats import Estimate, RoundRatio
+from harness_ext.analysis.stats import Estimate
 from harness_ext.analysis.study import Study, primary_quality
 
 
@@ -62,9 +60,7 @@ def read_model(study: Study, c: Claim, o: Options, model: str, pair: tuple[str, 
     if d.size:
         c.design(model, f"accuracy {nf4} − {fp4}", d, "prompts", o.margin)
     what = f"{model}: accuracy {nf4} − {fp4} (mean over T, {d.size} prompts)"
-    rows.append(
-        c.add(what, Estimate.t(d).text("+.3f") if d.size else "not measured", _reading(parts[-1]), OVER_PROMPTS)
-    )
+    rows.append(c.add(what, Estimate.t(d) if d.size else "not measured", _reading(parts[-1])))
     lm = math.log(1 + o.speed_margin)
     timed = False
     for where, g in smallest_batch_groups(sp, model):
@@ -74,11 +70,7 @@ def read_model(study: Study, c: Claim, o: Options, model: str, pair: tuple[str, 
         lr = rounds.paired_log_ratios(g, nf4, fp4)
         parts.append(EquivalencePart(f"decode time {nf4}/{fp4} ({where})", lr, lm, MIN_ROUNDS))
         c.design(model, f"decode time {nf4}/{fp4} ({where})", lr, "rounds", lm, log=True)
-        rows.append(
-            c.add(
-                f"{model}, {where}: decode time {nf4}/{fp4}", RoundRatio.of(lr).text(), _reading(parts[-1]), OVER_ROUNDS
-            )
-        )
+        rows.append(c.add(f"{model}, {where}: decode time {nf4}/{fp4}", Estimate.over_rounds(lr), _reading(parts[-1])))
     if not timed:
         parts.append(EquivalencePart(f"decode time {nf4}/{fp4}", np.array([]), lm, MIN_ROUNDS))
         rows.append(c.add(f"{model}: decode time {nf4}/{fp4}", "not measured (no speed rounds)", "not measured"))
@@ -122,9 +114,15 @@ def _why(
     if why == "too few units":
         need = "rounds" if p.min_units == MIN_ROUNDS else "prompts"
         return f"{p.label}: only {p.n} {need} (≥ {p.min_units} needed)"
+    tested = sum(x.fixed is None and x.decidable for x in parts)
+    holm = (
+        f", not significant after Holm's correction over the {tested} tested parts"
+        if p.p_differs < 0.05 and tested > 1
+        else ""
+    )
     return (
         f"{p.label} is neither shown inside {margin} nor beyond it: {row['value']} "
-        f"(TOST p = {p.p_equivalent:.2g}, beyond p = {p.p_differs:.2g})"
+        f"(TOST p = {p.p_equivalent:.2g}, beyond p = {p.p_differs:.2g}{holm})"
     )
 
 

@@ -17,7 +17,6 @@ from harness_ext.analysis.claims._common import (
     yardstick,
 )
 from harness_ext.analysis.claims.base import (
-    OVER_PROMPTS,
     RANGE_BOUNDS,
     Claim,
     ModelReading,
@@ -164,9 +163,8 @@ def read_resilience(study: Study, c2: Claim, o: Options, model: str, pair: tuple
     gap = db.loc[idx].to_numpy() - da.loc[idx].to_numpy()  # > 0: nf4 loses less than fp4
     c2.add(
         f"{model} ({family}): loss {fp4} − loss {nf4}, T={fmt_t(low)} (> 0: {nf4} more resilient)",
-        Estimate.t(gap).text("+.3f"),
+        Estimate.t(gap),
         f"yardstick {yard.text}",
-        OVER_PROMPTS,
     )
     expected = next((EXPECTED[k] for k in EXPECTED if k in family.lower()), None)
     if expected is None:
@@ -177,9 +175,8 @@ def read_resilience(study: Study, c2: Claim, o: Options, model: str, pair: tuple
     reading = part.reading()
     row = c2.add(
         f"{model} ({family}): {named}'s advantage beyond the yardstick",
-        Estimate.t(part.y).text("+.3f"),
+        Estimate.t(part.y),
         reading,
-        OVER_PROMPTS,
     )
     adv = Estimate.t(y).text("+.3f")
     if reading == "holds":

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from harness_ext.analysis import power
 from harness_ext.analysis.rules import Reading
+from harness_ext.analysis.stats import Estimate
 from harness_ext.analysis.study import Study
 
 #: holds / does not hold: on the models in scope (a single model, or models that disagree in size);
@@ -23,9 +24,7 @@ PerModel = Reading
 
 
 #: What an evidence value's bracketed interval is (its ``interval`` key): one label per statistic.
-OVER_PROMPTS = "95 % t-interval over prompts"
-OVER_ROUNDS = "95 % t-interval over rounds (log-ratio)"
-BOOTSTRAP_OVER_PROMPTS = "95 % paired bootstrap interval over prompts"
+PAIRED_BOOTSTRAP = "95 % paired bootstrap interval over prompts"
 RANGE_BOUNDS = "95 % bounds on the range (simultaneous lower, per-pair upper)"
 
 
@@ -95,8 +94,11 @@ class Claim:
         self.verdict, self.reason, self.deciding = verdict, reason, deciding
         return self
 
-    def add(self, what: str, value: str, reading: str, interval: str | None = None) -> dict[str, str]:
-        """Add an evidence row and return it (:func:`quote` gives the text a deciding figure shows)."""
+    def add(self, what: str, value: str | Estimate, reading: str, interval: str | None = None) -> dict[str, str]:
+        """Add an evidence row and return it (:func:`quote` gives the text a deciding figure shows). An
+        :class:`Estimate` value brings its own interval label (which statistic its interval is)."""
+        if isinstance(value, Estimate):
+            value, interval = (value.text("+.3f") if not value.ratio else value.text()), value.statistic
         row = {"what": what, "value": value, "verdict": reading}
         if interval:
             row["interval"] = interval

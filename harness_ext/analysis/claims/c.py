@@ -12,8 +12,7 @@ from scipy import stats as sps
 
 from harness_ext.analysis.claims._common import BAND, LOW_T_MAX, drops, fmt_t, matrix, yardstick
 from harness_ext.analysis.claims.base import (
-    BOOTSTRAP_OVER_PROMPTS,
-    OVER_PROMPTS,
+    PAIRED_BOOTSTRAP,
     Claim,
     ModelReading,
     Options,
@@ -133,12 +132,8 @@ def read_model(study, c, c2, o, model, four_bit, q, low, sets) -> tuple[ModelRea
         part = Part(f"{s} more sensitive than {ref}", excess - yard.per_prompt, MIN_PROMPTS)
         c.design(model, f"{s}'s excess loss", part.y, "prompts", yard.value)
         where = f"{model}: {s} vs {ref}, T={fmt_t(low)}"
-        c.add(
-            f"{where}: excess loss (absolute)", Estimate.t(excess).text("+.3f"), f"yardstick {yard.text}", OVER_PROMPTS
-        )
-        row = c.add(
-            f"{where}: excess beyond the yardstick", Estimate.t(part.y).text("+.3f"), part.reading(), OVER_PROMPTS
-        )
+        c.add(f"{where}: excess loss (absolute)", Estimate.t(excess), f"yardstick {yard.text}")
+        row = c.add(f"{where}: excess beyond the yardstick", Estimate.t(part.y), part.reading())
         rel = relative(ds.loc[idx].to_numpy(), dr.loc[idx].to_numpy())
         c.add(
             f"{model}: {s} loss / {ref} loss (relative; meaningful above {1 + o.sensitivity_margin:.2f}×)",
@@ -146,7 +141,7 @@ def read_model(study, c, c2, o, model, four_bit, q, low, sets) -> tuple[ModelRea
             if math.isfinite(rel[0])
             else "n/a (the reference loses nothing)",
             "shown beside the absolute scale; not tested",
-            BOOTSTRAP_OVER_PROMPTS,
+            PAIRED_BOOTSTRAP,
         )
         per_c[s] = (part, row, Estimate.t(excess).text("+.3f"), yard.text)
         if len(sets["band"]) >= MIN_BAND and sets["below"] and sets["above"]:
@@ -188,9 +183,8 @@ def _band(c2, o, model, s, ref, ms: pd.DataFrame, mr: pd.DataFrame, yard, sets) 
     for k in ("below", "band", "above"):
         c2.add(
             f"{model}: {s} excess loss {where[k]}, T={fmt_t(sets[k])}",
-            Estimate.t(e[k]).text("+.3f"),
+            Estimate.t(e[k]),
             "context for the three parts below",
-            OVER_PROMPTS,
         )
     parts = [
         Part("the excess in the band", e["band"] - yard.per_prompt, MIN_PROMPTS),
@@ -199,10 +193,7 @@ def _band(c2, o, model, s, ref, ms: pd.DataFrame, mr: pd.DataFrame, yard, sets) 
     ]
     for p in parts:
         c2.design(model, f"{s}: {p.label}", p.y, "prompts", yard.value)
-    rows = [
-        c2.add(f"{model}: {s}, {p.label}, less the yardstick", Estimate.t(p.y).text("+.3f"), p.reading(), OVER_PROMPTS)
-        for p in parts
-    ]
+    rows = [c2.add(f"{model}: {s}, {p.label}, less the yardstick", Estimate.t(p.y), p.reading()) for p in parts]
     dec = all_parts(parts)
     row = rows[dec.part] if dec.part is not None else None
     p = parts[dec.part] if dec.part is not None else None

@@ -11,7 +11,6 @@ import numpy as np
 from harness_ext.analysis import rounds
 from harness_ext.analysis.claims._common import smallest_batch_groups
 from harness_ext.analysis.claims.base import (
-    OVER_ROUNDS,
     Claim,
     ModelReading,
     Options,
@@ -21,7 +20,7 @@ from harness_ext.analysis.claims.base import (
     quote,
 )
 from harness_ext.analysis.rules import MIN_ROUNDS, Part, all_parts
-from harness_ext.analysis.stats import RoundRatio
+from harness_ext.analysis.stats import Estimate
 from harness_ext.analysis.study import Study
 
 
@@ -108,9 +107,8 @@ def read_model(
                 rows.append(
                     c.add(
                         f"{model}, {where}: {s}/{other} decode time",
-                        RoundRatio.of(lr).text(),
+                        Estimate.over_rounds(lr),
                         _comparison(part, lr, word, o.speed_margin),
-                        OVER_ROUNDS,
                     )
                 )
     if not parts:
@@ -170,7 +168,7 @@ def _direction(p: Part, word: str, row: dict[str, str], o: Options) -> str:
     s, rest = p.label.split("/", 1)
     other = rest.split(" (", 1)[0]
     ml = math.log(1 + o.speed_margin)
-    r = RoundRatio.of(np.asarray(p.y) + ml if word == "much slower" else -(np.asarray(p.y) + ml))
+    r = Estimate.over_rounds(np.asarray(p.y) + ml if word == "much slower" else -(np.asarray(p.y) + ml))
     pct = f"{o.speed_margin:.0%}"
     if r.lo > 1:
         way = f"{s} was measured slower than {other}" + ("" if word == "fastest" else f", by less than {pct}")
