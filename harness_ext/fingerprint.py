@@ -20,8 +20,6 @@ import json
 import logging
 import os
 import platform
-import shutil
-import subprocess
 import sys
 from typing import Any
 
@@ -240,18 +238,10 @@ SMI_FIELDS = (
 
 
 def _gpus_smi(indices: list[int] | None) -> list[dict[str, Any]]:
-    if shutil.which("nvidia-smi") is None:
-        return []
-    query = ",".join(q for _, q in SMI_FIELDS)
-    try:
-        text = subprocess.run(
-            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
+    from harness_ext.machine import smi_query
+
+    text = smi_query(",".join(q for _, q in SMI_FIELDS), timeout=10)
+    if text is None:
         return []
     return [g for g in parse_smi(text) if indices is None or g["index"] in indices]
 

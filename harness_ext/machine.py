@@ -47,19 +47,25 @@ def _proc_stat() -> dict[str, int] | None:
     return {n: int(v) for n, v in zip(names, first[1:], strict=False)}
 
 
-def _gpu() -> list[dict[str, float]] | None:
+def smi_query(fields: str, timeout: float = 5) -> str | None:
+    """``nvidia-smi --query-gpu=<fields>`` as CSV without header or units; None where it cannot be read."""
     if shutil.which("nvidia-smi") is None:
         return None
-    fields = "clocks.sm,clocks.max.sm,clocks.mem,utilization.gpu,temperature.gpu,power.draw"
     try:
-        out = subprocess.run(
+        return subprocess.run(
             ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
             capture_output=True,
             text=True,
-            timeout=5,
+            timeout=timeout,
             check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _gpu() -> list[dict[str, float]] | None:
+    out = smi_query("clocks.sm,clocks.max.sm,clocks.mem,utilization.gpu,temperature.gpu,power.draw")
+    if out is None:
         return None
     gpus = []
     for line in out.strip().splitlines():

@@ -129,39 +129,19 @@ def scenarios(
             truth,
         )
     # (a) in full: quality + speed + memory
+    full = (  # (name, quality effect in margins, true nf4/fp4 ratio, effect for the curve, truth)
+        ("quality at the margin, speed 1.0×", 1.0, 1.0, 1.0, "boundary"),
+        (f"quality 0, speed at the margin ({1 + speed_margin:g}×)", 0.0, 1 + speed_margin, 1.0, "boundary"),
+        ("quality 0, speed 1.0×", 0.0, 1.0, 0.0, "holds"),
+    )
     for label, sp in speeds.items():
         for k in rounds:
             kw = {**q, "speed": sp, "k": k, "margin": margin, "speed_margin": speed_margin}
-            add(
-                "(a) in full",
-                f"quality at the margin, speed 1.0×, {k} rounds",
-                sim.claim_a,
-                {**kw, "effect": margin, "ratio": 1.0},
-                1.0,
-                "boundary",
-                f"{qn}; {label}",
-                rounds=k,
-            )
-            add(
-                "(a) in full",
-                f"quality 0, speed at the margin ({1 + speed_margin:g}×), {k} rounds",
-                sim.claim_a,
-                {**kw, "effect": 0.0, "ratio": 1 + speed_margin},
-                1.0,
-                "boundary",
-                f"{qn}; {label}",
-                rounds=k,
-            )
-            add(
-                "(a) in full",
-                f"quality 0, speed 1.0×, {k} rounds",
-                sim.claim_a,
-                {**kw, "effect": 0.0, "ratio": 1.0},
-                0.0,
-                "holds",
-                f"{qn}; {label}",
-                rounds=k,
-            )
+            for name, e, r, effect, truth in full:
+                kwargs = {**kw, "effect": e * margin, "ratio": r}
+                add(
+                    "(a) in full", f"{name}, {k} rounds", sim.claim_a, kwargs, effect, truth, f"{qn}; {label}", rounds=k
+                )
     # (b): the range of the gap over temperature
     for shape in ("linear", "inverted-U"):
         for e, truth in (
@@ -218,49 +198,17 @@ def scenarios(
                 truth,
             )
     # (c2)
+    band = (  # (name, shape, size in yardsticks, effect for the curve, truth)
+        ("excess only in the band, 1 × yardstick", "bump", 1.0, 1.0, "boundary"),
+        ("excess rising linearly with T to 3 × yardstick at T=1", "linear", 3.0, 0.0, "does not hold"),
+        ("excess flat at 2 × yardstick", "flat", 2.0, 0.0, "does not hold"),
+        ("no excess", "bump", 0.0, 0.0, "does not hold"),
+        *((f"excess only in the band, {e:g} × yardstick", "bump", e, e, "holds") for e in (2.0, 3.0, 4.0)),
+    )
     for scheme in (quality.nf4, quality.fp4):
-        c2 = {**q, "scheme": scheme, "share": share}
-        add(
-            "(c2)",
-            f"{scheme}: excess only in the band, {1:g} × yardstick",
-            sim.claim_c2,
-            {**c2, "shape": "bump", "size_over_margin": 1.0},
-            1.0,
-            "boundary",
-        )
-        add(
-            "(c2)",
-            f"{scheme}: excess rising linearly with T to 3 × yardstick at T=1",
-            sim.claim_c2,
-            {**c2, "shape": "linear", "size_over_margin": 3.0},
-            0.0,
-            "does not hold",
-        )
-        add(
-            "(c2)",
-            f"{scheme}: excess flat at 2 × yardstick",
-            sim.claim_c2,
-            {**c2, "shape": "flat", "size_over_margin": 2.0},
-            0.0,
-            "does not hold",
-        )
-        add(
-            "(c2)",
-            f"{scheme}: no excess",
-            sim.claim_c2,
-            {**c2, "shape": "bump", "size_over_margin": 0.0},
-            0.0,
-            "does not hold",
-        )
-        for e in (2.0, 3.0, 4.0):
-            add(
-                "(c2)",
-                f"{scheme}: excess only in the band, {e:g} × yardstick",
-                sim.claim_c2,
-                {**c2, "shape": "bump", "size_over_margin": e},
-                e,
-                "holds",
-            )
+        for name, shape, size, effect, truth in band:
+            kwargs = {**q, "scheme": scheme, "share": share, "shape": shape, "size_over_margin": size}
+            add("(c2)", f"{scheme}: {name}", sim.claim_c2, kwargs, effect, truth)
     # (d): one margin for 'much slower' and 'the fastest'
     for label, sp in speeds.items():
         for k in rounds:
