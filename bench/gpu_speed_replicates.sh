@@ -16,12 +16,14 @@ export PYTHONPATH="$PWD:${PYTHONPATH:-}" TOKENIZERS_PARALLELISM=false CUDA_VISIB
 run=runs/paper_speed_replicates
 nvidia-smi --query-gpu=name,uuid,memory.total,driver_version,clocks.max.sm,power.limit,ecc.mode.current --format=csv,noheader
 python3 -c "import pynvml" 2>/dev/null || echo "warning: nvidia-ml-py missing: GPU contention is not sampled during the timed window"
-hx() { python3 -m harness_ext.cli "$@" --no-progress 2>&1 | grep -v "Warning:\|^WARNING bitsandbytes"; }
+hx() { timeout -s INT "$T" python3 -m harness_ext.cli "$@" --no-progress 2>&1 | grep -v "Warning:\|^WARNING bitsandbytes"; }
+T=120
 if [ "$phase" = 1 ]; then
-  timeout -s INT 500 hx run specs/paper_speed.yaml --output-dir "$run" --time-limit 8 | tee "$OUT/invocation1.log" | tail -6
+  rm -rf "$run"   # a fresh run directory: phase 1 starts the study
+  T=500 hx run specs/paper_speed.yaml --output-dir "$run" --time-limit 8 | tee "$OUT/invocation1.log" | tail -6
 else
   tar xzf gpu_carry/paper_speed_replicates.tgz
-  timeout -s INT 420 hx run specs/paper_speed.yaml --output-dir "$run" --time-limit 6.5 --add-rounds 3 | tee "$OUT/invocation2.log" | tail -6
+  T=420 hx run specs/paper_speed.yaml --output-dir "$run" --time-limit 6.5 --add-rounds 3 | tee "$OUT/invocation2.log" | tail -6
   hx report "$run" | tail -1
   hx report "$run" --compare reports/paper_speed/run --output-dir "$run/report/compare_h100" | tee "$OUT/compare.log" | head -40
 fi

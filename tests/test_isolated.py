@@ -114,10 +114,12 @@ def _die(unit: dict) -> dict:
     raise BrokenProcessPool("killed")
 
 
-@pytest.mark.parametrize("device", ["cpu", "cuda"])
-def test_the_forkserver_preloads_bitsandbytes_on_the_cpu_only(device: str) -> None:
-    """On CUDA, importing bitsandbytes initialises CUDA, which a forked process could not use again."""
-    assert ("harness_ext.run.warm" in isolated.preload(device)) is (device == "cpu")
+@pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:1"])
+def test_rounds_fork_from_the_preloaded_forkserver_on_the_cpu_and_spawn_on_cuda(device: str) -> None:
+    """Libraries initialise CUDA at import (bitsandbytes; on an H200 something transformers imports),
+    and a process forked after that cannot use CUDA: CUDA rounds start in a fresh interpreter."""
+    assert isolated.context(device).get_start_method() == ("forkserver" if device == "cpu" else "spawn")
+    assert "harness_ext.run.warm" in isolated.PRELOAD
 
 
 def test_add_rounds_must_be_positive_and_is_refused_before_anything_is_written(tmp_path) -> None:

@@ -3,11 +3,13 @@ process of its own, which returns its records to the runner that stores them.
 
 Rounds timed inside one long-lived process share its allocator, its warm caches and whatever the
 earlier rounds left behind, so they are not independent replicates (optimum-benchmark isolates each
-benchmark the same way). A round's process is forked from a *forkserver* that has already imported
-torch, transformers, lm-eval and harness_ext's backend (and, on the CPU, bitsandbytes, with its
-import log kept for the fingerprint), so a round pays the fork and its own load, not a fresh import.
-The forkserver is a fresh interpreter, not a fork of the runner: no CUDA state is inherited, and on
-CUDA it preloads nothing that initialises CUDA (bitsandbytes does).
+benchmark the same way). On the CPU a round's process is forked from a
+*forkserver* that has already imported torch, transformers, lm-eval, harness_ext's backend and
+bitsandbytes (with its import log kept for the fingerprint), so a round pays the fork and its own
+load, not a fresh import; the forkserver is a fresh interpreter, not a fork of the runner. On CUDA a
+round's process is *spawned* (a fresh interpreter that imports for itself): libraries initialise CUDA
+at import (bitsandbytes; on an H200, something transformers imports did, even without bitsandbytes),
+and a process forked after that cannot use CUDA at all.
 
 :func:`unit_task` is also what a Ray task runs (``executors/ray.py``): a unit's cells in a runner
 built from the driver's runner class, writing into a :class:`~harness_ext.store.MemoryStore`.
@@ -32,9 +34,8 @@ if TYPE_CHECKING:
 
 #: Set to 1 to time speed rounds inside the runner's process.
 IN_PROCESS_ENV = "HARNESS_EXT_ROUNDS_IN_PROCESS"
-#: What the forkserver imports before forking a round's process (CUDA: nothing that initialises CUDA).
-PRELOAD = ["harness_ext.import_noise", "harness_ext.backend", "harness_ext.run.runner"]
-PRELOAD_CPU = [*PRELOAD, "harness_ext.run.warm"]
+#: What the CPU's forkserver imports before forking a round's process.
+PRELOAD = ["harness_ext.import_noise", "harness_ext.backend", "harness_ext.run.runner", "harness_ext.run.warm"]
 
 
 def isolating() -> bool:
@@ -47,16 +48,17 @@ def is_round(cells: list[Cell]) -> bool:
     return bool(cells) and all(c.kind == "speed" for c in cells)
 
 
-def preload(device: str) -> list[str]:
-    """What the forkserver imports for rounds on ``device``: on CUDA nothing that initialises CUDA."""
-    return PRELOAD if device.startswith("cuda") else PRELOAD_CPU
+def start_method(device: str) -> str:
+    """How a round's process starts: forked from the preloaded forkserver on the CPU, spawned on CUDA."""
+    return "spawn" if device.startswith("cuda") else "forkserver"
 
 
 def context(device: str) -> Any:
-    """The forkserver context of round processes, preloading what the device allows (the forkserver
-    is one per process: the first round's device decides)."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(preload(device))
+    """The multiprocessing context of round processes on ``device`` (the CPU's forkserver, one per
+    process, preloads :data:`PRELOAD`)."""
+    ctx = multiprocessing.get_context(start_method(device))
+    if start_method(device) == "forkserver":
+        ctx.set_forkserver_preload(PRELOAD)
     return ctx
 
 
@@ -117,7 +119,7 @@ def in_fresh_process(unit: dict[str, Any]) -> dict[str, Any]:
     submitted = time.time()
     with ProcessPoolExecutor(1, mp_context=context(unit["device"]), max_tasks_per_child=1) as pool:
         result = pool.submit(unit_task, unit).result()
-    isolation = {"process": "forkserver", "pid": result["pid"], "startup_s": result["entered"] - submitted}
+    isolation = {"process": start_method(unit["device"]), "pid": result["pid"], "startup_s": result["entered"] - submitted}
     for data in result["records"]:
         if data.get("kind") == "speed":
             data["measurements"] = {**data.get("measurements", {}), "isolation": isolation}
@@ -125,11 +127,13 @@ def in_fresh_process(unit: dict[str, Any]) -> dict[str, Any]:
 
 
 def warm(device: str) -> None:
-    """Start this process's forkserver (its imports) now, so that the first round does not wait for it."""
+    """Start this process's forkserver (its imports) now, so that the first round does not wait for it
+    (on CUDA there is none: each round's process is spawned)."""
     from multiprocessing import forkserver
 
-    context(device)
-    forkserver.ensure_running()
+    if start_method(device) == "forkserver":
+        context(device)
+        forkserver.ensure_running()
 
 
 def run_round(runner: RunnerAPI, cells: list[Cell], records: Records, task_params: TaskParams) -> None:

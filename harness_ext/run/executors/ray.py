@@ -16,7 +16,7 @@ GPUs (each in a fresh process, :mod:`harness_ext.run.isolated`), so that a ratio
 on one device, never GPU 0's round with GPU 1's; such a task asks for whole GPUs (fractional GPUs
 would put two timed rounds on one device); and timed windows never overlap on one host (a host-wide
 lock around each round's timing, ``run/speed.py``), while loads and warm-ups of other tasks go on.
-Before planning, one no-op task per GPU starts a worker with torch, CUDA and the rounds' forkserver
+Before planning, one no-op task per GPU starts a worker with torch and CUDA (and, on the CPU, the rounds' forkserver)
 ready.
 
 A worker builds its runner with the driver's runner class, sent by reference in the task's payload
@@ -77,7 +77,7 @@ def pair_task(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def warm_task(device: str) -> int:
-    """A no-op that leaves its worker warm: torch imported, CUDA initialised, the rounds' forkserver started."""
+    """A no-op that leaves its worker warm: torch imported, CUDA initialised (on the CPU, the rounds' forkserver started)."""
     import os
 
     import torch
