@@ -20,7 +20,11 @@ def verdicts(study: Study) -> dict[str, str]:
 def main(run_dir: str) -> None:
     study = Study.load(run_dir)
     sp = rounds.speed_table(study)
-    print("fingerprints:", sorted(set(sp["fingerprint"])), "| contended rounds:", int(sp["contended"].sum()), "of", len(sp))
+    if sp.empty:
+        print("no speed round was timed (the cells table says why)")
+        return
+    contended = int(sp["contended"].sum())
+    print("fingerprints:", sorted(set(sp["fingerprint"])), "| contended rounds:", contended, "of", len(sp))
     for why in sorted(set(sp.loc[sp["contended"], "contended_why"])):
         print("  contended:", why)
     for inv, g in sp.groupby("invocation"):

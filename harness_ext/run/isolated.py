@@ -119,7 +119,8 @@ def in_fresh_process(unit: dict[str, Any]) -> dict[str, Any]:
     submitted = time.time()
     with ProcessPoolExecutor(1, mp_context=context(unit["device"]), max_tasks_per_child=1) as pool:
         result = pool.submit(unit_task, unit).result()
-    isolation = {"process": start_method(unit["device"]), "pid": result["pid"], "startup_s": result["entered"] - submitted}
+    started = result["entered"] - submitted
+    isolation = {"process": start_method(unit["device"]), "pid": result["pid"], "startup_s": started}
     for data in result["records"]:
         if data.get("kind") == "speed":
             data["measurements"] = {**data.get("measurements", {}), "isolation": isolation}

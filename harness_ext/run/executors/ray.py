@@ -77,7 +77,8 @@ def pair_task(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def warm_task(device: str) -> int:
-    """A no-op that leaves its worker warm: torch imported, CUDA initialised (on the CPU, the rounds' forkserver started)."""
+    """A no-op that leaves its worker warm: torch imported, CUDA initialised (on the CPU, the rounds'
+    forkserver started)."""
     import os
 
     import torch
