@@ -2,6 +2,8 @@
 
     python bench/calibration.py                      # >= 2,000 simulated studies per scenario
     python bench/calibration.py --sims 400 --quick   # a smoke run (rates too coarse to certify)
+    python bench/calibration.py --rules "(a) in full,(d)" --out-name speed   # some rules, apart
+    python bench/calibration.py --merge quality speed                        # ... then one table
 
 Quality noise: the committed demo's probe (per-prompt rows resampled whole across schemes and
 temperatures). Speed noise: per-round log decode-time residuals of the committed CPU demo's two runs
@@ -18,6 +20,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -86,8 +89,18 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="do not write the table (a smoke run)")
     ap.add_argument("--rules", help="comma-separated rules to run, e.g. '(a) quality,(b),(c)' (default: all)")
     ap.add_argument("--out-name", default="table", help="file stem of the written table (default: table)")
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="STEM",
+        help="write the table from tables written earlier with --out-name (e.g. 'quality speed': parts run apart)",
+    )
     args = ap.parse_args()
     quality, speeds = pools()
+    if args.merge:
+        tab = pd.concat([pd.read_csv(args.out / f"{stem}.csv") for stem in args.merge], ignore_index=True)
+        tab["ok"] = tab["ok"].map(lambda v: None if pd.isna(v) else bool(v)).astype(object)
+        return write(tab, quality, speeds, args)
     scenarios = cal.scenarios(quality, speeds, rounds=tuple(args.rounds))
     if args.rules:
         wanted = {r.strip() for r in args.rules.split(",")}
@@ -102,6 +115,11 @@ def main() -> int:
     tab = pd.concat(
         [cal.run(rest, args.sims, progress=say), cal.run(b, args.sims_b, seed=1, progress=say)], ignore_index=True
     )
+    return write(tab, quality, speeds, args)
+
+
+def write(tab: pd.DataFrame, quality: sim.QualityPool, speeds: dict[str, sim.SpeedPool], args: Any) -> int:
+    """Print the table, write it (unless --quick), and return 1 if a false rate's bound is too high."""
     text = markdown(tab, quality, speeds)
     print(text)
     if not args.quick:

@@ -234,3 +234,25 @@ def test_ray_sizes_int4_schemes_by_their_storage(monkeypatch) -> None:
     packed = ray_executor.gpus_needed(model, BUILTIN_SCHEMES["hqq4"].resolve("float16"), 80)
     unpacked = ray_executor.gpus_needed(model, BUILTIN_SCHEMES["intx4-torchao"].resolve("float16"), 80)
     assert packed == 1 and unpacked == 2
+
+
+def test_a_failing_tinygemm_repacking_of_hqq_is_a_refused_scheme_not_a_bug(tiny_model, monkeypatch) -> None:
+    """Seen on an H200 (torch 2.11, hqq 0.2.8): HQQ's torchao_int4 repacking raised a bare RuntimeError
+    from torch's int4 packing op; the cell must fail with the reason and the way out, as a scheme this
+    environment cannot run (not as 'unexpected error, a bug')."""
+    import hqq.utils.patching
+    from transformers import AutoModelForCausalLM
+
+    from harness_ext.backend.libraries import hqq_quantize
+    from harness_ext.run.failures import expected_failure
+
+    def repack(model, backend):
+        raise RuntimeError("Expected in.dtype() == at::kByte to be true, but got false.")
+
+    monkeypatch.setattr(hqq.utils.patching, "prepare_for_inference", repack)
+    scheme = BUILTIN_SCHEMES["hqq4"].model_copy(update={"name": "h", "kernel": "torchao_int4", "dtype": "bfloat16"})
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    refused = r"int4 kernel failed on torch .*at::kByte.*leave `kernel` out"
+    with pytest.raises(UnsupportedSchemeError, match=refused) as e:
+        hqq_quantize(model, scheme, "cpu")  # the kernel runs on CUDA only: quantized here, repacking faked
+    assert expected_failure(e.value)

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import html5lib
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -128,3 +129,24 @@ def test_compare_warns_when_the_spec_or_environment_differs(runs) -> None:
     same = compare.compare(compare.load_study(runs["A"], print), compare.load_study(runs["A"], print))
     assert same.warnings == [] and not same.claims["moved"].any()
     assert not same.quality["moved"].any() and not same.speed["moved"].any()
+
+
+def test_a_moved_speed_figure_says_whether_its_time_or_its_weight_bytes_moved() -> None:
+    """The H100 → H200 comparison showed cells 'moved' at 1.00× because the weight count changed
+    (4-bit absmax now counted): each moved row says which of the two moved."""
+    from harness_ext.report.compare import SPEED_KEYS, moved
+
+    def side(ms: list[float], mib: list[float]) -> pd.DataFrame:
+        rows = []
+        for scheme, m, w in zip(("fp16", "nf4", "int8"), ms, mib, strict=True):
+            logs = np.log([m * 0.99, m, m * 1.01])
+            key = dict(zip(SPEED_KEYS, ("m", scheme, 1, "eager"), strict=True))
+            rows.append(
+                {**key, "value": m, "log_mean": logs.mean(), "se": logs.std(ddof=1) / 3**0.5, "n": 3, "weight_mib": w}
+            )
+        return pd.DataFrame(rows)
+
+    j = moved(side([20, 26, 70], [100, 50, 60]), side([20, 26, 35], [100, 55, 60]), SPEED_KEYS).set_index("scheme")
+    assert j.loc["nf4", "moved"] and j.loc["nf4", "why"] == "weight memory"
+    assert j.loc["int8", "moved"] and j.loc["int8", "why"] == "decode time"
+    assert not j.loc["fp16", "moved"] and j.loc["fp16", "why"] == ""

@@ -81,8 +81,15 @@ def hqq_quantize(model: Any, scheme: Scheme, device: str) -> None:
     if scheme.kernel == "torchao_int4":
         from hqq.utils.patching import prepare_for_inference
 
-        with _quiet():
-            prepare_for_inference(model, backend="torchao_int4")
+        try:
+            with _quiet():
+                prepare_for_inference(model, backend="torchao_int4")
+        except RuntimeError as e:  # seen on an H200 with torch 2.11 and hqq 0.2.8: "Expected in.dtype() == at::kByte"
+            raise UnsupportedSchemeError(
+                f"scheme {scheme.name!r}: HQQ's repacking for torchao's int4 kernel failed on torch "
+                f"{torch.__version__} ({str(e).splitlines()[0][:160]}); torch's int4 packing takes uint8 weights "
+                "since 2.5 and this HQQ hands it others: use HQQ's own kernel (leave `kernel` out) or int4-torchao"
+            ) from e
 
 
 def _quantizable(model: Any, scheme: Scheme) -> dict[str, torch.nn.Linear]:

@@ -89,11 +89,16 @@ def console_text(c: Comparison, limit: int = 20) -> str:
         n = _counts(t)
         lines.append(
             f"{name}: {n['moved']} of {n['cells']} cells moved beyond the runs' uncertainty"
+            + (" or in weight memory" if name == "speed" else "")
             + (f" ({n['unjudged']} could not be judged)" if n["unjudged"] else "")
         )
         for r in t[t["moved"]].head(limit).to_dict("records") if not t.empty else []:
-            extra = f" ({r['ratio']:.2f}×)" if "ratio" in r else ""
-            lines.append(f"  {label({k: r[k] for k in keys})}: {r['value_a']:.4g} → {r['value_b']:.4g}{extra}")
+            what = f"{r['value_a']:.4g} → {r['value_b']:.4g}"
+            if "ratio" in r:  # speed: medians, the geometric-mean ratio over rounds, and the weight bytes
+                what = f"decode ms/token {what} (B/A {r['ratio']:.2f}× over rounds)"
+                if "weight memory" in r["why"]:
+                    what += f", weight {r['weight_mib_a']:.1f} → {r['weight_mib_b']:.1f} MiB"
+            lines.append(f"  {label({k: r[k] for k in keys})}: {what} — moved: {r['why']}")
     for side in ("A", "B"):
         if c.only.get(side):
             lines.append(f"only in {side}: {len(c.only[side])} cell(s), e.g. {c.only[side][0]}")
