@@ -23,6 +23,8 @@ import platform
 import sys
 from typing import Any
 
+from harness_ext import machine
+
 #: CPU flags that decide which kernels run (torch's and bitsandbytes' dispatch read these).
 FLAG_PREFIXES = ("avx", "amx", "fma", "f16c", "sse4", "bmi", "vnni", "neon", "sve", "asimd")
 #: Libraries whose kernels are timed; their versions are part of the key.
@@ -164,17 +166,6 @@ def kernel_paths(device: str = "cpu") -> dict[str, Any]:
 
 
 # -- GPU -----------------------------------------------------------------------------------------
-def _nvml() -> Any:
-    """pynvml (nvidia-ml-py), initialised; None where it or the driver is absent."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        return pynvml
-    except Exception:
-        return None
-
-
 def _text(x: Any) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
 
@@ -182,7 +173,7 @@ def _text(x: Any) -> str:
 def gpu_identity(indices: list[int] | None = None) -> list[dict[str, Any]]:
     """Per GPU: name, UUID, memory, driver, SM/memory clocks (now and maximum), ECC mode and power
     limit, through NVML (``pynvml``) where importable, else ``nvidia-smi``; [] without either."""
-    nvml = _nvml()
+    nvml = machine.nvml()
     if nvml is not None:
         return _gpus_nvml(nvml, indices)
     return _gpus_smi(indices)
@@ -238,9 +229,7 @@ SMI_FIELDS = (
 
 
 def _gpus_smi(indices: list[int] | None) -> list[dict[str, Any]]:
-    from harness_ext.machine import smi_query
-
-    text = smi_query(",".join(q for _, q in SMI_FIELDS), timeout=10)
+    text = machine.smi_query(",".join(q for _, q in SMI_FIELDS), timeout=10)
     if text is None:
         return []
     return [g for g in parse_smi(text) if indices is None or g["index"] in indices]

@@ -63,6 +63,17 @@ def smi_query(fields: str, timeout: float = 5) -> str | None:
         return None
 
 
+def nvml() -> Any:
+    """pynvml (nvidia-ml-py), initialised; None where it or the driver is absent."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml
+    except Exception:
+        return None
+
+
 def _gpu() -> list[dict[str, float]] | None:
     out = smi_query("clocks.sm,clocks.max.sm,clocks.mem,utilization.gpu,temperature.gpu,power.draw")
     if out is None:
@@ -153,14 +164,9 @@ class Window:
             pass
 
     def _open_nvml(self) -> None:
+        self.nvml = self.nvml or nvml()
         if self.nvml is None:
-            try:
-                import pynvml
-
-                pynvml.nvmlInit()
-                self.nvml = pynvml
-            except Exception:
-                return
+            return
         for uuid in self.gpu_uuids:
             try:
                 self._handles.append((uuid, self.nvml.nvmlDeviceGetHandleByUUID(uuid.encode())))
