@@ -18,6 +18,7 @@ from harness_ext import fingerprint, machine
 from harness_ext.errors import HarnessExtError
 from harness_ext.run import schedule
 from harness_ext.run.api import PairWork, QuantLM, RunnerAPI
+from harness_ext.run.results import point_metric
 from harness_ext.spec import Cell
 
 #: Metrics of the speed index stored with a round (the rest of the index is in its measurements).
@@ -113,5 +114,5 @@ class SpeedHandler:
         }
         metrics = speed.metrics_of(result)
         for name in INDEX_METRICS:
-            metrics[f"index_{name}"] = {"value": index[name], "lo": None, "hi": None, "n": 1, "stderr": None}
+            metrics[f"index_{name}"] = point_metric(index[name])
         return {"metrics": metrics, "measurements": result}
