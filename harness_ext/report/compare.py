@@ -337,13 +337,13 @@ def moved(a: pd.DataFrame, b: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     ok = np.isfinite(p)
     if ok.any():
         j.loc[ok, "p_adjusted"] = stats.false_discovery_control(p[ok], method="bh")
-    j["moved"] = j["p_adjusted"] < ALPHA
-    j["why"] = np.where(j["moved"], "decode time" if speed else "value", "")
+    sampled = j["p_adjusted"] < ALPHA
+    weight = pd.Series(False, index=j.index)
     if speed:  # weight memory is counted, not sampled: any change is a change
         weight = (j["weight_mib_a"] != j["weight_mib_b"]) & j[["weight_mib_a", "weight_mib_b"]].notna().all(axis=1)
-        why = zip(j["why"], weight, strict=True)
-        j["why"] = [", ".join(w for w in (t, "weight memory" if m else "") if w) for t, m in why]
-        j["moved"] |= weight
+    j["moved"] = sampled | weight
+    reasons = (("decode time" if speed else "value", sampled), ("weight memory", weight))
+    j["why"] = [", ".join(w for w, hit in reasons if hit[i]) for i in j.index]
     j["judged"] = ok
     return j.sort_values(["moved", *keys[:2]], ascending=[False, True, True], kind="stable").reset_index(drop=True)
 
