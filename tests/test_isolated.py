@@ -116,8 +116,9 @@ def _die(unit: dict) -> dict:
 
 @pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:1"])
 def test_rounds_fork_from_the_preloaded_forkserver_on_the_cpu_and_spawn_on_cuda(device: str) -> None:
-    """Libraries initialise CUDA at import (bitsandbytes; on an H200 something transformers imports),
-    and a process forked after that cannot use CUDA: CUDA rounds start in a fresh interpreter."""
+    """Libraries initialise CUDA at import (bitsandbytes; on an H200 a library not identified, in a
+    forkserver without bitsandbytes), and a process forked after that cannot use CUDA: CUDA rounds
+    start in a fresh interpreter."""
     assert isolated.context(device).get_start_method() == ("forkserver" if device == "cpu" else "spawn")
     assert "harness_ext.run.warm" in isolated.PRELOAD
 

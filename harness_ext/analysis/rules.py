@@ -210,7 +210,8 @@ def range_bounds(profiles: np.ndarray, n_resamples: int = 2000, seed: int = 0, a
     Lower bound: max over pairs of |mean| - c * se, with c the (1 - alpha) quantile of the largest
     studentized pairwise deviation under random sign flips of the prompts' residual profiles (a
     Rademacher wild bootstrap: simultaneous over the pairs). A constant offset cancels in every
-    pairwise difference, so it moves no bound."""
+    pairwise difference, so it moves no bound. The sign flips are vectorised numpy: scipy's
+    ``permutation_test`` flips the signs of scalars, not of a prompt's whole profile."""
     x = np.asarray(profiles, dtype=float)
     x = x[np.all(np.isfinite(x), axis=1)]
     n, k = x.shape if x.ndim == 2 else (0, 0)

@@ -1,9 +1,8 @@
 """The statistics every claim shares, in one place: bootstrap intervals over prompts, two one-sided
-tests (equivalence), one-sided tests against a margin, Holm's step-down correction, a sign-flip test
-of a temperature profile's variation, and t-intervals over speed rounds. scipy does the work where it
-has the method (``scipy.stats.bootstrap``, the t distribution and test); the multivariate sign-flip
-test is vectorised numpy because scipy's ``permutation_test`` flips the signs of scalars, not of a
-prompt's whole profile.
+tests (equivalence), one-sided tests against a margin, Holm's step-down correction, t-intervals over
+speed rounds and the detectable distance of a design. scipy does the work where it has the method
+(``scipy.stats.bootstrap``, the t distribution and test). The rules built on them, and the sign-flip
+bounds on a temperature profile's range, are in :mod:`harness_ext.analysis.rules`.
 
 See docs/VERDICTS.md for every rule that uses them and why.
 """

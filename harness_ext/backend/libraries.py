@@ -84,11 +84,13 @@ def hqq_quantize(model: Any, scheme: Scheme, device: str) -> None:
         try:
             with _quiet():
                 prepare_for_inference(model, backend="torchao_int4")
-        except RuntimeError as e:  # seen on an H200 with torch 2.11 and hqq 0.2.8: "Expected in.dtype() == at::kByte"
+        except RuntimeError as e:
+            # seen on an H200, torch 2.11 and hqq 0.2.8: "Expected in.dtype() == at::kByte" (torch's int4
+            # packing op takes uint8 weights; HQQ's repacking handed it another dtype)
             raise UnsupportedSchemeError(
                 f"scheme {scheme.name!r}: HQQ's repacking for torchao's int4 kernel failed on torch "
-                f"{torch.__version__} ({str(e).splitlines()[0][:160]}); torch's int4 packing takes uint8 weights "
-                "since 2.5 and this HQQ hands it others: use HQQ's own kernel (leave `kernel` out) or int4-torchao"
+                f"{torch.__version__} ({str(e).splitlines()[0][:160]}): use HQQ's own kernel (leave `kernel` "
+                "out) or int4-torchao"
             ) from e
 
 

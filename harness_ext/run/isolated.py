@@ -8,8 +8,9 @@ benchmark the same way). On the CPU a round's process is forked from a
 bitsandbytes (with its import log kept for the fingerprint), so a round pays the fork and its own
 load, not a fresh import; the forkserver is a fresh interpreter, not a fork of the runner. On CUDA a
 round's process is *spawned* (a fresh interpreter that imports for itself): libraries initialise CUDA
-at import (bitsandbytes; on an H200, something transformers imports did, even without bitsandbytes),
-and a process forked after that cannot use CUDA at all.
+at import (bitsandbytes does; on an H200, a forkserver that preloaded only the backend, without
+bitsandbytes, still had CUDA initialised, by a library not identified), and a process forked after
+that cannot use CUDA at all.
 
 :func:`unit_task` is also what a Ray task runs (``executors/ray.py``): a unit's cells in a runner
 built from the driver's runner class, writing into a :class:`~harness_ext.store.MemoryStore`.
